@@ -1,0 +1,164 @@
+"""Command line: ``python -m core compare INPUT ...`` and ``python -m core models``.
+
+Exit codes: 0 done; 1 the verdict is at or below ``--fail-on``; 2 input problems (every
+refused record is named; valid ones are still compared and written); 3 the model or the
+attention backend cannot be set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from core.attention import BACKENDS, BackendUnavailable, available_backends
+from core.compare import run_both_paths
+from core.metrics import Thresholds, verdict_at_or_below
+from core.model import (
+    DEFAULT_MODEL, DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable,
+    default_device, load_esm2_model, pretrained_available,
+)
+from core.report import build_summary, compare_layer, format_summary, sequence_table, write_outputs
+from core.sequences import ParsedInput, example_sequences, parse_sequences, read_sequences
+
+EXIT_GATE, EXIT_INPUT, EXIT_SETUP = 1, 2, 3
+
+
+def default_model_for(device: torch.device) -> str:
+    """3B on a GPU (pretrained when cached here, else demo-3B); demo-8M on a CPU so a run finishes."""
+    if device.type == "cuda":
+        return DEFAULT_MODEL if pretrained_available(DEFAULT_MODEL) else "demo-3B"
+    return "demo-8M"
+
+
+def default_dtype_for(device: torch.device) -> str:
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def versions() -> dict[str, str]:
+    found = {"torch": torch.__version__}
+    for package in ("fair-esm", "flash-attn"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _read_input(args: argparse.Namespace) -> ParsedInput:
+    if args.example:
+        return ParsedInput(records=example_sequences(args.example), problems=[])
+    if args.input == "-":
+        return parse_sequences(sys.stdin.read(), on_too_long=args.too_long)
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {args.input}")
+    return read_sequences(path, on_too_long=args.too_long)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    try:
+        parsed = _read_input(args)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    for problem in parsed.problems:
+        print(f"{problem.severity}: {problem.message}", file=sys.stderr)
+    if not parsed.records:
+        print("error: no valid sequences to compare", file=sys.stderr)
+        return EXIT_INPUT
+
+    device = torch.device(args.device) if args.device != "auto" else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda was asked for but CUDA is not available here", file=sys.stderr)
+        return EXIT_SETUP
+    model_spec = args.model if args.model != "auto" else default_model_for(device)
+    dtype = args.dtype if args.dtype != "auto" else default_dtype_for(device)
+    if args.model == "auto":
+        print(f"note: model 'auto' on {device.type} is {model_spec} in {dtype} (pass --model to choose)", file=sys.stderr)
+    try:
+        thresholds = Thresholds(args.min_cosine, args.min_agreement, args.accept_agreement)
+        model, alphabet = load_esm2_model(model_spec, dtype=dtype, device=device, backend=args.backend)
+        model.resolved_backend()
+        layer = args.layer if args.layer is not None else model.num_layers
+        records = parsed.records
+        run = run_both_paths(
+            model, alphabet, [r.id for r in records], [r.sequence for r in records],
+            layers=[layer], max_tokens=args.max_tokens,
+        )
+    except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP
+    layer = run.layers[0]
+
+    comparison = compare_layer(run, layer, args.seed, thresholds)
+    warnings_by_id = {r.id: "; ".join(r.warnings) for r in records if r.warnings}
+    summary = build_summary(
+        run, comparison, layer, args.seed,
+        warnings=[p.message for p in parsed.warnings],
+        refused=[{"id": p.record_id, "message": p.message} for p in parsed.errors],
+        versions=versions(),
+    )
+    print(format_summary(summary))
+    if args.out:
+        summary_path, csv_path = write_outputs(Path(args.out), summary, sequence_table(run, comparison, warnings_by_id))
+        print(f"\n  wrote {summary_path} and {csv_path}")
+
+    if parsed.errors:
+        print(f"error: {len(parsed.errors)} record(s) refused (listed above); the rest were compared", file=sys.stderr)
+        return EXIT_INPUT
+    if args.fail_on and verdict_at_or_below(summary["verdict"], args.fail_on.upper()):
+        print(f"failing: verdict {summary['verdict']} is at or below --fail-on {args.fail_on}", file=sys.stderr)
+        return EXIT_GATE
+    return 0
+
+
+def models_command(args: argparse.Namespace) -> int:
+    device = default_device()
+    print(f"device: {device}")
+    print("pretrained (weights in the local torch hub cache?):")
+    for name in PRETRAINED:
+        print(f"  {name:<22} {'available' if pretrained_available(name) else 'not cached (downloads on a connected host)'}")
+    print("demo weights (random init, offline): " + ", ".join(f"demo-{size}" for size in DEMO_SIZES))
+    for dtype_label, dtype in DTYPES.items():
+        print(f"v2.0 attention backends in {dtype_label}: {', '.join(available_backends(device, dtype))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="ESM-2 attention divergence: v1.0 (padded) vs v2.0 (packed).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compare = commands.add_parser("compare", help="compare both paths on a sequence set and give the verdict")
+    compare.add_argument("input", nargs="?", help="FASTA or one-sequence-per-line file (gzip ok), or - for stdin")
+    compare.add_argument("--example", choices=["patterns", "real", "all"], help="use a built-in example set instead of INPUT")
+    compare.add_argument("--model", default="auto", help="pretrained name, checkpoint path, or demo-<size> (default: auto)")
+    compare.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    compare.add_argument("--layer", type=int, default=None, help="layer to pool, 0 … last (default: last; negative counts from the end)")
+    compare.add_argument("--seed", type=int, default=0, help="proxy classifier seed (default 0)")
+    compare.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="v2.0 attention backend")
+    compare.add_argument("--out", help="directory for summary.json and sequences.csv")
+    compare.add_argument("--fail-on", choices=["validate", "fallback"], help="exit 1 when the verdict is at or below this level")
+    compare.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default: 16384 on GPU, 2048 on CPU)")
+    compare.add_argument("--too-long", choices=["truncate", "reject"], default="truncate", help="records over 1022 residues")
+    compare.add_argument("--min-cosine", type=float, default=Thresholds.min_cosine)
+    compare.add_argument("--min-agreement", type=float, default=Thresholds.min_agreement)
+    compare.add_argument("--accept-agreement", type=float, default=Thresholds.accept_agreement)
+    compare.set_defaults(handler=compare_command)
+
+    models = commands.add_parser("models", help="list models, whether their weights are here, and attention backends")
+    models.set_defaults(handler=models_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "compare" and bool(args.input) == bool(args.example):
+        parser.error("give exactly one of INPUT or --example")
+    return args.handler(args)

@@ -1,0 +1,183 @@
+"""Run both paths over a sequence set and mean-pool every requested layer.
+
+Pooling averages each sequence's residue positions only (BOS, EOS and padding excluded),
+in float32 (float64 for a float64 model).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import esm
+import numpy as np
+import torch
+
+from core.batching import default_max_tokens, pack_tokens, padded_tokens, plan_batches
+from core.model import ESM2WithFlashAttention, dtype_name, layer_indices
+
+V1_BACKEND = "fair-esm (torch.bmm)"
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, sequences_done, sequences_total); stage is 'v1.0' or 'v2.0'."""
+
+
+def pool_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
+
+
+def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean over residues of padded activations.
+
+    representation: (batch, T, embed_dim); lengths: (batch,) residue counts.
+    Positions 1 … length are residues; 0 is BOS, length + 1 is EOS, the rest padding.
+    Returns (batch, embed_dim) in ``dtype``.
+    """
+    positions = torch.arange(representation.shape[1], device=representation.device)
+    lengths = lengths.to(representation.device)
+    is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
+    summed = (representation.to(dtype) * is_residue[..., None]).sum(dim=1)
+    return summed / lengths[:, None].to(dtype)
+
+
+def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean over residues of packed activations.
+
+    representation: (total_tokens, embed_dim); cu_seqlens: (batch + 1,) boundaries of
+    BOS + residues + EOS per sequence. Returns (batch, embed_dim) in ``dtype``.
+    """
+    cu_seqlens = cu_seqlens.to(representation.device).long()
+    token_counts = cu_seqlens[1:] - cu_seqlens[:-1]
+    seq_index = torch.repeat_interleave(torch.arange(token_counts.numel(), device=representation.device), token_counts)
+    positions = torch.arange(representation.shape[0], device=representation.device) - cu_seqlens[seq_index]
+    is_residue = (positions >= 1) & (positions <= token_counts[seq_index] - 2)
+    summed = torch.zeros(token_counts.numel(), representation.shape[1], dtype=dtype, device=representation.device)
+    summed.index_add_(0, seq_index[is_residue], representation[is_residue].to(dtype))
+    return summed / (token_counts - 2)[:, None].to(dtype)
+
+
+@dataclass
+class PathEmbeddings:
+    """Pooled embeddings of one path: layer -> (n_sequences, embed_dim), in input order."""
+
+    layers: dict[int, np.ndarray]
+    backend: str
+    seconds: float
+
+
+@torch.inference_mode()
+def embed_v1(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    max_tokens: int | None = None,
+    progress: Progress | None = None,
+) -> PathEmbeddings:
+    """v1.0: fair-esm's padded forward over length-sorted batches under a token budget."""
+    return _embed(model, alphabet, sequences, layers, max_tokens, progress, packed=False, backend=None)
+
+
+@torch.inference_mode()
+def embed_v2(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    backend: str | None = None,
+    max_tokens: int | None = None,
+    progress: Progress | None = None,
+) -> PathEmbeddings:
+    """v2.0: packed forward over batches under a token budget, with the given attention backend."""
+    return _embed(model, alphabet, sequences, layers, max_tokens, progress, packed=True, backend=backend)
+
+
+def _embed(model, alphabet, sequences, layers, max_tokens, progress, *, packed: bool, backend: str | None) -> PathEmbeddings:
+    layers = layer_indices(model, layers)
+    max_tokens = max_tokens or default_max_tokens(model.device)
+    lengths = [len(seq) for seq in sequences]
+    out_dtype = pool_dtype(model.dtype)
+    pooled = {layer: torch.empty(len(sequences), model.embed_dim, dtype=out_dtype) for layer in layers}
+    resolved = model.resolved_backend(backend) if packed else V1_BACKEND
+    stage = "v2.0" if packed else "v1.0"
+    done = 0
+    start = time.perf_counter()
+    for batch in plan_batches(lengths, max_tokens, padded=not packed):
+        tokens = padded_tokens(alphabet, [sequences[i] for i in batch])
+        batch_lengths = torch.tensor([lengths[i] for i in batch])
+        if packed:
+            pack = pack_tokens(tokens, batch_lengths.tolist()).to(model.device)
+            reps = model.forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers, backend=resolved)
+            for layer in layers:
+                pooled[layer][batch] = pool_packed(reps["representations"][layer], pack.cu_seqlens, out_dtype).cpu()
+        else:
+            reps = model(tokens.to(model.device), repr_layers=layers)
+            for layer in layers:
+                pooled[layer][batch] = pool_padded(reps["representations"][layer], batch_lengths, out_dtype).cpu()
+        done += len(batch)
+        if progress is not None:
+            progress(stage, done, len(sequences))
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return PathEmbeddings(
+        layers={layer: values.numpy() for layer, values in pooled.items()},
+        backend=resolved,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class EmbeddingRun:
+    """Both paths' pooled embeddings for one sequence set, with what produced them."""
+
+    ids: list[str]
+    lengths: np.ndarray  # (n,) residues
+    v1: PathEmbeddings
+    v2: PathEmbeddings
+    model: str
+    weights: str
+    dtype: str
+    device: str
+    layers: list[int] = field(default_factory=list)
+
+    @property
+    def is_demo(self) -> bool:
+        return self.weights == "demo"
+
+
+def run_both_paths(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    ids: Sequence[str],
+    sequences: Sequence[str],
+    layers: Sequence[int] | None = None,
+    backend: str | None = None,
+    max_tokens: int | None = None,
+    progress: Progress | None = None,
+) -> EmbeddingRun:
+    """Embed ``sequences`` with v1.0 and v2.0 and pool ``layers`` (None = every layer)."""
+    if len(ids) != len(sequences) or not sequences:
+        raise ValueError("need one id per sequence and at least one sequence")
+    layers = layer_indices(model, layers)
+    v1 = embed_v1(model, alphabet, sequences, layers, max_tokens, progress)
+    v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress)
+    return EmbeddingRun(
+        ids=list(ids),
+        lengths=np.array([len(seq) for seq in sequences]),
+        v1=v1,
+        v2=v2,
+        model=model.name,
+        weights=model.weights,
+        dtype=dtype_name(model.dtype),
+        device=device_description(model.device),
+        layers=layers,
+    )
+
+
+def device_description(device: torch.device) -> str:
+    """'cpu' or 'cuda:0 (NVIDIA H100 80GB HBM3)'."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return device.type

@@ -1,0 +1,221 @@
+"""How far apart two sets of pooled embeddings are, and whether predictions change.
+
+All functions take pooled embeddings as numpy arrays of shape (n_sequences, embed_dim)
+(float32 or float64) and compute in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+
+Verdict = Literal["ACCEPT", "VALIDATE", "FALLBACK"]
+VERDICT_ORDER: tuple[Verdict, ...] = ("ACCEPT", "VALIDATE", "FALLBACK")
+MATCH_TOLERANCES: tuple[float, ...] = (1e-3, 1e-2)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The decision rule's numbers (the seed's values by default)."""
+
+    min_cosine: float = 0.99  # every sequence's cosine must exceed this
+    min_agreement: float = 0.95  # label agreement at or above this passes; below -> FALLBACK
+    accept_agreement: float = 0.99  # label agreement strictly above this -> ACCEPT
+
+    def __post_init__(self) -> None:
+        for name in ("min_cosine", "min_agreement", "accept_agreement"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"threshold {name}={value} must lie in [0, 1]")
+        if self.min_agreement > self.accept_agreement:
+            raise ValueError("min_agreement must not exceed accept_agreement")
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity, (n,) float64. A zero row against a zero row counts as 1."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    dot = np.einsum("ij,ij->i", a, b)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.where(both_zero, 1.0, np.clip(cosine, -1.0, 1.0))
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise mean absolute difference, (n,) float64."""
+    return np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean(axis=1)
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise maximum absolute difference, (n,) float64."""
+    return np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(axis=1)
+
+
+def match_fraction(a: np.ndarray, b: np.ndarray, atol: float) -> float:
+    """Fraction of embedding values with |a - b| <= atol (the seed's 'embedding match')."""
+    return float((np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) <= atol).mean())
+
+
+@dataclass(frozen=True)
+class ProxyClassifier:
+    """A seeded random linear head embed_dim -> 2 with softmax, standing in for a real one.
+
+    The weights come from numpy's PCG64 generator, so the same seed gives the same head on
+    any machine. weight: (embed_dim, 2) float64, N(0, 1/embed_dim); bias: (2,) zeros.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    seed: int
+
+    @classmethod
+    def from_seed(cls, embed_dim: int, seed: int) -> "ProxyClassifier":
+        rng = np.random.Generator(np.random.PCG64(seed))
+        weight = rng.standard_normal((embed_dim, 2)) / math.sqrt(embed_dim)
+        return cls(weight=weight, bias=np.zeros(2), seed=seed)
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Softmax class probabilities, (n, 2) float64."""
+        logits = np.asarray(embeddings, np.float64) @ self.weight + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation, or None where it is undefined (fewer than 2 values, or a constant)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def verdict_for(agreement: Fraction | float, thresholds: Thresholds = Thresholds()) -> Verdict:
+    """The seed's decision tree on label agreement: > accept -> ACCEPT, >= min -> VALIDATE, else FALLBACK.
+
+    Compared as exact fractions, so 99/100 agreement is VALIDATE and 95/100 is VALIDATE.
+    """
+    agreement = Fraction(agreement) if isinstance(agreement, Fraction) else Fraction(str(agreement))
+    if agreement > Fraction(str(thresholds.accept_agreement)):
+        return "ACCEPT"
+    if agreement >= Fraction(str(thresholds.min_agreement)):
+        return "VALIDATE"
+    return "FALLBACK"
+
+
+def recommendation_for(verdict: Verdict, agreement: float, failing_cosine: list[str], thresholds: Thresholds) -> str:
+    """The sentence a decision meeting reads next to the verdict."""
+    pct = f"{100 * agreement:.1f}%"
+    if verdict == "ACCEPT":
+        return f"Adopt v2.0: predictions agree on {pct} of sequences; the divergence is cosmetic."
+    if verdict == "VALIDATE":
+        reason = f"label agreement {pct} is between {100 * thresholds.min_agreement:g}% and {100 * thresholds.accept_agreement:g}%"
+        if failing_cosine:
+            reason += f", and {len(failing_cosine)} sequence(s) fall at or below cosine {thresholds.min_cosine:g}"
+        return f"Validate v2.0 on a production dataset before adopting it: {reason}."
+    return (
+        f"Fall back to a v1.0-compatible path: label agreement {pct} is below "
+        f"{100 * thresholds.min_agreement:g}%, so v2.0 changes predictions."
+    )
+
+
+@dataclass
+class Comparison:
+    """Per-sequence and summary metrics between v1.0 and v2.0 pooled embeddings of one layer."""
+
+    cosine: np.ndarray  # (n,)
+    mean_abs_diff: np.ndarray  # (n,)
+    max_abs_diff: np.ndarray  # (n,)
+    labels_v1: np.ndarray  # (n,) int
+    labels_v2: np.ndarray  # (n,) int
+    confidence_v1: np.ndarray  # (n,) probability of the predicted label
+    confidence_v2: np.ndarray  # (n,)
+    match: dict[float, float]  # atol -> fraction of embedding values within it
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    @property
+    def n(self) -> int:
+        return int(self.cosine.size)
+
+    @property
+    def n_agree(self) -> int:
+        return int((self.labels_v1 == self.labels_v2).sum())
+
+    @property
+    def agreement(self) -> float:
+        return self.n_agree / self.n
+
+    @property
+    def flips(self) -> np.ndarray:
+        """(n,) bool: sequences whose proxy label differs between the paths."""
+        return self.labels_v1 != self.labels_v2
+
+    @property
+    def pearson(self) -> float | None:
+        return pearson(self.confidence_v1, self.confidence_v2)
+
+    @property
+    def max_confidence_diff(self) -> float:
+        return float(np.abs(self.confidence_v1 - self.confidence_v2).max())
+
+    @property
+    def cosine_failures(self) -> np.ndarray:
+        """(n,) bool: sequences at or below the cosine threshold."""
+        return self.cosine <= self.thresholds.min_cosine
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        return {
+            "cosine_all_above_threshold": bool(not self.cosine_failures.any()),
+            "agreement_at_least_threshold": Fraction(self.n_agree, self.n) >= Fraction(str(self.thresholds.min_agreement)),
+        }
+
+    @property
+    def verdict(self) -> Verdict:
+        """The decision tree on agreement; a failed cosine check caps ACCEPT at VALIDATE."""
+        verdict = verdict_for(Fraction(self.n_agree, self.n), self.thresholds)
+        if verdict == "ACCEPT" and not self.checks["cosine_all_above_threshold"]:
+            return "VALIDATE"
+        return verdict
+
+    def recommendation(self, failing_ids: list[str]) -> str:
+        return recommendation_for(self.verdict, self.agreement, failing_ids, self.thresholds)
+
+    def distribution(self, values: np.ndarray) -> dict[str, float]:
+        return {
+            "min": float(values.min()),
+            "mean": float(values.mean()),
+            "median": float(np.median(values)),
+            "max": float(values.max()),
+        }
+
+
+def compare_embeddings(
+    v1: np.ndarray, v2: np.ndarray, seed: int = 0, thresholds: Thresholds = Thresholds()
+) -> Comparison:
+    """All metrics for v1.0 vs v2.0 pooled embeddings, each (n, embed_dim), n >= 1."""
+    if v1.shape != v2.shape or v1.ndim != 2 or v1.shape[0] == 0:
+        raise ValueError(f"need two (n >= 1, embed_dim) arrays of one shape, got {v1.shape} and {v2.shape}")
+    classifier = ProxyClassifier.from_seed(v1.shape[1], seed)
+    probs_v1, probs_v2 = classifier.probabilities(v1), classifier.probabilities(v2)
+    return Comparison(
+        cosine=cosine_similarity(v1, v2),
+        mean_abs_diff=mean_abs_diff(v1, v2),
+        max_abs_diff=max_abs_diff(v1, v2),
+        labels_v1=probs_v1.argmax(axis=1),
+        labels_v2=probs_v2.argmax(axis=1),
+        confidence_v1=probs_v1.max(axis=1),
+        confidence_v2=probs_v2.max(axis=1),
+        match={atol: match_fraction(v1, v2, atol) for atol in MATCH_TOLERANCES},
+        thresholds=thresholds,
+    )
+
+
+def verdict_at_or_below(verdict: Verdict, level: Verdict) -> bool:
+    """For CI gating: True when ``verdict`` is ``level`` or worse (ACCEPT best, FALLBACK worst)."""
+    return VERDICT_ORDER.index(verdict) >= VERDICT_ORDER.index(level)

@@ -1,0 +1,488 @@
+"""Protein sequence input: parsing, validation and example sets for ESM-2.
+
+User input (pasted text or uploaded files) is turned into a :class:`ParsedInput`
+holding the valid :class:`ProteinRecord` objects plus a list of
+:class:`InputProblem` entries in plain words. Nothing in here raises for bad
+user input: every refused record is reported, and the valid ones are kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from Bio import SeqIO
+from Bio.SeqRecord import SeqRecord
+
+__all__ = [
+    "MAX_RESIDUES",
+    "ALLOWED_RESIDUES",
+    "ProteinRecord",
+    "InputProblem",
+    "ParsedInput",
+    "parse_sequences",
+    "read_sequences",
+    "example_sequences",
+]
+
+MAX_RESIDUES = 1022  # ESM-2 limit (1024 positions incl. BOS/EOS)
+ALLOWED_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY" + "XBUZO")  # fair-esm residue letters
+
+# A record this long made only of these letters is almost certainly DNA/RNA.
+_NUCLEOTIDE_LETTERS = frozenset("ACGTUN")
+_NUCLEOTIDE_MIN_LENGTH = 10
+
+# How many distinct offending characters one error message lists.
+_MAX_BAD_CHARS_REPORTED = 3
+
+# Guards against gzip bombs; far above any realistic protein upload.
+_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+_INPUT_ID = "input"
+_FASTA_DATA_PATH = Path(__file__).resolve().parent / "data" / "real_proteins.fasta"
+
+Severity = Literal["error", "warning"]
+TooLongPolicy = Literal["truncate", "reject"]
+
+
+@dataclass(frozen=True)
+class ProteinRecord:
+    """A validated protein: cleaned, uppercase, only ALLOWED_RESIDUES, 1..max_length."""
+
+    id: str
+    sequence: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """One refused record (severity "error") or one warning about a kept record."""
+
+    record_id: str
+    message: str
+    severity: Severity
+
+
+@dataclass
+class ParsedInput:
+    """Result of parsing user input: valid records plus every problem, in input order."""
+
+    records: list[ProteinRecord] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[InputProblem]:
+        """Problems that caused a record (or the whole input) to be refused."""
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[InputProblem]:
+        """Problems about records that were still processed."""
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was refused."""
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class _RawRecord:
+    """A record as found in the input, before validation."""
+
+    record_id: str
+    label: str  # how messages name the record, e.g. "seq_3 (line 7)"
+    raw_sequence: str
+
+
+# --------------------------------------------------------------------------- #
+# Public API
+# --------------------------------------------------------------------------- #
+
+
+def parse_sequences(
+    text: str,
+    *,
+    max_length: int = MAX_RESIDUES,
+    on_too_long: TooLongPolicy = "truncate",
+) -> ParsedInput:
+    """Parse FASTA or one-sequence-per-line text into validated protein records.
+
+    FASTA is assumed when the first non-blank line starts with '>'; otherwise
+    every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
+    Never raises for bad input; see the module docstring.
+    """
+    _check_options(max_length, on_too_long)
+    text = _normalise_text(text)
+    if not text.strip():
+        return ParsedInput([], [_input_error("no sequences found")])
+
+    items = _fasta_raw_records(text) if _is_fasta(text) else _line_raw_records(text)
+    result = ParsedInput()
+    for raw in items:
+        if isinstance(raw, InputProblem):
+            result.problems.append(raw)
+            continue
+        record, record_problems = _validate_record(raw, max_length, on_too_long)
+        result.problems.extend(record_problems)
+        if record is not None:
+            result.records.append(record)
+    return result
+
+
+def read_sequences(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    max_length: int = MAX_RESIDUES,
+    on_too_long: TooLongPolicy = "truncate",
+) -> ParsedInput:
+    """Read a file path or raw bytes (optionally gzipped) and parse its sequences.
+
+    A ``str`` is treated as a path. Gzip is detected from the magic bytes, not
+    the file name. Unreadable files, corrupt gzip data and non-UTF-8 or binary
+    content are reported as an :class:`InputProblem` with record_id "input".
+    """
+    _check_options(max_length, on_too_long)
+    data = _load_bytes(source)
+    if isinstance(data, InputProblem):
+        return ParsedInput([], [data])
+    text = _decode(data)
+    if isinstance(text, InputProblem):
+        return ParsedInput([], [text])
+    return parse_sequences(text, max_length=max_length, on_too_long=on_too_long)
+
+
+def example_sequences(
+    name: Literal["patterns", "real", "all"] = "all",
+) -> list[ProteinRecord]:
+    """Return a built-in example set: synthetic repeat patterns, real proteins, or both."""
+    if name == "patterns":
+        return list(_pattern_records())
+    if name == "real":
+        return list(_real_records())
+    if name == "all":
+        return list(_pattern_records()) + list(_real_records())
+    raise ValueError(f"unknown example set {name!r}; use 'patterns', 'real' or 'all'")
+
+
+# --------------------------------------------------------------------------- #
+# Text-level helpers
+# --------------------------------------------------------------------------- #
+
+
+def _check_options(max_length: int, on_too_long: str) -> None:
+    """Reject programming errors in the options (these are not user input)."""
+    if not 1 <= max_length <= MAX_RESIDUES:
+        raise ValueError(f"max_length must be between 1 and {MAX_RESIDUES}, got {max_length}")
+    if on_too_long not in ("truncate", "reject"):
+        raise ValueError(f"on_too_long must be 'truncate' or 'reject', got {on_too_long!r}")
+
+
+def _input_error(message: str) -> InputProblem:
+    """An error about the input as a whole rather than one record."""
+    return InputProblem(_INPUT_ID, message, "error")
+
+
+def _normalise_text(text: str) -> str:
+    """Strip a leading BOM and turn CRLF / lone CR line endings into LF."""
+    text = text.removeprefix("\ufeff")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _is_fasta(text: str) -> bool:
+    """True when the first non-blank line starts with '>'."""
+    for line in text.split("\n"):
+        if line.strip():
+            return line.lstrip().startswith(">")
+    return False
+
+
+def _fasta_raw_records(text: str) -> list[_RawRecord | InputProblem]:
+    """Split FASTA text into raw records with Biopython, in input order.
+
+    Records with an empty or duplicate id are replaced by their error so that
+    problems stay in input order.
+    """
+    lines = text.split("\n")
+    first = next(i for i, line in enumerate(lines) if line.strip())
+    # Biopython's "fasta" format refuses anything before the first header,
+    # so drop the leading blank lines (and indentation of that header line).
+    body = "\n".join([lines[first].lstrip(), *lines[first + 1 :]])
+    header_lines = [first + 1] + [
+        i + 1 for i, line in enumerate(lines) if i > first and line.startswith(">")
+    ]
+
+    try:
+        parsed = list(SeqIO.parse(io.StringIO(body), "fasta"))
+    except Exception as exc:  # noqa: BLE001 - never let a parser bug reach the user as a traceback
+        return [_input_error(f"could not read the input as FASTA: {exc}")]
+
+    items: list[_RawRecord | InputProblem] = []
+    first_seen: dict[str, int] = {}
+    for number, seq_record in enumerate(parsed, start=1):
+        line_no = header_lines[number - 1] if number <= len(header_lines) else None
+        where = f"line {line_no}" if line_no is not None else f"record {number}"
+        record_id = seq_record.id
+        if not record_id:
+            items.append(
+                InputProblem(
+                    where,
+                    f"{where}: FASTA header '>' has no id (record {number}); "
+                    "put a name right after '>'",
+                    "error",
+                )
+            )
+            continue
+        if record_id in first_seen:
+            items.append(
+                InputProblem(
+                    record_id,
+                    f"{record_id}: duplicate id (record {number} reuses the id of "
+                    f"record {first_seen[record_id]}); only the first one is used, "
+                    "give each record a unique id",
+                    "error",
+                )
+            )
+            continue
+        first_seen[record_id] = number
+        items.append(_RawRecord(record_id, record_id, _sequence_text(seq_record)))
+    return items
+
+
+def _sequence_text(seq_record: SeqRecord) -> str:
+    """The record's sequence as str, keeping any non-ASCII characters for reporting.
+
+    Biopython stores FASTA sequences as UTF-8 bytes and only decodes them as
+    ASCII, so go through bytes to be able to name e.g. an 'é' in the message.
+    """
+    return bytes(seq_record.seq).decode("utf-8", errors="replace")
+
+
+def _line_raw_records(text: str) -> list[_RawRecord | InputProblem]:
+    """One record per non-blank line, named seq_1, seq_2, ... in order."""
+    records: list[_RawRecord | InputProblem] = []
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        record_id = f"seq_{len(records) + 1}"
+        records.append(_RawRecord(record_id, f"{record_id} (line {line_no})", line))
+    return records
+
+
+# --------------------------------------------------------------------------- #
+# Record-level validation
+# --------------------------------------------------------------------------- #
+
+
+def _validate_record(
+    raw: _RawRecord, max_length: int, on_too_long: TooLongPolicy
+) -> tuple[ProteinRecord | None, list[InputProblem]]:
+    """Clean and check one record; return it (or None if refused) plus its problems."""
+    label = raw.label
+
+    def refuse(message: str) -> tuple[None, list[InputProblem]]:
+        return None, [InputProblem(raw.record_id, f"{label}: {message}", "error")]
+
+    sequence = _clean(raw.raw_sequence)
+    notes: list[str] = []
+    if sequence.endswith("*"):
+        sequence = sequence[:-1]
+        notes.append(f"{label}: trailing '*' (stop codon) removed")
+
+    if not sequence:
+        return refuse("empty sequence (no residues)")
+    bad = _describe_bad_characters(sequence)
+    if bad is not None:
+        return refuse(bad)
+    if _is_nucleotide_like(sequence):
+        return refuse(
+            "looks like a nucleotide sequence (only A/C/G/T/U/N); paste the translated protein"
+        )
+    if len(sequence) > max_length:
+        if on_too_long == "reject":
+            return refuse(
+                f"{len(sequence)} residues is longer than the limit of {max_length}; "
+                "shorten it or split it into domains"
+            )
+        notes.append(
+            f"{label}: {len(sequence)} residues is longer than the limit of {max_length}; "
+            f"truncated to the first {max_length} residues"
+        )
+        sequence = sequence[:max_length]
+
+    record = ProteinRecord(raw.record_id, sequence, tuple(notes))
+    return record, [InputProblem(raw.record_id, note, "warning") for note in notes]
+
+
+def _clean(raw_sequence: str) -> str:
+    """Remove all whitespace and uppercase ASCII letters.
+
+    Only ASCII is uppercased so that a non-ASCII character keeps its position
+    and is reported as typed ('ß'.upper() would even become two letters).
+    """
+    return "".join(c.upper() if c.isascii() else c for c in raw_sequence if not c.isspace())
+
+
+def _describe_bad_characters(sequence: str) -> str | None:
+    """Describe the first few distinct characters outside ALLOWED_RESIDUES, or None."""
+    first_position: dict[str, int] = {}
+    total = 0
+    for position, char in enumerate(sequence, start=1):
+        if char not in ALLOWED_RESIDUES:
+            total += 1
+            first_position.setdefault(char, position)
+    if not first_position:
+        return None
+
+    shown = list(first_position.items())[:_MAX_BAD_CHARS_REPORTED]
+    parts = [f"{char!r} at position {position} ({_hint(char)})" for char, position in shown]
+    message = "contains " + ", ".join(parts)
+    hidden = len(first_position) - len(shown)
+    if hidden:
+        message += f", and {hidden} more distinct invalid character(s)"
+    if total > len(shown):
+        message += f" ({total} invalid characters in total)"
+    return message
+
+
+def _hint(char: str) -> str:
+    """A short plain-words reason why this character is not accepted."""
+    if char.isdigit():
+        return "digits are not amino acids"
+    if char in "-.":
+        return "alignment gap; remove alignment gaps"
+    if char == "*":
+        return "internal stop codon; only one trailing '*' is allowed"
+    if char == ">":
+        return "'>' starts a FASTA header; FASTA input must begin with a '>' line"
+    if not char.isascii():
+        return "non-ASCII character; use one-letter amino-acid codes A-Z"
+    if not char.isprintable():
+        return "control character; the input may be binary or corrupted"
+    if char.isalpha():
+        return f"'{char}' is not an amino-acid code"
+    return "not an amino-acid letter"
+
+
+def _is_nucleotide_like(sequence: str) -> bool:
+    """True for long-enough sequences made only of nucleotide letters."""
+    return len(sequence) >= _NUCLEOTIDE_MIN_LENGTH and set(sequence) <= _NUCLEOTIDE_LETTERS
+
+
+# --------------------------------------------------------------------------- #
+# Byte-level input
+# --------------------------------------------------------------------------- #
+
+
+def _load_bytes(source: str | os.PathLike[str] | bytes) -> bytes | InputProblem:
+    """Read the source into bytes, gunzipping when it starts with the gzip magic."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _input_error(f"could not read file '{path}': {exc.strerror or exc}")
+    if data.startswith(_GZIP_MAGIC):
+        return _gunzip(data)
+    return data
+
+
+def _gunzip(data: bytes) -> bytes | InputProblem:
+    """Decompress gzip data, reporting truncated/corrupt/oversized data as a problem."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            out = handle.read(_MAX_DECOMPRESSED_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        return _input_error(
+            f"the gzip data is truncated or corrupt ({exc}); "
+            "re-create the .gz file or upload the plain FASTA text"
+        )
+    if len(out) > _MAX_DECOMPRESSED_BYTES:
+        limit_mib = _MAX_DECOMPRESSED_BYTES // (1024 * 1024)
+        return _input_error(f"the gzip data decompresses to more than {limit_mib} MiB; too large")
+    return out
+
+
+def _decode(data: bytes) -> str | InputProblem:
+    """Decode UTF-8 (dropping a BOM); refuse undecodable or binary content."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return _input_error(
+            f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "upload a plain-text FASTA file"
+        )
+    if "\x00" in text:
+        return _input_error("the input looks like binary data, not text; upload a plain-text FASTA file")
+    return text
+
+
+# --------------------------------------------------------------------------- #
+# Example sets
+# --------------------------------------------------------------------------- #
+
+# Motifs from the 20 standard amino acids; each is repeated and cut to length.
+_PATTERN_MOTIFS: tuple[str, ...] = (
+    "MKTAYIAKQR",
+    "GSGSGS",
+    "LLKKLLEE",
+    "PEVKVNGQ",
+    "WYFHC",
+    "EAAAK",
+    "GGGGS",
+    "GPP",
+    "Q",
+    "KE",
+    "VT",
+    "RGD",
+    "YGGFL",
+    "CGHC",
+    "ILVFM",
+    "STNQ",
+    "ACDEFGHIKLMNPQRSTVWY",
+    "YWDKTNER",
+)
+_PATTERN_MIN_LENGTH = 10
+_PATTERN_MAX_LENGTH = 400
+
+
+def _pattern_lengths(count: int, low: int, high: int) -> list[int]:
+    """Evenly spread integer lengths from low to high inclusive."""
+    if count == 1:
+        return [low]
+    step = (high - low) / (count - 1)
+    return [round(low + i * step) for i in range(count)]
+
+
+def _repeat_to_length(motif: str, length: int) -> str:
+    """Repeat the motif and cut it to exactly `length` residues."""
+    repeats = -(-length // len(motif))
+    return (motif * repeats)[:length]
+
+
+@lru_cache(maxsize=1)
+def _pattern_records() -> tuple[ProteinRecord, ...]:
+    """The 18 synthetic repeat-pattern examples, shortest first."""
+    lengths = _pattern_lengths(len(_PATTERN_MOTIFS), _PATTERN_MIN_LENGTH, _PATTERN_MAX_LENGTH)
+    return tuple(
+        ProteinRecord(f"pattern_{i:02d}", _repeat_to_length(motif, length))
+        for i, (motif, length) in enumerate(zip(_PATTERN_MOTIFS, lengths), start=1)
+    )
+
+
+@lru_cache(maxsize=1)
+def _real_records() -> tuple[ProteinRecord, ...]:
+    """The real proteins shipped in data/real_proteins.fasta."""
+    parsed = parse_sequences(_FASTA_DATA_PATH.read_text(encoding="utf-8"))
+    if parsed.problems:
+        # A broken bundled file is a packaging bug, not a user-input problem.
+        raise RuntimeError(f"bundled {_FASTA_DATA_PATH.name} is invalid: {parsed.problems}")
+    return tuple(parsed.records)

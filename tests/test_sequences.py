@@ -1,0 +1,561 @@
+"""Tests for core.sequences: parsing, validation, byte input and example sets."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from core.sequences import (
+    ALLOWED_RESIDUES,
+    MAX_RESIDUES,
+    InputProblem,
+    ParsedInput,
+    ProteinRecord,
+    example_sequences,
+    parse_sequences,
+    read_sequences,
+)
+
+STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def ids(parsed: ParsedInput) -> list[str]:
+    """Ids of the accepted records, in order."""
+    return [r.id for r in parsed.records]
+
+
+def only_error(parsed: ParsedInput) -> InputProblem:
+    """The single error in `parsed` (fails the test if there is not exactly one)."""
+    assert len(parsed.errors) == 1, parsed.problems
+    return parsed.errors[0]
+
+
+# --------------------------------------------------------------------------- #
+# Constants and data classes
+# --------------------------------------------------------------------------- #
+
+
+def test_constants_match_esm2_alphabet() -> None:
+    assert MAX_RESIDUES == 1022
+    assert ALLOWED_RESIDUES == frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")
+    assert "J" not in ALLOWED_RESIDUES and "*" not in ALLOWED_RESIDUES
+
+
+def test_parsed_input_properties_split_errors_and_warnings() -> None:
+    err = InputProblem("a", "a: bad", "error")
+    warn = InputProblem("b", "b: note", "warning")
+    parsed = ParsedInput([ProteinRecord("b", "MK")], [err, warn])
+    assert parsed.errors == [err]
+    assert parsed.warnings == [warn]
+    assert not parsed.ok
+    assert ParsedInput([ProteinRecord("b", "MK")], [warn]).ok
+
+
+# --------------------------------------------------------------------------- #
+# Formats and normalisation
+# --------------------------------------------------------------------------- #
+
+
+def test_fasta_records_use_first_word_of_header_as_id() -> None:
+    parsed = parse_sequences(">sp|P1|ONE first protein\nMKTAYIAK\nQRQISFVK\n>two\nGSGS\n")
+    assert parsed.ok and parsed.problems == []
+    assert ids(parsed) == ["sp|P1|ONE", "two"]
+    assert [r.sequence for r in parsed.records] == ["MKTAYIAKQRQISFVK", "GSGS"]
+    assert all(r.warnings == () for r in parsed.records)
+
+
+def test_fasta_with_leading_blank_lines_is_detected() -> None:
+    parsed = parse_sequences("\n\n   \n>a\nMKT\n")
+    assert ids(parsed) == ["a"] and parsed.ok
+
+
+def test_bare_lines_are_numbered_by_non_blank_line() -> None:
+    parsed = parse_sequences("MKTAY\n\n\nGSGSG\n   \nLLKKL\n")
+    assert parsed.ok
+    assert ids(parsed) == ["seq_1", "seq_2", "seq_3"]
+    assert [r.sequence for r in parsed.records] == ["MKTAY", "GSGSG", "LLKKL"]
+
+
+def test_bare_line_error_mentions_id_and_line_number() -> None:
+    parsed = parse_sequences("MKTAY\n\nGS1GS\n")
+    err = only_error(parsed)
+    assert err.record_id == "seq_2"
+    assert "seq_2" in err.message and "line 3" in err.message
+    assert ids(parsed) == ["seq_1"]
+
+
+def test_lower_case_is_uppercased() -> None:
+    parsed = parse_sequences(">a\nmktAyi\n")
+    assert parsed.records[0].sequence == "MKTAYI"
+    assert parse_sequences("gsgs").records[0].sequence == "GSGS"
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_crlf_and_lone_cr_line_endings(newline: str) -> None:
+    text = newline.join([">a desc", "MKT", "AYI", ">b", "GSG", ""])
+    parsed = parse_sequences(text)
+    assert parsed.ok
+    assert [(r.id, r.sequence) for r in parsed.records] == [("a", "MKTAYI"), ("b", "GSG")]
+
+
+def test_lone_cr_in_bare_lines_splits_records() -> None:
+    parsed = parse_sequences("MKT\rGSG\r")
+    assert [r.sequence for r in parsed.records] == ["MKT", "GSG"]
+
+
+@pytest.mark.parametrize("text", ["\ufeff>a\nMKT\n", "\ufeffMKT\n"])
+def test_leading_bom_is_stripped(text: str) -> None:
+    parsed = parse_sequences(text)
+    assert parsed.ok and parsed.records[0].sequence == "MKT"
+    assert parsed.records[0].id in ("a", "seq_1")
+
+
+def test_whitespace_inside_sequences_is_removed() -> None:
+    parsed = parse_sequences(">a\n  MKT AYI\tAKQ \u00a0R\n  GS GS  \n")
+    assert parsed.ok
+    assert parsed.records[0].sequence == "MKTAYIAKQRGSGS"
+    bare = parse_sequences("  MK TA\tYI  \n")
+    assert bare.records[0].sequence == "MKTAYI"
+
+
+# --------------------------------------------------------------------------- #
+# Stop codons and invalid characters
+# --------------------------------------------------------------------------- #
+
+
+def test_one_trailing_stop_is_stripped_with_warning() -> None:
+    parsed = parse_sequences(">a\nMKTAYI*\n")
+    assert parsed.ok
+    record = parsed.records[0]
+    assert record.sequence == "MKTAYI"
+    assert len(record.warnings) == 1 and "'*'" in record.warnings[0]
+    assert [w.record_id for w in parsed.warnings] == ["a"]
+    assert parsed.warnings[0].message == record.warnings[0]
+
+
+def test_internal_stop_is_refused_with_position() -> None:
+    parsed = parse_sequences(">a\nMKT*AYI\n>b\nGSG\n")
+    err = only_error(parsed)
+    assert err.record_id == "a"
+    assert "'*'" in err.message and "position 4" in err.message
+    assert ids(parsed) == ["b"]
+
+
+def test_double_trailing_stop_is_refused() -> None:
+    parsed = parse_sequences(">a\nMKT**\n")
+    err = only_error(parsed)
+    assert "position 4" in err.message
+    assert parsed.records == []
+
+
+@pytest.mark.parametrize(
+    ("sequence", "char", "position", "hint"),
+    [
+        ("MKT1AYI", "1", 4, "digits"),
+        ("MK-TAYI", "-", 3, "gap"),
+        ("MKTAY.I", ".", 6, "gap"),
+        ("MKTÄYI", "Ä", 4, "non-ASCII"),
+        ("MKTéYI", "é", 4, "non-ASCII"),
+        ("MKJT", "J", 3, "not an amino-acid"),
+    ],
+)
+def test_invalid_characters_are_refused_naming_record_and_position(
+    sequence: str, char: str, position: int, hint: str
+) -> None:
+    parsed = parse_sequences(f">good\nMKT\n>bad_one\n{sequence}\n>after\nGSG\n")
+    err = only_error(parsed)
+    assert err.record_id == "bad_one"
+    assert err.message.startswith("bad_one:")
+    assert repr(char) in err.message
+    assert f"position {position}" in err.message
+    assert hint in err.message
+    assert ids(parsed) == ["good", "after"]
+
+
+def test_position_counts_residues_not_whitespace() -> None:
+    err = only_error(parse_sequences(">a\nMK TA\nY-I\n"))
+    assert "position 6" in err.message
+
+
+def test_many_bad_characters_report_only_a_few() -> None:
+    sequence = "MK" + "0123456789" * 100 + "-.!?@#"
+    err = only_error(parse_sequences(f">a\n{sequence}\n"))
+    assert err.message.count("position") == 3
+    assert "'0' at position 3" in err.message
+    assert "more distinct" in err.message
+    assert len(err.message) < 400
+
+
+def test_non_ascii_letter_in_bare_line() -> None:
+    err = only_error(parse_sequences("MKTAY\nMKßT\n"))
+    assert err.record_id == "seq_2" and "'ß'" in err.message and "position 3" in err.message
+
+
+# --------------------------------------------------------------------------- #
+# Empty records, empty input, ids
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("body", ["", "*", "   \n"])
+def test_empty_record_is_refused(body: str) -> None:
+    parsed = parse_sequences(f">empty\n{body}\n>full\nMKT\n")
+    err = only_error(parsed)
+    assert err.record_id == "empty" and "empty" in err.message
+    assert ids(parsed) == ["full"]
+
+
+def test_bare_star_line_is_empty_record() -> None:
+    parsed = parse_sequences("MKT\n*\n")
+    err = only_error(parsed)
+    assert err.record_id == "seq_2" and "line 2" in err.message
+    assert ids(parsed) == ["seq_1"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\n\t\r\n", "\ufeff  \n"])
+def test_empty_input_gives_single_input_error(text: str) -> None:
+    parsed = parse_sequences(text)
+    assert parsed.records == []
+    assert parsed.problems == [InputProblem("input", "no sequences found", "error")]
+
+
+def test_duplicate_ids_first_kept_later_refused() -> None:
+    parsed = parse_sequences(">x\nMKT\n>y\nGSG\n>x\nLLK\n>x\nPEV\n")
+    assert [(r.id, r.sequence) for r in parsed.records] == [("x", "MKT"), ("y", "GSG")]
+    assert [e.record_id for e in parsed.errors] == ["x", "x"]
+    assert "record 3" in parsed.errors[0].message
+    assert "record 4" in parsed.errors[1].message
+    assert all("duplicate" in e.message for e in parsed.errors)
+
+
+def test_empty_fasta_id_is_refused() -> None:
+    parsed = parse_sequences(">a\nMKT\n>\nGSG\n>   \nLLK\n>b\nPEV\n")
+    assert ids(parsed) == ["a", "b"]
+    assert [e.record_id for e in parsed.errors] == ["line 3", "line 5"]
+    assert all("no id" in e.message for e in parsed.errors)
+
+
+# --------------------------------------------------------------------------- #
+# Nucleotide detection
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("sequence", ["ACGTACGTACGT", "acguacguaa", "ACGTNNNNACGT", "AAAAAAAAAA"])
+def test_nucleotide_like_sequences_are_refused(sequence: str) -> None:
+    parsed = parse_sequences(f">nuc\n{sequence}\n")
+    err = only_error(parsed)
+    assert err.record_id == "nuc"
+    assert "nucleotide" in err.message and "translated protein" in err.message
+    assert parsed.records == []
+
+
+def test_short_nucleotide_letters_are_allowed() -> None:
+    parsed = parse_sequences(">p\nACGTA\n>q\nACGTACGTA\n")
+    assert parsed.ok and ids(parsed) == ["p", "q"]
+
+
+def test_protein_with_one_non_nucleotide_letter_is_allowed() -> None:
+    parsed = parse_sequences(">p\nACGTACGTACGTK\n")
+    assert parsed.ok and parsed.records[0].sequence == "ACGTACGTACGTK"
+
+
+# --------------------------------------------------------------------------- #
+# Length limit
+# --------------------------------------------------------------------------- #
+
+
+def test_too_long_is_truncated_with_warning_by_default() -> None:
+    long_seq = ("MKTAYIAKQR" * 150)[:1500]
+    parsed = parse_sequences(f">long\n{long_seq}\n>short\nGSG\n")
+    assert parsed.ok
+    record = parsed.records[0]
+    assert len(record.sequence) == MAX_RESIDUES == 1022
+    assert record.sequence == long_seq[:1022]
+    assert len(record.warnings) == 1
+    assert "1500" in record.warnings[0] and "1022" in record.warnings[0]
+    assert [(w.record_id, w.message) for w in parsed.warnings] == [("long", record.warnings[0])]
+    assert ids(parsed) == ["long", "short"]
+
+
+def test_exactly_max_length_is_untouched() -> None:
+    seq = ("MKTAYIAKQR" * 200)[:MAX_RESIDUES]
+    parsed = parse_sequences(seq)
+    assert parsed.problems == [] and parsed.records[0].sequence == seq
+
+
+def test_custom_max_length_truncates() -> None:
+    parsed = parse_sequences("MKTAYIAKQR", max_length=4)
+    assert parsed.records[0].sequence == "MKTA"
+    assert "10" in parsed.warnings[0].message and "4" in parsed.warnings[0].message
+
+
+def test_reject_mode_refuses_too_long() -> None:
+    long_seq = "MKTAYIAKQR" * 103
+    parsed = parse_sequences(f"{long_seq}\nGSG\n", on_too_long="reject")
+    err = only_error(parsed)
+    assert err.record_id == "seq_1" and "1030" in err.message and "1022" in err.message
+    assert ids(parsed) == ["seq_2"]
+
+
+def test_trailing_stop_and_truncation_warnings_both_kept() -> None:
+    parsed = parse_sequences(">a\n" + "MKTAYIAKQR" * 2 + "*\n", max_length=5)
+    assert parsed.records[0].sequence == "MKTAY"
+    assert len(parsed.records[0].warnings) == 2
+    assert len(parsed.warnings) == 2
+
+
+def test_invalid_options_raise() -> None:
+    with pytest.raises(ValueError):
+        parse_sequences("MKT", max_length=0)
+    with pytest.raises(ValueError):
+        parse_sequences("MKT", on_too_long="drop")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- #
+# Mixed input keeps order
+# --------------------------------------------------------------------------- #
+
+
+def test_valid_records_processed_when_others_refused_in_order() -> None:
+    text = (
+        ">ok1\nMKT\n"
+        ">bad_digit\nMK1\n"
+        ">ok2\nGSG*\n"
+        ">dna\nACGTACGTACGT\n"
+        ">ok1\nLLK\n"
+        ">empty\n"
+        ">ok3\nPEV\n"
+    )
+    parsed = parse_sequences(text)
+    assert ids(parsed) == ["ok1", "ok2", "ok3"]
+    assert [(p.record_id, p.severity) for p in parsed.problems] == [
+        ("bad_digit", "error"),
+        ("ok2", "warning"),
+        ("dna", "error"),
+        ("ok1", "error"),
+        ("empty", "error"),
+    ]
+    assert not parsed.ok
+
+
+# --------------------------------------------------------------------------- #
+# Byte and file input
+# --------------------------------------------------------------------------- #
+
+
+def test_read_plain_bytes_and_bom() -> None:
+    parsed = read_sequences(b"\xef\xbb\xbf>a\r\nMKT\r\n")
+    assert [(r.id, r.sequence) for r in parsed.records] == [("a", "MKT")]
+
+
+def test_read_gzip_bytes_by_magic_not_extension(tmp_path: Path) -> None:
+    payload = gzip.compress(">a\nMKT\n>b\ngsg*\n".encode())
+    parsed = read_sequences(payload)
+    assert [(r.id, r.sequence) for r in parsed.records] == [("a", "MKT"), ("b", "GSG")]
+    path = tmp_path / "no_gz_suffix.txt"
+    path.write_bytes(payload)
+    assert ids(read_sequences(path)) == ["a", "b"]
+    assert ids(read_sequences(str(path))) == ["a", "b"]
+
+
+def test_read_plain_file_named_gz_is_not_gunzipped(tmp_path: Path) -> None:
+    path = tmp_path / "plain.fasta.gz"
+    path.write_text(">a\nMKT\n")
+    assert ids(read_sequences(path)) == ["a"]
+
+
+def test_truncated_gzip_is_a_problem_not_an_exception() -> None:
+    payload = gzip.compress((">a\n" + "MKTAYIAKQR" * 500 + "\n").encode())
+    parsed = read_sequences(payload[: len(payload) // 2])
+    err = only_error(parsed)
+    assert err.record_id == "input" and "gzip" in err.message
+    assert parsed.records == []
+
+
+def test_corrupt_gzip_is_a_problem_not_an_exception() -> None:
+    payload = bytearray(gzip.compress(b">a\nMKTAYIAKQR\n"))
+    payload[-8] ^= 0xFF  # break the CRC
+    err = only_error(read_sequences(bytes(payload)))
+    assert err.record_id == "input" and "gzip" in err.message
+
+
+def test_gzip_magic_only_is_a_problem() -> None:
+    err = only_error(read_sequences(b"\x1f\x8b"))
+    assert err.record_id == "input"
+
+
+def test_binary_garbage_is_a_problem_not_an_exception() -> None:
+    garbage = bytes((i * 37 + 11) % 256 for i in range(2048))
+    parsed = read_sequences(garbage)
+    assert only_error(parsed).record_id == "input"
+    assert parsed.records == []
+
+
+def test_nul_bytes_are_reported_as_binary() -> None:
+    err = only_error(read_sequences(b">a\nMK\x00\x00T\n"))
+    assert err.record_id == "input" and "binary" in err.message
+
+
+def test_undecodable_bytes_are_a_problem() -> None:
+    err = only_error(read_sequences(">a\nMKTÄ\n".encode("latin-1")))
+    assert err.record_id == "input" and "UTF-8" in err.message
+
+
+def test_utf8_non_ascii_letter_is_reported_per_record() -> None:
+    parsed = read_sequences(">a\nMKTÄ\n>b\nGSG\n".encode())
+    err = only_error(parsed)
+    assert err.record_id == "a" and "'Ä'" in err.message and "position 4" in err.message
+    assert ids(parsed) == ["b"]
+
+
+def test_missing_file_is_a_problem(tmp_path: Path) -> None:
+    err = only_error(read_sequences(tmp_path / "does_not_exist.fasta"))
+    assert err.record_id == "input" and "could not read" in err.message
+
+
+def test_read_passes_options_through() -> None:
+    parsed = read_sequences(b"MKTAYIAKQR\n", max_length=3, on_too_long="reject")
+    assert only_error(parsed).record_id == "seq_1"
+
+
+# --------------------------------------------------------------------------- #
+# Example sets
+# --------------------------------------------------------------------------- #
+
+
+def test_pattern_examples_shape() -> None:
+    patterns = example_sequences("patterns")
+    assert len(patterns) == 18
+    assert [r.id for r in patterns] == [f"pattern_{i:02d}" for i in range(1, 19)]
+    lengths = [len(r.sequence) for r in patterns]
+    assert all(10 <= n <= 400 for n in lengths)
+    assert min(lengths) == 10 and max(lengths) == 400
+    assert len(set(lengths)) == 18  # spread, not clustered
+    assert len({r.sequence for r in patterns}) == 18
+
+
+def test_pattern_examples_are_repeated_motifs_of_standard_residues() -> None:
+    for record in example_sequences("patterns"):
+        assert set(record.sequence) <= set(STANDARD_AA)
+        seq = record.sequence
+        period = next(p for p in range(1, len(seq) + 1) if seq == (seq[:p] * len(seq))[: len(seq)])
+        assert period <= 20, record.id
+
+
+def test_examples_are_deterministic() -> None:
+    assert example_sequences("all") == example_sequences("all")
+    first = example_sequences("patterns")
+    first.clear()  # mutating the returned list must not affect later calls
+    assert len(example_sequences("patterns")) == 18
+
+
+def test_pattern_examples_pass_validation() -> None:
+    patterns = example_sequences("patterns")
+    fasta = "".join(f">{r.id}\n{r.sequence}\n" for r in patterns)
+    parsed = parse_sequences(fasta)
+    assert parsed.problems == []
+    assert parsed.records == patterns
+
+
+def test_real_examples_parse_cleanly() -> None:
+    real = example_sequences("real")
+    assert len(real) == 9
+    assert [r.id for r in real] == [
+        "UBIQ_HUMAN",
+        "GFP_AEQVI",
+        "HBA_HUMAN",
+        "HBB_HUMAN",
+        "MYG_PHYMC",
+        "LYSC_CHICK",
+        "INS_HUMAN",
+        "BPT1_BOVIN",
+        "HP35",
+    ]
+    assert [len(r.sequence) for r in real] == [76, 238, 142, 147, 154, 129, 110, 58, 35]
+    assert real[0].sequence.startswith("MQIFVKTLTG") and real[0].sequence.endswith("LRLRGG")
+
+
+def test_real_fasta_file_has_no_problems_and_is_wrapped() -> None:
+    import core.sequences as module
+
+    path = Path(module.__file__).parent / "data" / "real_proteins.fasta"
+    text = path.read_text(encoding="utf-8")
+    parsed = parse_sequences(text)
+    assert parsed.problems == [] and len(parsed.records) == 9
+    assert all(len(line) <= 60 for line in text.splitlines() if not line.startswith(">"))
+    headers = [line for line in text.splitlines() if line.startswith(">")]
+    assert all("(" in h and h.endswith(")") for h in headers)
+
+
+def test_all_is_patterns_then_real_with_unique_ids() -> None:
+    everything = example_sequences("all")
+    assert everything == example_sequences("patterns") + example_sequences("real")
+    assert example_sequences() == everything
+    assert len({r.id for r in everything}) == len(everything) == 27
+
+
+def test_every_example_residue_is_allowed() -> None:
+    for record in example_sequences("all"):
+        assert record.sequence and set(record.sequence) <= ALLOWED_RESIDUES, record.id
+        assert len(record.sequence) <= MAX_RESIDUES
+
+
+def test_unknown_example_set_raises() -> None:
+    with pytest.raises(ValueError):
+        example_sequences("nope")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- #
+# Properties
+# --------------------------------------------------------------------------- #
+
+
+def _not_nucleotide_like(seq: str) -> bool:
+    return len(seq) < 10 or not set(seq) <= set("ACGTUN")
+
+
+protein_strings = st.text(alphabet=sorted(ALLOWED_RESIDUES), min_size=1, max_size=300).filter(
+    _not_nucleotide_like
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sequences=st.lists(protein_strings, min_size=1, max_size=8),
+    width=st.integers(min_value=1, max_value=80),
+    lower=st.booleans(),
+)
+def test_fasta_round_trip(sequences: list[str], width: int, lower: bool) -> None:
+    chunks = []
+    for i, seq in enumerate(sequences):
+        body = seq.lower() if lower else seq
+        wrapped = "\n".join(body[j : j + width] for j in range(0, len(body), width))
+        chunks.append(f">prot_{i} some description\n{wrapped}\n")
+    parsed = parse_sequences("".join(chunks))
+    assert parsed.problems == []
+    assert [(r.id, r.sequence) for r in parsed.records] == [
+        (f"prot_{i}", seq) for i, seq in enumerate(sequences)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_parse_never_raises_on_arbitrary_text(text: str) -> None:
+    parsed = parse_sequences(text)
+    assert parsed.records or parsed.errors
+    for record in parsed.records:
+        assert 1 <= len(record.sequence) <= MAX_RESIDUES
+        assert set(record.sequence) <= ALLOWED_RESIDUES
+    assert len({r.id for r in parsed.records}) == len(parsed.records)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_read_never_raises_on_arbitrary_bytes(data: bytes) -> None:
+    parsed = read_sequences(data)
+    assert parsed.records or parsed.errors
+    assume(not data.startswith(b"\x1f\x8b"))  # only one gzip layer is unwrapped
+    assert read_sequences(gzip.compress(data)).problems == parsed.problems
