@@ -114,10 +114,15 @@ def recommendation_for(verdict: Verdict, agreement: float, failing_cosine: list[
     if verdict == "ACCEPT":
         return f"Adopt v2.0: predictions agree on {pct} of sequences; the divergence is cosmetic."
     if verdict == "VALIDATE":
-        reason = f"label agreement {pct} is between {100 * thresholds.min_agreement:g}% and {100 * thresholds.accept_agreement:g}%"
+        reasons = []
+        if agreement <= thresholds.accept_agreement:
+            reasons.append(
+                f"label agreement {pct} is between {100 * thresholds.min_agreement:g}% and {100 * thresholds.accept_agreement:g}%"
+            )
         if failing_cosine:
-            reason += f", and {len(failing_cosine)} sequence(s) fall at or below cosine {thresholds.min_cosine:g}"
-        return f"Validate v2.0 on a production dataset before adopting it: {reason}."
+            named = ", ".join(failing_cosine[:5]) + (" …" if len(failing_cosine) > 5 else "")
+            reasons.append(f"{len(failing_cosine)} sequence(s) are at or below cosine {thresholds.min_cosine:g} ({named})")
+        return f"Validate v2.0 on a production dataset before adopting it: {' and '.join(reasons)}."
     return (
         f"Fall back to a v1.0-compatible path: label agreement {pct} is below "
         f"{100 * thresholds.min_agreement:g}%, so v2.0 changes predictions."

@@ -13,6 +13,7 @@ two paths agree to rounding; the FlashAttention backends differ only in attentio
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import zlib
 from dataclasses import dataclass
@@ -94,6 +95,20 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
+def rotary_inv_freq(head_dim: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
+    """RoFormer's inverse frequencies, (head_dim // 2,): fair-esm's formula, computed in ``dtype``."""
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=dtype, device=device) / head_dim))
+
+
+def reset_rotary_frequencies(model: ESM2) -> None:
+    """Recompute every layer's rotary ``inv_freq`` buffer in its own dtype."""
+    with torch.no_grad():
+        for layer in model.layers:
+            inv_freq = layer.self_attn.rot_emb.inv_freq
+            inv_freq.copy_(rotary_inv_freq(2 * inv_freq.numel(), inv_freq.dtype, inv_freq.device))
+    reset_rotary_caches(model)
+
+
 def reset_rotary_caches(model: ESM2) -> None:
     """Drop fair-esm's cached rotary tables, which are keyed on length only, not dtype."""
     for layer in model.layers:
@@ -109,8 +124,7 @@ def rotary_tables(
     standard path does; ``'fp32'`` recomputes the frequencies and tables in float32.
     """
     if precision == "fp32":
-        head_dim = 2 * inv_freq.numel()
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=inv_freq.device).float() / head_dim))
+        inv_freq = rotary_inv_freq(2 * inv_freq.numel(), torch.float32, inv_freq.device)
     positions = torch.arange(max_seqlen, device=inv_freq.device).type_as(inv_freq)
     freqs = torch.einsum("i,j->ij", positions, inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
@@ -315,11 +329,9 @@ def build_demo_model(arch: Architecture, seed: int, dtype: torch.dtype, device: 
                 full_name = f"{module_name}.{param_name}"
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(full_name.encode()))
                 param.copy_(_demo_values(module, param_name, param, generator))
-        for layer in model.layers:
-            rot_emb = layer.self_attn.rot_emb
-            dim = 2 * rot_emb.inv_freq.numel()
-            inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
-            rot_emb.inv_freq.copy_(inv_freq)  # cast to the model dtype, as model.half() would
+        for layer in model.layers:  # computed in float32, then cast, as model.half() would
+            inv_freq = layer.self_attn.rot_emb.inv_freq
+            inv_freq.copy_(rotary_inv_freq(2 * inv_freq.numel(), torch.float32, inv_freq.device))
     reset_rotary_caches(model)
     return model
 
@@ -439,6 +451,19 @@ def load_esm2_model(
     model = ESM2WithFlashAttention(esm2.eval(), name=name, weights=kind, backend=backend)
     model = model.to(device=target, dtype=torch_dtype).eval().requires_grad_(False)
     return model, esm2.alphabet
+
+
+def reference_copy(model: ESM2WithFlashAttention, dtype: torch.dtype = torch.float64) -> ESM2WithFlashAttention:
+    """The same weights in a wider dtype, for a reference to measure both paths against.
+
+    Rotary frequencies are recomputed exactly in ``dtype`` (a low-precision model keeps them
+    rounded, which is part of that model's error, not of its weights).
+    """
+    wide = ESM2WithFlashAttention(
+        copy.deepcopy(model.esm2), name=model.name, weights=model.weights, backend="reference"
+    ).to(dtype)
+    reset_rotary_frequencies(wide.esm2)
+    return wide.eval().requires_grad_(False)
 
 
 def layer_indices(model: ESM2WithFlashAttention, layers: Iterable[int] | None = None) -> list[int]:

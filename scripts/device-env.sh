@@ -1,0 +1,5 @@
+# Source this on a lent GPU machine (no network) from the repo root, after carrying .whl/
+# (see docs/gpu-runs/README.md): installs the carried wheels into /tmp/site.
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || return 1
+python3 -c "import numpy" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/opt/numpy-*.whl || return 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
