@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
@@ -19,34 +18,13 @@ from core.attention import BACKENDS, BackendUnavailable, available_backends
 from core.compare import run_both_paths
 from core.metrics import Thresholds, verdict_at_or_below
 from core.model import (
-    DEFAULT_MODEL, DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable,
-    default_device, load_esm2_model, pretrained_available,
+    DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, default_device, default_dtype,
+    default_model_spec, load_esm2_model, pretrained_available, versions,
 )
-from core.report import build_summary, compare_layer, format_summary, sequence_table, write_outputs
+from core.report import analyse, format_summary, write_outputs
 from core.sequences import ParsedInput, example_sequences, parse_sequences, read_sequences
 
 EXIT_GATE, EXIT_INPUT, EXIT_SETUP = 1, 2, 3
-
-
-def default_model_for(device: torch.device) -> str:
-    """3B on a GPU (pretrained when cached here, else demo-3B); demo-8M on a CPU so a run finishes."""
-    if device.type == "cuda":
-        return DEFAULT_MODEL if pretrained_available(DEFAULT_MODEL) else "demo-3B"
-    return "demo-8M"
-
-
-def default_dtype_for(device: torch.device) -> str:
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
-def versions() -> dict[str, str]:
-    found = {"torch": torch.__version__}
-    for package in ("fair-esm", "flash-attn"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def _read_input(args: argparse.Namespace) -> ParsedInput:
@@ -72,12 +50,16 @@ def compare_command(args: argparse.Namespace) -> int:
         print("error: no valid sequences to compare", file=sys.stderr)
         return EXIT_INPUT
 
-    device = torch.device(args.device) if args.device != "auto" else default_device()
+    try:
+        device = torch.device(args.device) if args.device != "auto" else default_device()
+    except RuntimeError:
+        print(f"error: unknown device {args.device!r}; use auto, cpu, cuda or cuda:N", file=sys.stderr)
+        return EXIT_SETUP
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda was asked for but CUDA is not available here", file=sys.stderr)
         return EXIT_SETUP
-    model_spec = args.model if args.model != "auto" else default_model_for(device)
-    dtype = args.dtype if args.dtype != "auto" else default_dtype_for(device)
+    model_spec = args.model if args.model != "auto" else default_model_spec(device)
+    dtype = args.dtype if args.dtype != "auto" else default_dtype(device)
     if args.model == "auto":
         print(f"note: model 'auto' on {device.type} is {model_spec} in {dtype} (pass --model to choose)", file=sys.stderr)
     try:
@@ -93,19 +75,11 @@ def compare_command(args: argparse.Namespace) -> int:
     except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP
-    layer = run.layers[0]
-
-    comparison = compare_layer(run, layer, args.seed, thresholds)
-    warnings_by_id = {r.id: "; ".join(r.warnings) for r in records if r.warnings}
-    summary = build_summary(
-        run, comparison, layer, args.seed,
-        warnings=[p.message for p in parsed.warnings],
-        refused=[{"id": p.record_id, "message": p.message} for p in parsed.errors],
-        versions=versions(),
-    )
+    analysis = analyse(run, run.layers[0], args.seed, thresholds, parsed, versions())
+    summary = analysis.summary
     print(format_summary(summary))
     if args.out:
-        summary_path, csv_path = write_outputs(Path(args.out), summary, sequence_table(run, comparison, warnings_by_id))
+        summary_path, csv_path = write_outputs(Path(args.out), summary, analysis.table)
         print(f"\n  wrote {summary_path} and {csv_path}")
 
     if parsed.errors:

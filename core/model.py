@@ -16,6 +16,7 @@ import argparse
 import copy
 import math
 import zlib
+from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -290,6 +291,29 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_model_spec(device: torch.device) -> str:
+    """3B on a GPU (pretrained when cached here, else demo-3B); demo-8M on a CPU so a run finishes."""
+    if device.type == "cuda":
+        return DEFAULT_MODEL if pretrained_available(DEFAULT_MODEL) else "demo-3B"
+    return "demo-8M"
+
+
+def default_dtype(device: torch.device) -> str:
+    """FP16 on a GPU (the seed's setting); FP32 on a CPU, where FP16 matmuls are slow."""
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers."""
+    found = {"torch": torch.__version__}
+    for package in ("fair-esm", "flash-attn"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def _new_alphabet() -> esm.data.Alphabet:
     return esm.data.Alphabet.from_architecture("ESM-1b")
 
@@ -319,6 +343,7 @@ def build_demo_model(arch: Architecture, seed: int, dtype: torch.dtype, device: 
     with torch.device("meta"):
         model = ESM2(arch.num_layers, arch.embed_dim, arch.attention_heads, alphabet=_new_alphabet())
     model = model.to(dtype).to_empty(device=device)
+    model.lm_head.weight = model.embed_tokens.weight  # to_empty() replaced the tied parameter
     seen: set[int] = set()
     with torch.no_grad():
         for module_name, module in model.named_modules():
@@ -336,6 +361,11 @@ def build_demo_model(arch: Architecture, seed: int, dtype: torch.dtype, device: 
     return model
 
 
+def _first_lines(error: BaseException, lines: int = 4, limit: int = 800) -> str:
+    """The start of an exception's message, enough to say what is wrong without a wall of text."""
+    return " ".join(line.strip() for line in str(error).splitlines()[:lines] if line.strip())[:limit]
+
+
 def _safe_torch_load(path: Path) -> dict:
     """torch.load with ``weights_only=True``: tensors and plain containers only, no code runs.
 
@@ -346,7 +376,7 @@ def _safe_torch_load(path: Path) -> dict:
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightsUnavailable(
-            f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}. "
+            f"cannot read checkpoint {path}: {type(error).__name__}: {_first_lines(error, 1) or 'empty or truncated file'}. "
             "Only fair-esm ESM-2 checkpoints (tensors and an argparse config) are accepted; "
             "pickled code is refused."
         ) from error
@@ -359,9 +389,9 @@ def _esm2_from_model_data(model_data: dict, regression_data: dict | None, source
     if not all(hasattr(cfg, field) for field in ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads")):
         raise WeightsUnavailable(f"{source} has no ESM-2 architecture in cfg['model'] (is it an ESM-1 checkpoint?)")
     try:
-        model, _, _ = esm.pretrained.load_model_and_alphabet_core("esm2", model_data, regression_data)
+        model, _ = esm.pretrained.load_model_and_alphabet_core("esm2", model_data, regression_data)
     except Exception as error:
-        raise WeightsUnavailable(f"{source} does not match ESM-2's layout: {str(error).splitlines()[0][:500]}") from error
+        raise WeightsUnavailable(f"{source} does not match ESM-2's layout: {_first_lines(error)}") from error
     return model
 
 
@@ -400,7 +430,7 @@ def _load_pretrained(name: str) -> ESM2:
     except Exception as error:
         raise WeightsUnavailable(
             f"weights for {name} are not in the torch hub cache ({local}) and could not be downloaded "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}). "
+            f"({type(error).__name__}: {_first_lines(error, 1) or 'no detail'}). "
             f"On a connected host the first run downloads them; offline, copy {name}.pt into "
             f"{local.parent}, pass a local checkpoint file as the model, or use demo weights "
             f"(demo-{next(size for size, full in DEMO_SIZES.items() if full == name)})."

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pandas as pd
 
 from core.compare import EmbeddingRun
 from core.metrics import MATCH_TOLERANCES, Comparison, Thresholds, compare_embeddings
+from core.sequences import ParsedInput
 
 DEMO_NOTICE = (
     "DEMO WEIGHTS: random-init ESM-2, not the pretrained model. This verdict exercises the "
@@ -102,6 +104,40 @@ def build_summary(
     }
 
 
+@dataclass
+class Analysis:
+    """One layer's view of a run: the metrics, the summary.json document and the per-sequence table."""
+
+    comparison: Comparison
+    summary: dict[str, Any]
+    table: pd.DataFrame
+
+
+def analyse(
+    run: EmbeddingRun,
+    layer: int,
+    seed: int,
+    thresholds: Thresholds = Thresholds(),
+    parsed: ParsedInput | None = None,
+    versions: dict[str, str] | None = None,
+) -> Analysis:
+    """Metrics, summary and table for ``layer`` of ``run``; ``parsed`` contributes warnings and refusals.
+
+    Cheap (no model involved): the dashboard calls it on every redraw.
+    """
+    comparison = compare_layer(run, layer, seed, thresholds)
+    problems = parsed.problems if parsed is not None else []
+    records = parsed.records if parsed is not None else []
+    summary = build_summary(
+        run, comparison, layer, seed,
+        warnings=[p.message for p in problems if p.severity == "warning"],
+        refused=[{"id": p.record_id, "message": p.message} for p in problems if p.severity == "error"],
+        versions=versions,
+    )
+    warnings_by_id = {r.id: "; ".join(r.warnings) for r in records if r.warnings}
+    return Analysis(comparison, summary, sequence_table(run, comparison, warnings_by_id))
+
+
 def write_outputs(out_dir: Path, summary: dict[str, Any], table: pd.DataFrame) -> tuple[Path, Path]:
     """Write DIR/summary.json and DIR/sequences.csv; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,10 +152,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The readable metrics table and verdict printed by the CLI."""
+def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) lines of a summary, as the terminal table and the HTML report show them."""
     cosine = summary["cosine"]
-    rows = [
+    match = summary["embedding_match"]
+    thresholds = summary["thresholds"]
+    return [
         ("model", f"{summary['model']} ({summary['weights']} weights), {summary['dtype']}, layer {summary['layer']}"),
         ("device", summary["device"]),
         ("v1.0 attention", summary["backend_v1"]),
@@ -128,13 +166,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("cosine min / mean / max", f"{cosine['min']:.6f} / {cosine['mean']:.6f} / {cosine['max']:.6f}"),
         ("mean |v1 - v2|", f"{summary['mean_abs_diff']:.3e}"),
         ("max |v1 - v2|", f"{summary['max_abs_diff']:.3e}"),
-        ("values within 1e-3 / 1e-2", f"{100 * summary['embedding_match']['atol_0.001']:.1f}% / {100 * summary['embedding_match']['atol_0.01']:.1f}%"),
+        ("values within 1e-3 / 1e-2", f"{100 * match['atol_0.001']:.1f}% / {100 * match['atol_0.01']:.1f}%"),
         (f"label agreement (seed {summary['seed']})", f"{100 * summary['label_agreement']:.2f}% ({summary['n_label_flips']} flips)"),
         ("confidence Pearson", _fmt(summary["pearson"], ".6f")),
         ("max confidence diff", f"{summary['max_confidence_diff']:.3e}"),
-        (f"cosine > {summary['thresholds']['min_cosine']:g} for all", "pass" if summary["checks"]["cosine_all_above_threshold"] else "FAIL"),
-        (f"agreement >= {100 * summary['thresholds']['min_agreement']:g}%", "pass" if summary["checks"]["agreement_at_least_threshold"] else "FAIL"),
+        (f"cosine > {thresholds['min_cosine']:g} for all", "pass" if summary["checks"]["cosine_all_above_threshold"] else "FAIL"),
+        (f"agreement >= {100 * thresholds['min_agreement']:g}%", "pass" if summary["checks"]["agreement_at_least_threshold"] else "FAIL"),
     ]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The readable metrics table and verdict printed by the CLI."""
+    rows = _summary_rows(summary)
     width = max(len(name) for name, _ in rows)
     lines = [f"  {name:<{width}}  {value}" for name, value in rows]
     banner = [f"!! {DEMO_NOTICE}", ""] if summary["demo_weights"] else []
@@ -145,3 +188,36 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     return "\n".join(banner + lines + verdict)
 
+
+def html_report(summary: dict[str, Any], table: pd.DataFrame, figures: dict[str, Any]) -> str:
+    """A self-contained HTML report (plotly.js inlined once): readable offline, user text escaped."""
+    from core.charts import VERDICT_COLOURS  # plotly is only needed for reports and the page
+
+    esc = html.escape
+    colour = VERDICT_COLOURS[summary["verdict"]]
+    banner = f'<p class="demo">{esc(DEMO_NOTICE)}</p>' if summary["demo_weights"] else ""
+    rows = "".join(f"<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>" for name, value in _summary_rows(summary))
+    charts = "".join(
+        figure.to_html(full_html=False, include_plotlyjs=(index == 0), default_width="100%")
+        for index, figure in enumerate(figures.values())
+    )
+    notes = [m for m in summary["warnings"] if m != DEMO_NOTICE] + [r["message"] for r in summary["refused"]]
+    problems = "".join(f"<li>{esc(message)}</li>" for message in notes)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ESM-2 attention divergence: {esc(summary['verdict'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #111; }}
+.verdict {{ border-left: 12px solid {colour}; padding: 0.6em 1em; background: #f6f6f6; }}
+.verdict h1 {{ color: {colour}; margin: 0; font-size: 2.6em; }}
+.demo {{ background: #fff3cd; border: 2px solid #b35900; padding: 0.8em; font-weight: bold; }}
+table {{ border-collapse: collapse; }} th, td {{ padding: 0.25em 0.8em; text-align: left; border-bottom: 1px solid #ddd; }}
+</style></head><body>
+{banner}
+<div class="verdict"><h1>{esc(summary['verdict'])}</h1><p>{esc(summary['recommendation'])}</p></div>
+<h2>Summary</h2><table>{rows}</table>
+{f'<h2>Input notes</h2><ul>{problems}</ul>' if problems else ''}
+<h2>Charts</h2>{charts}
+<h2>Per sequence</h2>{table.to_html(index=False, escape=True, float_format=lambda v: f'{v:.8g}')}
+<p><small>Created {esc(summary['created_at'])} · {esc(json.dumps(summary['versions']))}</small></p>
+</body></html>
+"""

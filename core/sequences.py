@@ -29,6 +29,7 @@ __all__ = [
     "parse_sequences",
     "read_sequences",
     "example_sequences",
+    "format_fasta",
 ]
 
 MAX_RESIDUES = 1022  # ESM-2 limit (1024 positions incl. BOS/EOS)
@@ -169,6 +170,18 @@ def example_sequences(
     if name == "all":
         return list(_pattern_records()) + list(_real_records())
     raise ValueError(f"unknown example set {name!r}; use 'patterns', 'real' or 'all'")
+
+
+def format_fasta(records: list[ProteinRecord], width: int = 60) -> str:
+    """Records as FASTA text (Biopython's writer, lines of ``width`` residues)."""
+    from Bio.Seq import Seq
+    from Bio.SeqIO.FastaIO import FastaWriter
+
+    buffer = io.StringIO()
+    FastaWriter(buffer, wrap=width, record2title=lambda r: r.id).write_file(
+        SeqRecord(Seq(r.sequence), id=r.id, description="") for r in records
+    )
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- #

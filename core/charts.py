@@ -1,0 +1,141 @@
+"""Plotly figures of a comparison. Each takes the per-sequence table (core.report.sequence_table).
+
+Cosines of two FP16 paths crowd against 1.0 (0.9999999…), where a linear axis shows nothing, so
+the cosine charts plot the cosine distance 1 − cosine on a log axis; hover shows the cosine itself.
+Hovering any point names the sequence. ``font_size`` scales text for a shared screen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+VERDICT_COLOURS = {"ACCEPT": "#1a7f37", "VALIDATE": "#b35900", "FALLBACK": "#c62828"}
+V1_COLOUR, FLIP_COLOUR, AGREE_COLOUR = "#4063d8", "#c62828", "#4063d8"
+DISTANCE_FLOOR = 1e-16  # identical embeddings: log10(0) has no place on the axis
+
+
+def log_cosine_distance(cosine: pd.Series | np.ndarray) -> np.ndarray:
+    """log10(1 - cosine), with 1 - cosine floored at DISTANCE_FLOOR."""
+    return np.log10(np.maximum(1.0 - np.asarray(cosine, dtype=np.float64), DISTANCE_FLOOR))
+
+
+LOG_DISTANCE_TITLE = "log10(1 − cosine)"
+
+
+def _layout(fig: go.Figure, title: str, font_size: int, **axes) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        font=dict(size=font_size),
+        margin=dict(l=60, r=20, t=60, b=50),
+        template="plotly_white",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        **axes,
+    )
+    return fig
+
+
+def _threshold_line(fig: go.Figure, min_cosine: float, vertical: bool) -> None:
+    """The cosine threshold, drawn at distance 1 - min_cosine; beyond it a sequence fails."""
+    place = dict(x=np.log10(1 - min_cosine)) if vertical else dict(y=np.log10(1 - min_cosine))
+    (fig.add_vline if vertical else fig.add_hline)(
+        **place, line=dict(color=VERDICT_COLOURS["FALLBACK"], dash="dash"),
+        annotation_text=f"cosine {min_cosine:g}", annotation_position="top left" if vertical else "bottom right",
+    )
+
+
+def cosine_histogram(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
+    """Distribution of per-sequence cosine distance (log bins), with the threshold line."""
+    log_distance = log_cosine_distance(table["cosine"])
+    fig = go.Figure(go.Histogram(
+        x=log_distance, xbins=dict(size=0.25), marker_color=V1_COLOUR, name="sequences",
+        hovertemplate="log10(1 − cosine) ≈ %{x}<br>%{y} sequences<extra></extra>",
+    ))
+    _threshold_line(fig, min_cosine, vertical=True)
+    upper = max(log_distance.max(), np.log10(1 - min_cosine)) + 0.5
+    ticks = np.arange(np.floor(log_distance.min()), np.ceil(upper) + 1)
+    return _layout(fig, "Cosine distance, v1.0 vs v2.0", font_size, yaxis_title="sequences",
+                   xaxis=dict(title=LOG_DISTANCE_TITLE, tickvals=ticks))
+
+
+def cosine_ecdf(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
+    """Empirical CDF of the cosine distance: the share of sequences at or closer than each value."""
+    ordered = table.sort_values("cosine", ascending=False)
+    share = np.arange(1, len(ordered) + 1) / len(ordered)
+    fig = go.Figure(go.Scatter(
+        x=log_cosine_distance(ordered["cosine"]), y=share, mode="lines+markers", line_shape="hv",
+        marker_color=V1_COLOUR, text=ordered["id"], customdata=ordered["cosine"], name="sequences",
+        hovertemplate="%{text}<br>cosine %{customdata:.10f}<br>%{y:.1%} of sequences this close or closer<extra></extra>",
+    ))
+    _threshold_line(fig, min_cosine, vertical=True)
+    return _layout(fig, "Cosine distance ECDF", font_size, yaxis=dict(tickformat=".0%", range=[0, 1.02], title="share of sequences"),
+                   xaxis_title=LOG_DISTANCE_TITLE)
+
+
+def cosine_vs_length(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
+    """Cosine distance against sequence length; label flips in red."""
+    fig = go.Figure()
+    for flipped, colour, name in ((False, AGREE_COLOUR, "labels agree"), (True, FLIP_COLOUR, "label flip")):
+        part = table[table["label_flip"] == flipped]
+        if len(part):
+            fig.add_trace(go.Scatter(
+                x=part["length"], y=log_cosine_distance(part["cosine"]), mode="markers", name=name, text=part["id"],
+                customdata=part["cosine"], marker=dict(color=colour, size=10, symbol="x" if flipped else "circle"),
+                hovertemplate="%{text}<br>length %{x}<br>cosine %{customdata:.10f}<extra></extra>",
+            ))
+    _threshold_line(fig, min_cosine, vertical=False)
+    return _layout(fig, "Cosine distance against sequence length", font_size, xaxis_title="residues",
+                   yaxis_title=LOG_DISTANCE_TITLE)
+
+
+def confidence_scatter(table: pd.DataFrame, font_size: int = 14) -> go.Figure:
+    """Proxy-classifier confidence, v1.0 against v2.0; points off the diagonal moved, red ones flipped."""
+    fig = go.Figure()
+    for flipped, colour, name in ((False, AGREE_COLOUR, "labels agree"), (True, FLIP_COLOUR, "label flip")):
+        part = table[table["label_flip"] == flipped]
+        if len(part):
+            fig.add_trace(go.Scatter(
+                x=part["confidence_v1"], y=part["confidence_v2"], mode="markers", name=name,
+                text=part["id"], customdata=np.stack([part["label_v1"], part["label_v2"]], axis=1),
+                marker=dict(color=colour, size=10, symbol="x" if flipped else "circle"),
+                hovertemplate="%{text}<br>v1.0 label %{customdata[0]} at %{x:.6f}"
+                              "<br>v2.0 label %{customdata[1]} at %{y:.6f}<extra></extra>",
+            ))
+    fig.add_trace(go.Scatter(x=[0.5, 1], y=[0.5, 1], mode="lines", name="v1.0 = v2.0",
+                             line=dict(color="#888", dash="dot"), hoverinfo="skip"))
+    return _layout(fig, "Proxy-classifier confidence", font_size,
+                   xaxis_title="confidence v1.0", yaxis_title="confidence v2.0")
+
+
+def agreement_bands(agreement: float, min_agreement: float, accept_agreement: float, font_size: int = 14) -> go.Figure:
+    """Label agreement as a marker over the FALLBACK / VALIDATE / ACCEPT bands."""
+    low = max(0.0, min(agreement, min_agreement) - 0.05)
+    fig = go.Figure()
+    for verdict, start, end in (("FALLBACK", low, min_agreement), ("VALIDATE", min_agreement, accept_agreement),
+                                ("ACCEPT", accept_agreement, 1.0)):
+        fig.add_shape(type="rect", x0=start, x1=end, y0=0, y1=1, fillcolor=VERDICT_COLOURS[verdict],
+                      opacity=0.25, line_width=0, layer="below")
+        fig.add_annotation(x=(start + end) / 2, y=0.85, text=verdict, showarrow=False,
+                           font=dict(color=VERDICT_COLOURS[verdict]))
+    fig.add_trace(go.Scatter(x=[agreement], y=[0.4], mode="markers+text", text=[f"{agreement:.1%}"],
+                             textposition="bottom center", marker=dict(size=22, color="#111", symbol="diamond"),
+                             name="label agreement", hovertemplate="label agreement %{x:.2%}<extra></extra>"))
+    fig = _layout(fig, "Label agreement against the decision bands", font_size,
+                  xaxis=dict(range=[low, 1.006], tickformat=".0%", title="label agreement"),
+                  yaxis=dict(visible=False, range=[0, 1]), showlegend=False)
+    fig.update_layout(height=220)
+    return fig
+
+
+def all_figures(table: pd.DataFrame, summary: dict, font_size: int = 14) -> dict[str, go.Figure]:
+    """Every chart of one comparison, by name, in display order."""
+    thresholds = summary["thresholds"]
+    return {
+        "agreement": agreement_bands(summary["label_agreement"], thresholds["min_agreement"],
+                                     thresholds["accept_agreement"], font_size),
+        "histogram": cosine_histogram(table, thresholds["min_cosine"], font_size),
+        "ecdf": cosine_ecdf(table, thresholds["min_cosine"], font_size),
+        "length": cosine_vs_length(table, thresholds["min_cosine"], font_size),
+        "confidence": confidence_scatter(table, font_size),
+    }

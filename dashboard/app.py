@@ -1,0 +1,294 @@
+"""ESM-2 attention divergence dashboard.  Run: streamlit run dashboard/app.py
+
+Layout and widgets only; every number comes from ``core``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/ first
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from core import charts  # noqa: E402
+from core.attention import BackendUnavailable, available_backends  # noqa: E402
+from core.model import (  # noqa: E402
+    DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, describe_model_spec, parse_dtype,
+    pretrained_available, versions,
+)
+from core.report import DEMO_NOTICE, analyse, html_report  # noqa: E402
+from core.sequences import ParsedInput, example_sequences, format_fasta, parse_sequences, read_sequences  # noqa: E402
+from dashboard.state import Settings, embed_all_layers  # noqa: E402
+
+CHECKPOINT = "Local checkpoint file…"
+EXAMPLES = {"patterns": "Repeat patterns (18)", "real": "Real proteins (9)", "all": "All examples (27)"}
+UPLOAD_TYPES = ["fasta", "fa", "faa", "txt", "gz"]
+
+st.set_page_config(page_title="ESM-2 attention divergence", page_icon="🧬", layout="wide")
+
+
+# ---------------------------------------------------------------- state
+
+
+def init_session() -> None:
+    """First visit: settings and input from the URL query string."""
+    if "settings" in st.session_state:
+        return
+    settings = Settings.from_query(st.query_params.to_dict())
+    st.session_state.settings = settings
+    is_named = settings.model in PRETRAINED or settings.model.lower().startswith("demo-")
+    st.session_state.model_choice = settings.model if is_named else CHECKPOINT
+    st.session_state.checkpoint_path = "" if is_named else settings.model
+    for name in ("dtype", "device", "backend", "seed", "min_cosine", "min_agreement", "accept_agreement", "present"):
+        st.session_state[name] = getattr(settings, name)
+    example = st.query_params.get("example")
+    if example in EXAMPLES:
+        load_example(example)
+        st.session_state.autorun = True
+
+
+def load_example(name: str) -> None:
+    st.session_state.sequences_text = format_fasta(example_sequences(name))
+    st.session_state.example = name
+
+
+def model_label(choice: str) -> str:
+    if choice in PRETRAINED:
+        return f"{choice} — {'weights here' if pretrained_available(choice) else 'downloads on first use'}"
+    if choice.startswith("demo-"):
+        return f"{choice} — DEMO random weights"
+    return choice
+
+
+def num_layers_of(spec: str) -> int | None:
+    """Layer count from the model name, or None for a checkpoint (known once loaded)."""
+    try:
+        kind, name = describe_model_spec(spec)
+    except ValueError:
+        return None
+    if kind == "checkpoint":
+        return None
+    return PRETRAINED[name if kind == "pretrained" else f"{DEMO_SIZES[name[5:]]}"].num_layers
+
+
+# ---------------------------------------------------------------- sidebar
+
+
+def sidebar(run_layers: list[int] | None) -> Settings:
+    st.sidebar.header("Settings")
+    choices = [*PRETRAINED, *(f"demo-{size}" for size in DEMO_SIZES), CHECKPOINT]
+    choice = st.sidebar.selectbox("Model", choices, key="model_choice", format_func=model_label)
+    spec = st.sidebar.text_input("Checkpoint file (fair-esm format)", key="checkpoint_path") if choice == CHECKPOINT else choice
+    st.sidebar.selectbox("dtype", list(DTYPES), key="dtype", help="FP16 is the seed's setting")
+    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    if st.session_state.device not in devices:
+        st.session_state.device = devices[0]
+    st.sidebar.selectbox("Device", devices, key="device")
+    backends = ["auto", *available_backends(torch.device(st.session_state.device), parse_dtype(st.session_state.dtype))]
+    if st.session_state.backend not in backends:
+        st.session_state.backend = "auto"
+    st.sidebar.selectbox("v2.0 attention backend", backends, key="backend",
+                         help="Only backends that can run on this device and dtype are listed.")
+
+    last = num_layers_of(spec) or (max(run_layers) if run_layers else None)
+    settings = st.session_state.settings
+    if last is None:
+        st.sidebar.caption("Layer choice appears once the checkpoint is loaded (default: last layer).")
+        layer = -1
+    else:
+        if "layer" not in st.session_state or st.session_state.get("layer_model") != spec:
+            st.session_state.layer = last if settings.layer < 0 or settings.layer > last else settings.layer
+            st.session_state.layer_model = spec
+        layer = st.sidebar.slider("Layer (0 = embeddings, last = after final layer norm)", 0, last, key="layer")
+    st.sidebar.number_input("Proxy classifier seed", min_value=0, step=1, key="seed")
+    with st.sidebar.expander("Advanced: thresholds"):
+        st.number_input("Cosine must exceed", 0.0, 1.0, step=0.001, format="%.4f", key="min_cosine")
+        st.number_input("Agreement at least (else FALLBACK)", 0.0, 1.0, step=0.01, format="%.3f", key="min_agreement")
+        st.number_input("Agreement above (ACCEPT)", 0.0, 1.0, step=0.01, format="%.3f", key="accept_agreement")
+    st.sidebar.toggle("Presentation mode", key="present", help="Large type, controls hidden, for a shared screen.")
+
+    ss = st.session_state
+    settings = Settings(
+        model=spec or "", dtype=ss.dtype, device=ss.device, backend=ss.backend, layer=layer, seed=int(ss.seed),
+        min_cosine=ss.min_cosine, min_agreement=ss.min_agreement, accept_agreement=ss.accept_agreement,
+        present=ss.present,
+    )
+    ss.settings = settings
+    return settings
+
+
+# ---------------------------------------------------------------- input
+
+
+def input_section() -> ParsedInput | None:
+    st.subheader("Sequences")
+    left, right = st.columns([3, 1])
+    with right:
+        st.caption("Load a built-in example set")
+        for name, label in EXAMPLES.items():
+            st.button(label, key=f"example_{name}", on_click=load_example, args=(name,), width="stretch")
+        upload = st.file_uploader("…or upload a file", type=UPLOAD_TYPES, key="upload",
+                                  help="FASTA or one sequence per line; gzip accepted.")
+    with left:
+        st.text_area("Paste FASTA or one sequence per line", key="sequences_text", height=220,
+                     placeholder=">my_protein\nMKTAYIAKQRQISFVKSHFSRQ…")
+    if upload is not None:
+        parsed = read_sequences(upload.getvalue())
+        source = f"uploaded file ({len(upload.getvalue()):,} bytes)"
+    elif st.session_state.get("sequences_text", "").strip():
+        parsed = parse_sequences(st.session_state.sequences_text)
+        source = "pasted text"
+    else:
+        return None
+    show_problems(parsed, source)
+    return parsed
+
+
+def show_problems(parsed: ParsedInput, source: str) -> None:
+    """Per-record problems in a table: user text shown as plain text, never as markup."""
+    counts = f"{len(parsed.records)} valid sequence(s) from the {source}"
+    if parsed.errors:
+        st.error(f"{counts}; {len(parsed.errors)} record(s) refused — listed below. The valid ones will still run.")
+    elif parsed.warnings:
+        st.warning(f"{counts}; {len(parsed.warnings)} warning(s) — listed below.")
+    else:
+        st.success(counts)
+    if parsed.problems:
+        st.dataframe(
+            pd.DataFrame([{"": "refused" if p.severity == "error" else "warning", "record": p.record_id,
+                           "problem": p.message} for p in parsed.problems]),
+            hide_index=True, width="stretch",
+        )
+
+
+# ---------------------------------------------------------------- results
+
+
+def verdict_card(summary: dict, font_scale: float) -> None:
+    colour = charts.VERDICT_COLOURS[summary["verdict"]]
+    compared = (f"{summary['model']} ({summary['weights']} weights) · {summary['dtype']} · layer {summary['layer']} · "
+                f"v1.0 {summary['backend_v1']} vs v2.0 {summary['backend_v2']} · {summary['device']} · "
+                f"{summary['n_sequences']} sequences · seed {summary['seed']}")
+    st.markdown(
+        f"""<div style="border-left: 14px solid {colour}; background: #f6f7f9; padding: 0.8rem 1.2rem; border-radius: 6px;">
+<div style="color: {colour}; font-size: {3.2 * font_scale}rem; font-weight: 800; line-height: 1.1;">{html.escape(summary['verdict'])}</div>
+<div style="font-size: {1.25 * font_scale}rem; margin-top: 0.3rem;">{html.escape(summary['recommendation'])}</div>
+<div style="color: #555; font-size: {0.9 * font_scale}rem; margin-top: 0.4rem;">{html.escape(compared)}</div></div>""",
+        unsafe_allow_html=True,  # every interpolated value is escaped above
+    )
+
+
+def kpi_row(summary: dict) -> None:
+    pearson = summary["pearson"]
+    columns = st.columns(6)
+    columns[0].metric(f"Label agreement ({summary['n_label_flips']} flips)", f"{summary['label_agreement']:.1%}")
+    columns[1].metric("Min cosine", f"{summary['cosine']['min']:.6f}")
+    columns[2].metric("Confidence Pearson", "n/a" if pearson is None else f"{pearson:.6f}")
+    columns[3].metric("Max confidence diff", f"{summary['max_confidence_diff']:.2e}")
+    columns[4].metric("Values within 1e-3", f"{summary['embedding_match']['atol_0.001']:.1%}")
+    columns[5].metric("Values within 1e-2", f"{summary['embedding_match']['atol_0.01']:.1%}")
+
+
+def results(run, settings: Settings, parsed: ParsedInput) -> None:
+    layer = settings.layer if settings.layer >= 0 else max(run.layers)
+    analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions())
+    summary, table = analysis.summary, analysis.table
+    font_size = 22 if settings.present else 14
+    if run.is_demo:
+        st.warning(DEMO_NOTICE, icon="⚠️")
+    verdict_card(summary, 1.4 if settings.present else 1.0)
+    st.write("")
+    kpi_row(summary)
+    figures = charts.all_figures(table, summary, font_size)
+    st.plotly_chart(figures["agreement"], key="chart_agreement")
+    for left_name, right_name in (("histogram", "ecdf"), ("length", "confidence")):
+        left, right = st.columns(2)
+        left.plotly_chart(figures[left_name], key=f"chart_{left_name}")
+        right.plotly_chart(figures[right_name], key=f"chart_{right_name}")
+    if settings.present:
+        return
+    st.subheader("Per sequence")
+    st.dataframe(table, hide_index=True, width="stretch", key="sequence_table")
+    st.subheader("Share")
+    columns = st.columns(3)
+    columns[0].download_button("sequences.csv", table.to_csv(index=False), "sequences.csv", "text/csv", key="download_csv")
+    columns[1].download_button("summary.json", json.dumps(summary, indent=2), "summary.json", "application/json", key="download_json")
+    report = html_report(summary, table, charts.all_figures(table, summary))
+    columns[2].download_button("report.html", report, "report.html", "text/html", key="download_html")
+    st.caption("The page's URL holds these settings: share it to reopen the same view "
+               "(with an example set, the same inputs too).")
+
+
+def present_mode_css() -> None:
+    st.markdown(
+        """<style>
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], header {display: none !important;}
+html, body, [class*="st-"] {font-size: 22px;}
+[data-testid="stMetricValue"] {font-size: 2.6rem !important;}
+</style>""",
+        unsafe_allow_html=True,
+    )
+
+
+# ---------------------------------------------------------------- page
+
+
+def compute(settings: Settings, parsed: ParsedInput):
+    """Both paths' embeddings at every layer (cached); None, with the reason shown, if it cannot run."""
+    records = tuple((r.id, r.sequence) for r in parsed.records)
+    try:
+        return embed_all_layers(settings.model, settings.dtype, settings.device, settings.backend, records)
+    except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
+        st.error(f"Cannot run: {error}")
+        return None
+
+
+def main() -> None:
+    init_session()
+    request = st.session_state.get("request")
+    settings = sidebar(request["layers"] if request else None)
+    if settings.present:
+        present_mode_css()
+        st.button("Exit presentation mode", key="exit_present", on_click=lambda: st.session_state.update(present=False))
+    else:
+        st.title("ESM-2 attention divergence")
+        st.caption("Does the packed FlashAttention path (v2.0) change ESM-2 predictions compared with the "
+                   "standard path (v1.0)? Paste sequences, choose a model, run.")
+
+    parsed = None if settings.present and request else input_section()
+    run_clicked = False
+    if not settings.present:
+        run_clicked = st.button("Run comparison", type="primary", key="run", disabled=not (parsed and parsed.records))
+    if (run_clicked or st.session_state.pop("autorun", False)) and parsed and parsed.records:
+        request = {"settings": settings, "parsed": parsed, "layers": None}
+        st.session_state.request = request
+
+    query = settings.to_query()
+    if st.session_state.get("example"):
+        query["example"] = st.session_state.example
+    st.query_params.from_dict(query)
+
+    if not request:
+        st.info("Paste or upload sequences, or load an example set, then press **Run comparison**.")
+        return
+    used = request["settings"]
+    run = compute(used, request["parsed"])
+    if run is None:
+        st.session_state.pop("request", None)
+        return
+    request["layers"] = run.layers
+    view = Settings(**{**used.__dict__, "layer": settings.layer, "seed": settings.seed, "min_cosine": settings.min_cosine,
+                       "min_agreement": settings.min_agreement, "accept_agreement": settings.accept_agreement,
+                       "present": settings.present})
+    if (used.model, used.dtype, used.device, used.backend) != (settings.model, settings.dtype, settings.device, settings.backend):
+        st.caption("Showing the last run; model, dtype, device or backend changed since — press Run to compare with those.")
+    results(run, view, request["parsed"])
+
+
+main()
