@@ -187,7 +187,9 @@ def verdict_card(summary: dict, font_scale: float) -> None:
 def kpi_row(summary: dict) -> None:
     pearson = summary["pearson"]
     columns = st.columns(6)
-    columns[0].metric(f"Label agreement ({summary['n_label_flips']} flips)", f"{summary['label_agreement']:.1%}")
+    flips = summary["n_label_flips"]
+    columns[0].metric("Label agreement", f"{summary['label_agreement']:.1%}", f"{flips} label flip{'s' * (flips != 1)}",
+                      delta_color="red" if flips else "green", delta_arrow="off")
     columns[1].metric("Min cosine", f"{summary['cosine']['min']:.6f}")
     columns[2].metric("Confidence Pearson", "n/a" if pearson is None else f"{pearson:.6f}")
     columns[3].metric("Max confidence diff", f"{summary['max_confidence_diff']:.2e}")

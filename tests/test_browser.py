@@ -1,0 +1,105 @@
+"""The page in a real headless browser: paste, run, read the verdict, download the CSV.
+
+Starts `streamlit run dashboard/app.py` on a free local port and drives Debian's Chromium with
+Playwright. Set SCREENSHOT_TO=path to keep the screenshot (the README's comes from here).
+In CI (CI=true) a missing browser is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+PASTED = (
+    ">ubiquitin\nMQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG\n"
+    ">trp_cage\nNLYIQWLKDGGPSSGRPPPS\n"
+    ">bad_record\nMKT-AYIAK\n"
+    ">villin_hp35\nLSDEDFKAVFGMTRSAFANLPLWKQQNLKKEKGLF\n"
+)
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - exercised only where playwright is absent
+    sync_playwright = None
+
+if (sync_playwright is None or CHROMIUM is None) and os.environ.get("CI") != "true":
+    pytest.skip("needs playwright and Debian's chromium (CI installs both)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"streamlit did not start: {process.stdout.read()}")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_paste_run_verdict_and_csv_download(server, tmp_path):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 3200}, accept_downloads=True)
+        page.goto(server)
+        textarea = page.get_by_label("Paste FASTA or one sequence per line")
+        textarea.fill(PASTED)
+        textarea.press("Control+Enter")  # Streamlit commits a text area on Ctrl+Enter or blur
+        page.get_by_text("1 record(s) refused").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Run comparison").click()
+        page.get_by_text("Adopt v2.0").first.wait_for(timeout=180_000)
+        page.get_by_text("Cosine distance ECDF").first.wait_for(timeout=60_000)
+        time.sleep(2)  # let plotly finish drawing before the screenshot
+
+        assert page.get_by_text("ACCEPT", exact=True).count() >= 1
+        assert page.get_by_text("DEMO WEIGHTS").count() >= 1
+        assert "bad_record" in page.content()
+
+        screenshot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        if os.environ.get("SCREENSHOT_TO"):
+            shutil.copy(screenshot, os.environ["SCREENSHOT_TO"])
+
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name="sequences.csv").click()
+        csv = pd.read_csv(io.StringIO(Path(download_info.value.path()).read_text()))
+        browser.close()
+
+    assert list(csv["id"]) == ["ubiquitin", "trp_cage", "villin_hp35"]
+    assert (csv["cosine"] > 0.99).all()
+    assert screenshot.stat().st_size > 50_000
