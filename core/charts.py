@@ -139,3 +139,80 @@ def all_figures(table: pd.DataFrame, summary: dict, font_size: int = 14) -> dict
         "length": cosine_vs_length(table, thresholds["min_cosine"], font_size),
         "confidence": confidence_scatter(table, font_size),
     }
+
+
+def layer_curve(profile: list[dict], font_size: int = 14) -> go.Figure:
+    """Divergence at every layer: log10(1 − min/mean cosine) and mean |v1 − v2|; reference errors when present."""
+    frame = pd.DataFrame(profile)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=frame["layer"], y=log_cosine_distance(frame["cosine_min"]), name="1 − min cosine",
+                             mode="lines+markers", line_color=FLIP_COLOUR,
+                             customdata=frame["cosine_min"], hovertemplate="layer %{x}<br>min cosine %{customdata:.10f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=frame["layer"], y=log_cosine_distance(frame["cosine_mean"]), name="1 − mean cosine",
+                             mode="lines+markers", line_color=V1_COLOUR,
+                             customdata=frame["cosine_mean"], hovertemplate="layer %{x}<br>mean cosine %{customdata:.10f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=frame["layer"], y=np.log10(np.maximum(frame["mean_abs_diff"], DISTANCE_FLOOR)),
+                             name="mean |v1 − v2|", mode="lines+markers", line=dict(color="#555", dash="dot"),
+                             customdata=frame["mean_abs_diff"], hovertemplate="layer %{x}<br>mean |v1 − v2| %{customdata:.3e}<extra></extra>"))
+    for path, colour in (("v1", "#1a7f37"), ("v2", "#b35900")):
+        column = f"{path}_mean_abs_error"
+        if column in frame:
+            fig.add_trace(go.Scatter(x=frame["layer"], y=np.log10(np.maximum(frame[column], DISTANCE_FLOOR)),
+                                     name=f"mean |{path}.0 − reference|", mode="lines+markers", line=dict(color=colour, dash="dash"),
+                                     customdata=frame[column], hovertemplate="layer %{x}<br>%{customdata:.3e}<extra></extra>"))
+    return _layout(fig, "Where divergence grows, layer by layer", font_size, xaxis_title="layer",
+                   yaxis_title="log10 of the quantity")
+
+
+def residue_track(residues: pd.DataFrame, sequence_id: str, font_size: int = 14) -> go.Figure:
+    """Per-residue divergence of one sequence: log10(1 − cosine) and mean |v1 − v2| along the chain."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=residues["position"], y=log_cosine_distance(residues["cosine"]), name="log10(1 − cosine)",
+                             mode="lines", line_color=V1_COLOUR, customdata=np.stack([residues["residue"], residues["cosine"]], axis=1),
+                             hovertemplate="%{customdata[0]}%{x}<br>cosine %{customdata[1]:.10f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=residues["position"], y=np.log10(np.maximum(residues["mean_abs_diff"], DISTANCE_FLOOR)),
+                             name="log10 mean |v1 − v2|", mode="lines", line=dict(color="#555", dash="dot"), yaxis="y",
+                             customdata=np.stack([residues["residue"], residues["mean_abs_diff"]], axis=1),
+                             hovertemplate="%{customdata[0]}%{x}<br>mean |v1 − v2| %{customdata[1]:.3e}<extra></extra>"))
+    return _layout(fig, f"Residue track: {sequence_id}", font_size, xaxis_title="residue position", yaxis_title="log10")
+
+
+def seed_agreement_histogram(agreement: np.ndarray, low: float, high: float, font_size: int = 14) -> go.Figure:
+    """Label agreement of each proxy seed, with the mean and the 95% interval."""
+    fig = go.Figure(go.Histogram(x=agreement, marker_color=V1_COLOUR, name="seeds",
+                                 hovertemplate="agreement %{x:.2%}<br>%{y} seeds<extra></extra>"))
+    fig.add_vrect(x0=low, x1=high, fillcolor="#4063d8", opacity=0.12, line_width=0,
+                  annotation_text="95% of seeds", annotation_position="top left")
+    fig.add_vline(x=float(np.mean(agreement)), line=dict(color="#111", dash="dash"), annotation_text="mean")
+    return _layout(fig, f"Label agreement over {agreement.size} proxy classifiers", font_size,
+                   xaxis=dict(tickformat=".1%", title="label agreement"), yaxis_title="seeds")
+
+
+def flips_vs_margin(margins: pd.DataFrame, font_size: int = 14) -> go.Figure:
+    """Every (seed, sequence): the v1.0 logit margin, flips in red: flips sit at small margins."""
+    fig = go.Figure()
+    agree = margins[~margins["flip"]]
+    flips = margins[margins["flip"]]
+    fig.add_trace(go.Histogram(x=np.log10(np.maximum(agree["margin_v1"], DISTANCE_FLOOR)), name="labels agree",
+                               marker_color=AGREE_COLOUR, opacity=0.6, hovertemplate="%{y} pairs<extra></extra>"))
+    if len(flips):
+        fig.add_trace(go.Scatter(x=np.log10(np.maximum(flips["margin_v1"], DISTANCE_FLOOR)), y=np.zeros(len(flips)),
+                                 mode="markers", name="label flip", marker=dict(color=FLIP_COLOUR, size=12, symbol="x"),
+                                 text=flips["id"], customdata=flips["seed"],
+                                 hovertemplate="%{text}, seed %{customdata}<br>log10 margin %{x:.2f}<extra></extra>"))
+    return _layout(fig, "Flips against the v1.0 logit margin (all seeds × sequences)", font_size,
+                   xaxis_title="log10 |logit₁ − logit₀| of v1.0", yaxis_title="(seed, sequence) pairs", barmode="overlay")
+
+
+def reference_errors(table: pd.DataFrame, reference_dtype: str, font_size: int = 14) -> go.Figure:
+    """Per sequence: v1.0's error against the reference vs v2.0's; below the diagonal v2.0 is closer."""
+    x = np.log10(np.maximum(table["mean_abs_err_v1"], DISTANCE_FLOOR))
+    y = np.log10(np.maximum(table["mean_abs_err_v2"], DISTANCE_FLOOR))
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="markers", text=table["id"], customdata=table["closer_to_ref"],
+                               marker=dict(size=10, color=V1_COLOUR), name="sequences",
+                               hovertemplate="%{text}<br>closer: %{customdata}<extra></extra>"))
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(color="#888", dash="dot"),
+                             name="equal error", hoverinfo="skip"))
+    return _layout(fig, f"Error against the {reference_dtype} reference, per sequence", font_size,
+                   xaxis_title="log10 mean |v1.0 − reference|", yaxis_title="log10 mean |v2.0 − reference|")

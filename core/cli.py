@@ -15,11 +15,14 @@ from typing import Sequence
 import torch
 
 from core.attention import BACKENDS, BackendUnavailable, available_backends
+from core.attribution import DEFAULT_K
+from core.checks import determinism, packing_invariance
+from core.heads import HeadClassifier, HeadError, load_extra_features, load_head
 from core.compare import run_both_paths
 from core.metrics import Thresholds, verdict_at_or_below
 from core.model import (
     DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, default_device, default_dtype,
-    default_model_spec, load_esm2_model, pretrained_available, versions,
+    default_model_spec, layer_indices, load_esm2_model, pretrained_available, versions,
 )
 from core.report import analyse, format_summary, write_outputs
 from core.sequences import ParsedInput, example_sequences, parse_sequences, read_sequences
@@ -36,6 +39,19 @@ def _read_input(args: argparse.Namespace) -> ParsedInput:
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {args.input}")
     return read_sequences(path, on_too_long=args.too_long)
+
+
+def _load_head(args: argparse.Namespace, embed_dim: int, ids: list[str]) -> HeadClassifier | None:
+    """The user's head (and extra features) as a classifier over pooled embeddings; HeadError is a ValueError."""
+    if args.head is None:
+        if args.extra_features is not None:
+            raise HeadError("--extra-features needs --head: extra features only feed a user-supplied head")
+        return None
+    head = load_head(args.head)
+    extra = load_extra_features(args.extra_features, ids) if args.extra_features is not None else None
+    classifier = HeadClassifier(head, extra)
+    classifier.check_width(embed_dim)
+    return classifier
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -66,16 +82,28 @@ def compare_command(args: argparse.Namespace) -> int:
         thresholds = Thresholds(args.min_cosine, args.min_agreement, args.accept_agreement)
         model, alphabet = load_esm2_model(model_spec, dtype=dtype, device=device, backend=args.backend)
         model.resolved_backend()
-        layer = args.layer if args.layer is not None else model.num_layers
+        layer = layer_indices(model, [args.layer if args.layer is not None else model.num_layers])[0]
         records = parsed.records
+        ids, sequences = [r.id for r in records], [r.sequence for r in records]
+        head = _load_head(args, model.embed_dim, ids)
         run = run_both_paths(
-            model, alphabet, [r.id for r in records], [r.sequence for r in records],
-            layers=[layer], max_tokens=args.max_tokens,
+            model, alphabet, ids, sequences, layers=[layer] if args.only_layer else None,
+            max_tokens=args.max_tokens, reference_dtype=None if args.reference == "none" else args.reference,
         )
+        checks = []
+        if args.checks:
+            packed = run.v2.layers[layer]
+            checks = [
+                packing_invariance(model, alphabet, sequences, packed, layer, args.backend),
+                determinism(model, alphabet, sequences, packed, layer, args.backend, args.max_tokens),
+            ]
     except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP
-    analysis = analyse(run, run.layers[0], args.seed, thresholds, parsed, versions())
+    analysis = analyse(
+        run, layer, args.seed, thresholds, parsed, versions(), n_seeds=args.seeds, k=args.rule_k, checks=checks,
+        classifier=head, classifier_name=head.describe() if head is not None else None,
+    )
     summary = analysis.summary
     print(format_summary(summary))
     if args.out:
@@ -120,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--fail-on", choices=["validate", "fallback"], help="exit 1 when the verdict is at or below this level")
     compare.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default: 16384 on GPU, 2048 on CPU)")
     compare.add_argument("--too-long", choices=["truncate", "reject"], default="truncate", help="records over 1022 residues")
+    compare.add_argument("--reference", choices=["none", "fp32", "fp64"], default="none",
+                         help="add the standard path on the same weights in this dtype and attribute the error")
+    compare.add_argument("--rule-k", type=float, default=DEFAULT_K, help="FlashAttention rule: v2.0 error <= k x v1.0 error")
+    compare.add_argument("--seeds", type=int, default=0, metavar="N",
+                         help="label agreement over N proxy seeds (0 = off; 100 is a good choice)")
+    compare.add_argument("--head", help="your classification head (.safetensors, or a state_dict loaded weights_only)")
+    compare.add_argument("--extra-features", help="per-sequence features for the head (CSV with an id column, or .npy)")
+    compare.add_argument("--checks", action="store_true", help="also run packing-invariance and determinism checks on v2.0")
+    compare.add_argument("--only-layer", action="store_true", help="pool only the chosen layer (less memory; no per-layer profile)")
     compare.add_argument("--min-cosine", type=float, default=Thresholds.min_cosine)
     compare.add_argument("--min-agreement", type=float, default=Thresholds.min_agreement)
     compare.add_argument("--accept-agreement", type=float, default=Thresholds.accept_agreement)

@@ -1,7 +1,8 @@
 """Run both paths over a sequence set and mean-pool every requested layer.
 
-Pooling averages each sequence's residue positions only (BOS, EOS and padding excluded),
-in float32 (float64 for a float64 model).
+Pooling averages each sequence's residue positions only (BOS, EOS and padding excluded) and
+returns float32 (float64 for a float64 model). The sums are accumulated in float64 so the two
+paths' different reduction orders (a padded sum vs a packed index_add) add no error of their own.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import numpy as np
 import torch
 
 from core.batching import default_max_tokens, pack_tokens, padded_tokens, plan_batches
-from core.model import ESM2WithFlashAttention, dtype_name, layer_indices
+from core.model import ESM2WithFlashAttention, dtype_name, layer_indices, parse_dtype, reference_copy
 
 V1_BACKEND = "fair-esm (torch.bmm)"
 
 Progress = Callable[[str, int, int], None]
-"""progress(stage, sequences_done, sequences_total); stage is 'v1.0' or 'v2.0'."""
+"""progress(stage, sequences_done, sequences_total); stage is 'v1.0', 'v2.0' or 'reference'."""
 
 
 def pool_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -37,8 +38,8 @@ def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torc
     positions = torch.arange(representation.shape[1], device=representation.device)
     lengths = lengths.to(representation.device)
     is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
-    summed = (representation.to(dtype) * is_residue[..., None]).sum(dim=1)
-    return summed / lengths[:, None].to(dtype)
+    summed = (representation.to(torch.float64) * is_residue[..., None]).sum(dim=1)
+    return (summed / lengths[:, None]).to(dtype)
 
 
 def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -52,9 +53,9 @@ def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: t
     seq_index = torch.repeat_interleave(torch.arange(token_counts.numel(), device=representation.device), token_counts)
     positions = torch.arange(representation.shape[0], device=representation.device) - cu_seqlens[seq_index]
     is_residue = (positions >= 1) & (positions <= token_counts[seq_index] - 2)
-    summed = torch.zeros(token_counts.numel(), representation.shape[1], dtype=dtype, device=representation.device)
-    summed.index_add_(0, seq_index[is_residue], representation[is_residue].to(dtype))
-    return summed / (token_counts - 2)[:, None].to(dtype)
+    summed = torch.zeros(token_counts.numel(), representation.shape[1], dtype=torch.float64, device=representation.device)
+    summed.index_add_(0, seq_index[is_residue], representation[is_residue].to(torch.float64))
+    return (summed / (token_counts - 2)[:, None]).to(dtype)
 
 
 @dataclass
@@ -66,7 +67,6 @@ class PathEmbeddings:
     seconds: float
 
 
-@torch.inference_mode()
 def embed_v1(
     model: ESM2WithFlashAttention,
     alphabet: esm.data.Alphabet,
@@ -79,7 +79,6 @@ def embed_v1(
     return _embed(model, alphabet, sequences, layers, max_tokens, progress, packed=False, backend=None)
 
 
-@torch.inference_mode()
 def embed_v2(
     model: ESM2WithFlashAttention,
     alphabet: esm.data.Alphabet,
@@ -93,14 +92,17 @@ def embed_v2(
     return _embed(model, alphabet, sequences, layers, max_tokens, progress, packed=True, backend=backend)
 
 
-def _embed(model, alphabet, sequences, layers, max_tokens, progress, *, packed: bool, backend: str | None) -> PathEmbeddings:
+@torch.inference_mode()
+def _embed(
+    model, alphabet, sequences, layers, max_tokens, progress, *, packed: bool, backend: str | None, stage: str | None = None
+) -> PathEmbeddings:
     layers = layer_indices(model, layers)
     max_tokens = max_tokens or default_max_tokens(model.device)
     lengths = [len(seq) for seq in sequences]
     out_dtype = pool_dtype(model.dtype)
     pooled = {layer: torch.empty(len(sequences), model.embed_dim, dtype=out_dtype) for layer in layers}
     resolved = model.resolved_backend(backend) if packed else V1_BACKEND
-    stage = "v2.0" if packed else "v1.0"
+    stage = stage or ("v2.0" if packed else "v1.0")
     done = 0
     start = time.perf_counter()
     for batch in plan_batches(lengths, max_tokens, padded=not packed):
@@ -140,6 +142,8 @@ class EmbeddingRun:
     dtype: str
     device: str
     layers: list[int] = field(default_factory=list)
+    reference: PathEmbeddings | None = None  # the standard path in a wider dtype, same weights
+    reference_dtype: str | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -155,13 +159,26 @@ def run_both_paths(
     backend: str | None = None,
     max_tokens: int | None = None,
     progress: Progress | None = None,
+    reference_dtype: str | None = None,
 ) -> EmbeddingRun:
-    """Embed ``sequences`` with v1.0 and v2.0 and pool ``layers`` (None = every layer)."""
+    """Embed ``sequences`` with v1.0 and v2.0 and pool ``layers`` (None = every layer).
+
+    ``reference_dtype`` ('fp32' or 'fp64') adds a third set: the standard path on a copy of the
+    same weights in that dtype (see core.attribution). The copy is freed afterwards.
+    """
     if len(ids) != len(sequences) or not sequences:
         raise ValueError("need one id per sequence and at least one sequence")
     layers = layer_indices(model, layers)
     v1 = embed_v1(model, alphabet, sequences, layers, max_tokens, progress)
     v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress)
+    reference = None
+    if reference_dtype is not None:
+        wide = reference_copy(model, parse_dtype(reference_dtype))
+        reference = _embed(wide, alphabet, sequences, layers, max_tokens, progress, packed=False, backend=None,
+                           stage="reference")
+        del wide
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
     return EmbeddingRun(
         ids=list(ids),
         lengths=np.array([len(seq) for seq in sequences]),
@@ -172,6 +189,8 @@ def run_both_paths(
         dtype=dtype_name(model.dtype),
         device=device_description(model.device),
         layers=layers,
+        reference=reference,
+        reference_dtype=reference_dtype,
     )
 
 

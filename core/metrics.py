@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -200,13 +200,25 @@ class Comparison:
         }
 
 
+class Classifier(Protocol):
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, embed_dim) pooled embeddings -> (n, n_classes) class probabilities."""
+
+
 def compare_embeddings(
-    v1: np.ndarray, v2: np.ndarray, seed: int = 0, thresholds: Thresholds = Thresholds()
+    v1: np.ndarray,
+    v2: np.ndarray,
+    seed: int = 0,
+    thresholds: Thresholds = Thresholds(),
+    classifier: Classifier | None = None,
 ) -> Comparison:
-    """All metrics for v1.0 vs v2.0 pooled embeddings, each (n, embed_dim), n >= 1."""
+    """All metrics for v1.0 vs v2.0 pooled embeddings, each (n, embed_dim), n >= 1.
+
+    Labels come from ``classifier`` (a user's own head) or, by default, the proxy of ``seed``.
+    """
     if v1.shape != v2.shape or v1.ndim != 2 or v1.shape[0] == 0:
         raise ValueError(f"need two (n >= 1, embed_dim) arrays of one shape, got {v1.shape} and {v2.shape}")
-    classifier = ProxyClassifier.from_seed(v1.shape[1], seed)
+    classifier = classifier or ProxyClassifier.from_seed(v1.shape[1], seed)
     probs_v1, probs_v2 = classifier.probabilities(v1), classifier.probabilities(v2)
     return Comparison(
         cosine=cosine_similarity(v1, v2),

@@ -12,46 +12,62 @@ from typing import Any
 
 import pandas as pd
 
+from core.attribution import DEFAULT_K, Attribution, attribute
+from core.checks import CheckResult
 from core.compare import EmbeddingRun
-from core.metrics import MATCH_TOLERANCES, Comparison, Thresholds, compare_embeddings
+from core.layers import layer_profile
+from core.metrics import MATCH_TOLERANCES, Classifier, Comparison, Thresholds, compare_embeddings
 from core.sequences import ParsedInput
+from core.sweep import SeedSweep, binomial_interval, seed_sweep
 
 DEMO_NOTICE = (
     "DEMO WEIGHTS: random-init ESM-2, not the pretrained model. This verdict exercises the "
     "tool and says nothing about whether v2.0 changes pretrained ESM-2 predictions."
 )
-SEQUENCE_COLUMNS = [
-    "id", "length", "cosine", "mean_abs_diff", "max_abs_diff",
-    "label_v1", "label_v2", "confidence_v1", "confidence_v2", "label_flip", "warning",
-]
 
 
-def compare_layer(run: EmbeddingRun, layer: int, seed: int, thresholds: Thresholds = Thresholds()) -> Comparison:
+def compare_layer(
+    run: EmbeddingRun, layer: int, seed: int, thresholds: Thresholds = Thresholds(), classifier: Classifier | None = None
+) -> Comparison:
     """Metrics between the two paths' pooled embeddings at ``layer``."""
     if layer not in run.v1.layers:
         raise ValueError(f"layer {layer} was not pooled in this run (pooled: {sorted(run.v1.layers)})")
-    return compare_embeddings(run.v1.layers[layer], run.v2.layers[layer], seed, thresholds)
+    return compare_embeddings(run.v1.layers[layer], run.v2.layers[layer], seed, thresholds, classifier)
 
 
-def sequence_table(run: EmbeddingRun, comparison: Comparison, warnings_by_id: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per sequence, columns SEQUENCE_COLUMNS, in input order."""
+def sequence_table(
+    run: EmbeddingRun,
+    comparison: Comparison,
+    warnings_by_id: dict[str, str] | None = None,
+    attribution: Attribution | None = None,
+    sweep: SeedSweep | None = None,
+) -> pd.DataFrame:
+    """One row per sequence, in input order; reference and seed-sweep columns when those were computed."""
     warnings_by_id = warnings_by_id or {}
-    return pd.DataFrame(
-        {
-            "id": run.ids,
-            "length": run.lengths,
-            "cosine": comparison.cosine,
-            "mean_abs_diff": comparison.mean_abs_diff,
-            "max_abs_diff": comparison.max_abs_diff,
-            "label_v1": comparison.labels_v1,
-            "label_v2": comparison.labels_v2,
-            "confidence_v1": comparison.confidence_v1,
-            "confidence_v2": comparison.confidence_v2,
-            "label_flip": comparison.flips,
-            "warning": [warnings_by_id.get(seq_id, "") for seq_id in run.ids],
-        },
-        columns=SEQUENCE_COLUMNS,
-    )
+    columns = {
+        "id": run.ids,
+        "length": run.lengths,
+        "cosine": comparison.cosine,
+        "mean_abs_diff": comparison.mean_abs_diff,
+        "max_abs_diff": comparison.max_abs_diff,
+        "label_v1": comparison.labels_v1,
+        "label_v2": comparison.labels_v2,
+        "confidence_v1": comparison.confidence_v1,
+        "confidence_v2": comparison.confidence_v2,
+        "label_flip": comparison.flips,
+        "warning": [warnings_by_id.get(seq_id, "") for seq_id in run.ids],
+    }
+    if attribution is not None:
+        columns |= {
+            "cosine_v1_ref": attribution.v1.cosine,
+            "cosine_v2_ref": attribution.v2.cosine,
+            "mean_abs_err_v1": attribution.v1.mean_abs,
+            "mean_abs_err_v2": attribution.v2.mean_abs,
+            "closer_to_ref": attribution.closer,
+        }
+    if sweep is not None:
+        columns["flip_rate_over_seeds"] = sweep.flips.mean(axis=0)
+    return pd.DataFrame(columns)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -66,17 +82,25 @@ def build_summary(
     warnings: list[str] | None = None,
     refused: list[dict[str, str]] | None = None,
     versions: dict[str, str] | None = None,
+    *,
+    classifier: str | None = None,
+    attribution: Attribution | None = None,
+    sweep: SeedSweep | None = None,
+    profile: list[dict] | None = None,
+    checks: list[CheckResult] | None = None,
 ) -> dict[str, Any]:
     """The summary.json document (the CLI's and the dashboard's schema)."""
     failing = [seq_id for seq_id, bad in zip(run.ids, comparison.cosine_failures) if bad]
     warnings = list(warnings or [])
     if run.is_demo:
         warnings.insert(0, DEMO_NOTICE)
+    low, high = binomial_interval(comparison.n_agree, comparison.n)
     return {
         "verdict": comparison.verdict,
         "recommendation": comparison.recommendation(failing),
         "demo_weights": run.is_demo,
         "label_agreement": comparison.agreement,
+        "label_agreement_interval": {"low": low, "high": high, "method": "Wilson 95%, over sequences"},
         "n_label_flips": int(comparison.flips.sum()),
         "pearson": _finite_or_none(comparison.pearson),
         "max_confidence_diff": comparison.max_confidence_diff,
@@ -92,16 +116,26 @@ def build_summary(
         "dtype": run.dtype,
         "layer": layer,
         "seed": seed,
+        "classifier": classifier or f"proxy (random linear {comparison_width(run, layer)}→2, seed {seed})",
         "backend_v1": run.v1.backend,
         "backend_v2": run.v2.backend,
         "device": run.device,
         "thresholds": asdict(comparison.thresholds),
+        "reference": attribution.to_summary() if attribution is not None else None,
+        "seed_sweep": sweep.summary() if sweep is not None else None,
+        "layers": list(profile or []),
+        "checks_v2": [check.to_summary() for check in checks or []],
         "warnings": warnings,
         "refused": list(refused or []),
-        "seconds": {"v1": run.v1.seconds, "v2": run.v2.seconds},
+        "seconds": {"v1": run.v1.seconds, "v2": run.v2.seconds}
+        | ({"reference": run.reference.seconds} if run.reference is not None else {}),
         "versions": dict(versions or {}),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def comparison_width(run: EmbeddingRun, layer: int) -> int:
+    return int(run.v1.layers[layer].shape[1])
 
 
 @dataclass
@@ -111,6 +145,8 @@ class Analysis:
     comparison: Comparison
     summary: dict[str, Any]
     table: pd.DataFrame
+    attribution: Attribution | None = None
+    sweep: SeedSweep | None = None
 
 
 def analyse(
@@ -120,12 +156,25 @@ def analyse(
     thresholds: Thresholds = Thresholds(),
     parsed: ParsedInput | None = None,
     versions: dict[str, str] | None = None,
+    *,
+    n_seeds: int = 0,
+    classifier: Classifier | None = None,
+    classifier_name: str | None = None,
+    k: float = DEFAULT_K,
+    checks: list[CheckResult] | None = None,
 ) -> Analysis:
     """Metrics, summary and table for ``layer`` of ``run``; ``parsed`` contributes warnings and refusals.
 
-    Cheap (no model involved): the dashboard calls it on every redraw.
+    Adds the reference attribution when the run has a reference, a seed sweep over ``n_seeds``
+    proxy classifiers, and the per-layer profile. Cheap (no model involved): the dashboard calls
+    it on every redraw.
     """
-    comparison = compare_layer(run, layer, seed, thresholds)
+    comparison = compare_layer(run, layer, seed, thresholds, classifier)
+    v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
+    attribution = (
+        attribute(v1, v2, run.reference.layers[layer], seed, k, run.reference_dtype) if run.reference is not None else None
+    )
+    sweep = seed_sweep(v1, v2, n_seeds) if n_seeds > 0 else None
     problems = parsed.problems if parsed is not None else []
     records = parsed.records if parsed is not None else []
     summary = build_summary(
@@ -133,9 +182,15 @@ def analyse(
         warnings=[p.message for p in problems if p.severity == "warning"],
         refused=[{"id": p.record_id, "message": p.message} for p in problems if p.severity == "error"],
         versions=versions,
+        classifier=classifier_name,
+        attribution=attribution,
+        sweep=sweep,
+        profile=layer_profile(run, seed),
+        checks=checks,
     )
     warnings_by_id = {r.id: "; ".join(r.warnings) for r in records if r.warnings}
-    return Analysis(comparison, summary, sequence_table(run, comparison, warnings_by_id))
+    table = sequence_table(run, comparison, warnings_by_id, attribution, sweep)
+    return Analysis(comparison, summary, table, attribution, sweep)
 
 
 def write_outputs(out_dir: Path, summary: dict[str, Any], table: pd.DataFrame) -> tuple[Path, Path]:
@@ -157,7 +212,7 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     cosine = summary["cosine"]
     match = summary["embedding_match"]
     thresholds = summary["thresholds"]
-    return [
+    rows = [
         ("model", f"{summary['model']} ({summary['weights']} weights), {summary['dtype']}, layer {summary['layer']}"),
         ("device", summary["device"]),
         ("v1.0 attention", summary["backend_v1"]),
@@ -172,7 +227,26 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("max confidence diff", f"{summary['max_confidence_diff']:.3e}"),
         (f"cosine > {thresholds['min_cosine']:g} for all", "pass" if summary["checks"]["cosine_all_above_threshold"] else "FAIL"),
         (f"agreement >= {100 * thresholds['min_agreement']:g}%", "pass" if summary["checks"]["agreement_at_least_threshold"] else "FAIL"),
+        ("classifier", summary["classifier"]),
     ]
+    sweep = summary.get("seed_sweep")
+    if sweep:
+        rows.append((f"agreement over {sweep['n']} seeds",
+                     f"mean {100 * sweep['agreement_mean']:.2f}%, 95% interval "
+                     f"{100 * sweep['agreement_low']:.2f}–{100 * sweep['agreement_high']:.2f}%"))
+    reference = summary.get("reference")
+    if reference:
+        for path in ("v1", "v2"):
+            error = reference[f"{path}_error"]
+            rows.append((f"{path}.0 vs {reference['dtype']} reference",
+                         f"cosine min {error['cosine_min']:.8f}, mean |err| {error['mean_abs_diff']:.3e}, "
+                         f"max |err| {error['max_abs_diff']:.3e}, labels {100 * error['label_agreement']:.1f}%"))
+        rows.append(("closer to reference", f"{reference['closer']} (per sequence: {reference['closer_counts']})"))
+        rows.append((f"FlashAttention rule (≤ {reference['k']:g}×)", "pass" if reference["rule_passed"] else "FAIL"))
+    for check in summary.get("checks_v2") or []:
+        rows.append((check["name"], f"{'pass' if check['passed'] else 'FAIL'} (max |diff| {check['max_abs_diff']:.3e}, "
+                                    f"{check['n_sequences']} sequences)"))
+    return rows
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -186,6 +260,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  VERDICT: {summary['verdict']}" + ("  (demo weights)" if summary["demo_weights"] else ""),
         f"  {summary['recommendation']}",
     ]
+    if summary.get("reference"):
+        verdict.append(f"  {summary['reference']['verdict_line']}")
     return "\n".join(banner + lines + verdict)
 
 

@@ -5,9 +5,11 @@ Layout and widgets only; every number comes from ``core``.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/ first
@@ -22,9 +24,10 @@ from core.model import (  # noqa: E402
     DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, describe_model_spec, parse_dtype,
     pretrained_available, versions,
 )
+from core.heads import HeadClassifier, HeadError, load_extra_features, load_head  # noqa: E402
 from core.report import DEMO_NOTICE, analyse, html_report  # noqa: E402
 from core.sequences import ParsedInput, example_sequences, format_fasta, parse_sequences, read_sequences  # noqa: E402
-from dashboard.state import Settings, embed_all_layers  # noqa: E402
+from dashboard.state import Settings, embed_all_layers, residue_view, v2_checks  # noqa: E402
 
 CHECKPOINT = "Local checkpoint file…"
 EXAMPLES = {"patterns": "Repeat patterns (18)", "real": "Real proteins (9)", "all": "All examples (27)"}
@@ -45,7 +48,8 @@ def init_session() -> None:
     is_named = settings.model in PRETRAINED or settings.model.lower().startswith("demo-")
     st.session_state.model_choice = settings.model if is_named else CHECKPOINT
     st.session_state.checkpoint_path = "" if is_named else settings.model
-    for name in ("dtype", "device", "backend", "seed", "min_cosine", "min_agreement", "accept_agreement", "present"):
+    for name in ("dtype", "device", "backend", "reference", "seed", "seeds", "min_cosine", "min_agreement",
+                 "accept_agreement", "present"):
         st.session_state[name] = getattr(settings, name)
     example = st.query_params.get("example")
     if example in EXAMPLES:
@@ -106,7 +110,12 @@ def sidebar(run_layers: list[int] | None) -> Settings:
             st.session_state.layer = last if settings.layer < 0 or settings.layer > last else settings.layer
             st.session_state.layer_model = spec
         layer = st.sidebar.slider("Layer (0 = embeddings, last = after final layer norm)", 0, last, key="layer")
+    st.sidebar.selectbox("Reference for attribution", ["none", "fp32", "fp64"], key="reference",
+                         help="A third embedding set: the standard path on the same weights in a wider dtype, "
+                              "to tell which path is closer to the truth. Recomputes on Run.")
     st.sidebar.number_input("Proxy classifier seed", min_value=0, step=1, key="seed")
+    st.sidebar.number_input("Seed sweep: proxy classifiers", min_value=0, max_value=10_000, step=10, key="seeds",
+                            help="Agreement over this many seeds gives the verdict's uncertainty (0 = off).")
     with st.sidebar.expander("Advanced: thresholds"):
         st.number_input("Cosine must exceed", 0.0, 1.0, step=0.001, format="%.4f", key="min_cosine")
         st.number_input("Agreement at least (else FALLBACK)", 0.0, 1.0, step=0.01, format="%.3f", key="min_agreement")
@@ -115,7 +124,8 @@ def sidebar(run_layers: list[int] | None) -> Settings:
 
     ss = st.session_state
     settings = Settings(
-        model=spec or "", dtype=ss.dtype, device=ss.device, backend=ss.backend, layer=layer, seed=int(ss.seed),
+        model=spec or "", dtype=ss.dtype, device=ss.device, backend=ss.backend, reference=ss.reference,
+        layer=layer, seed=int(ss.seed), seeds=int(ss.seeds),
         min_cosine=ss.min_cosine, min_agreement=ss.min_agreement, accept_agreement=ss.accept_agreement,
         present=ss.present,
     )
@@ -174,7 +184,7 @@ def verdict_card(summary: dict, font_scale: float) -> None:
     colour = charts.VERDICT_COLOURS[summary["verdict"]]
     compared = (f"{summary['model']} ({summary['weights']} weights) · {summary['dtype']} · layer {summary['layer']} · "
                 f"v1.0 {summary['backend_v1']} vs v2.0 {summary['backend_v2']} · {summary['device']} · "
-                f"{summary['n_sequences']} sequences · seed {summary['seed']}")
+                f"{summary['n_sequences']} sequences · classifier: {summary['classifier']}")
     st.markdown(
         f"""<div style="border-left: 14px solid {colour}; background: #f6f7f9; padding: 0.8rem 1.2rem; border-radius: 6px;">
 <div style="color: {colour}; font-size: {3.2 * font_scale}rem; font-weight: 800; line-height: 1.1;">{html.escape(summary['verdict'])}</div>
@@ -197,9 +207,44 @@ def kpi_row(summary: dict) -> None:
     columns[5].metric("Values within 1e-2", f"{summary['embedding_match']['atol_0.01']:.1%}")
 
 
+def head_section(ids: list[str]) -> tuple[HeadClassifier | None, str | None]:
+    """The user's own classification head from the sidebar uploads: (classifier, None) or (None, problem)."""
+    with st.sidebar.expander("Your classification head (optional)"):
+        head_file = st.file_uploader("Head weights", type=["safetensors", "pt", "pth", "bin"], key="head_file",
+                                     help="A linear layer or small MLP: safetensors, or a state_dict (loaded weights-only).")
+        extra_file = st.file_uploader("Extra per-sequence features", type=["csv", "tsv", "npy"], key="extra_file",
+                                      help="Concatenated after the embedding: a CSV with an id column, or .npy rows in input order.")
+    if head_file is None:
+        return None, "upload head weights first" if extra_file is not None else None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            head = dataclasses.replace(load_head(_saved(folder, head_file)), source=head_file.name)
+            extra = load_extra_features(_saved(folder, extra_file), ids) if extra_file is not None else None
+        return HeadClassifier(head, extra), None
+    except HeadError as error:
+        return None, str(error)
+
+
+def _saved(folder: str, upload) -> Path:
+    """An upload written to ``folder`` under a safe name with its own suffix (loaders dispatch on it)."""
+    path = Path(folder) / f"upload{Path(upload.name).suffix.lower()}"
+    path.write_bytes(upload.getvalue())
+    return path
+
+
 def results(run, settings: Settings, parsed: ParsedInput) -> None:
     layer = settings.layer if settings.layer >= 0 else max(run.layers)
-    analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions())
+    head, head_problem = head_section(run.ids) if not settings.present else (None, None)
+    if head_problem:
+        st.error(f"Your head cannot be used, so the proxy classifier is shown: {head_problem}")
+    try:
+        analysis = analyse(
+            run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
+            classifier=head, classifier_name=head.describe() if head is not None else None,
+        )
+    except HeadError as error:
+        st.error(f"Your head cannot be used, so the proxy classifier is shown: {error}")
+        analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds)
     summary, table = analysis.summary, analysis.table
     font_size = 22 if settings.present else 14
     if run.is_demo:
@@ -207,17 +252,100 @@ def results(run, settings: Settings, parsed: ParsedInput) -> None:
     verdict_card(summary, 1.4 if settings.present else 1.0)
     st.write("")
     kpi_row(summary)
+    if settings.present:
+        overview_tab(table, summary, font_size)
+        return
+    tabs = st.tabs(["Overview", "Reference", "Layers", "Residues", "Seeds", "Checks", "Table & share"])
+    with tabs[0]:
+        overview_tab(table, summary, font_size)
+    with tabs[1]:
+        reference_tab(analysis, table)
+    with tabs[2]:
+        st.plotly_chart(charts.layer_curve(summary["layers"]), key="chart_layers")
+        st.dataframe(pd.DataFrame(summary["layers"]), hide_index=True, width="stretch", key="layer_table")
+    with tabs[3]:
+        residue_tab(run, settings, layer)
+    with tabs[4]:
+        seeds_tab(analysis, run.ids)
+    with tabs[5]:
+        checks_tab(run, settings, layer)
+    with tabs[6]:
+        share_tab(summary, table)
+
+
+def overview_tab(table: pd.DataFrame, summary: dict, font_size: int) -> None:
     figures = charts.all_figures(table, summary, font_size)
     st.plotly_chart(figures["agreement"], key="chart_agreement")
     for left_name, right_name in (("histogram", "ecdf"), ("length", "confidence")):
         left, right = st.columns(2)
         left.plotly_chart(figures[left_name], key=f"chart_{left_name}")
         right.plotly_chart(figures[right_name], key=f"chart_{right_name}")
-    if settings.present:
+
+
+def reference_tab(analysis, table: pd.DataFrame) -> None:
+    attribution = analysis.attribution
+    if attribution is None:
+        st.info("Choose a reference (fp32 or fp64) in the sidebar and press Run: both paths are then measured "
+                "against the standard path on the same weights in that dtype, to tell which one is wrong.")
         return
-    st.subheader("Per sequence")
+    reference = analysis.summary["reference"]
+    (st.success if attribution.rule_passed else st.error)(reference["verdict_line"])
+    st.dataframe(
+        pd.DataFrame([{"path": f"{path}.0", **reference[f"{path}_error"]} for path in ("v1", "v2")]),
+        hide_index=True, width="stretch", key="reference_table",
+    )
+    counts = reference["closer_counts"]
+    st.caption(f"Closer to the reference, per sequence: v1.0 {counts['v1']}, v2.0 {counts['v2']}, tie {counts['tie']}.")
+    st.plotly_chart(charts.reference_errors(table, attribution.reference_dtype), key="chart_reference")
+
+
+def residue_tab(run, settings: Settings, layer: int) -> None:
+    records = dict(zip(run.ids, st.session_state.request["sequences"]))
+    chosen = st.selectbox("Sequence", run.ids, key="residue_sequence")
+    if not st.button("Show its residue track", key="residue_go"):
+        if st.session_state.get("residue_shown") != (chosen, layer):
+            st.caption("Runs both paths on this one sequence at the chosen layer (a few forward passes).")
+            return
+    st.session_state.residue_shown = (chosen, layer)
+    used = st.session_state.request["settings"]
+    residues = residue_view(used.model, used.dtype, used.device, used.backend, records[chosen], layer)
+    st.plotly_chart(charts.residue_track(residues, chosen), key="chart_residues")
+    worst = residues.sort_values("cosine").head(10)
+    st.caption("The ten positions where the paths differ most")
+    st.dataframe(worst, hide_index=True, width="stretch", key="residue_worst")
+
+
+def seeds_tab(analysis, ids: list[str]) -> None:
+    sweep = analysis.sweep
+    if sweep is None:
+        st.info("Set the seed sweep above 0 in the sidebar to see how much the agreement depends on the proxy seed.")
+        return
+    summary = sweep.summary()
+    st.markdown(f"Agreement over **{summary['n']}** proxy classifiers: mean **{summary['agreement_mean']:.2%}**, "
+                f"95% of seeds between **{summary['agreement_low']:.2%}** and **{summary['agreement_high']:.2%}**; "
+                f"{summary['seeds_with_flips']} seed(s) flip at least one label.")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.seed_agreement_histogram(sweep.agreement, summary["agreement_low"], summary["agreement_high"]),
+                      key="chart_seeds")
+    right.plotly_chart(charts.flips_vs_margin(sweep.margin_table(ids)), key="chart_margins")
+
+
+def checks_tab(run, settings: Settings, layer: int) -> None:
+    st.caption("Packing invariance: each sequence run alone must match itself packed with others. "
+               "Determinism: v2.0 run twice must give bit-identical embeddings. Both cost extra v2.0 passes.")
+    if not (st.button("Run the checks", key="checks_go") or st.session_state.get("checks_layer") == layer):
+        return
+    st.session_state.checks_layer = layer
+    used = st.session_state.request["settings"]
+    records = tuple(zip(run.ids, st.session_state.request["sequences"]))
+    for check in v2_checks(used.model, used.dtype, used.device, used.backend, records, layer, run.v2.layers[layer]):
+        badge = st.success if check.passed else st.error
+        badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "
+              f"min cosine {check.min_cosine:.10f} over {check.n_sequences} sequences. {check.detail}.")
+
+
+def share_tab(summary: dict, table: pd.DataFrame) -> None:
     st.dataframe(table, hide_index=True, width="stretch", key="sequence_table")
-    st.subheader("Share")
     columns = st.columns(3)
     columns[0].download_button("sequences.csv", table.to_csv(index=False), "sequences.csv", "text/csv", key="download_csv")
     columns[1].download_button("summary.json", json.dumps(summary, indent=2), "summary.json", "application/json", key="download_json")
@@ -245,7 +373,7 @@ def compute(settings: Settings, parsed: ParsedInput):
     """Both paths' embeddings at every layer (cached); None, with the reason shown, if it cannot run."""
     records = tuple((r.id, r.sequence) for r in parsed.records)
     try:
-        return embed_all_layers(settings.model, settings.dtype, settings.device, settings.backend, records)
+        return embed_all_layers(settings.model, settings.dtype, settings.device, settings.backend, records, settings.reference)
     except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
         st.error(f"Cannot run: {error}")
         return None
@@ -268,7 +396,8 @@ def main() -> None:
     if not settings.present:
         run_clicked = st.button("Run comparison", type="primary", key="run", disabled=not (parsed and parsed.records))
     if (run_clicked or st.session_state.pop("autorun", False)) and parsed and parsed.records:
-        request = {"settings": settings, "parsed": parsed, "layers": None}
+        request = {"settings": settings, "parsed": parsed, "layers": None,
+                   "sequences": [r.sequence for r in parsed.records]}
         st.session_state.request = request
 
     query = settings.to_query()
@@ -285,11 +414,14 @@ def main() -> None:
         st.session_state.pop("request", None)
         return
     request["layers"] = run.layers
-    view = Settings(**{**used.__dict__, "layer": settings.layer, "seed": settings.seed, "min_cosine": settings.min_cosine,
+    view = Settings(**{**used.__dict__, "layer": settings.layer, "seed": settings.seed, "seeds": settings.seeds,
+                       "min_cosine": settings.min_cosine,
                        "min_agreement": settings.min_agreement, "accept_agreement": settings.accept_agreement,
                        "present": settings.present})
-    if (used.model, used.dtype, used.device, used.backend) != (settings.model, settings.dtype, settings.device, settings.backend):
-        st.caption("Showing the last run; model, dtype, device or backend changed since — press Run to compare with those.")
+    if (used.model, used.dtype, used.device, used.backend, used.reference) != (
+        settings.model, settings.dtype, settings.device, settings.backend, settings.reference
+    ):
+        st.caption("Showing the last run; model, dtype, device, backend or reference changed since — press Run to use them.")
     results(run, view, request["parsed"])
 
 

@@ -17,11 +17,13 @@ import streamlit as st
 import torch
 
 from core import compare
+from core.checks import CheckResult, determinism, packing_invariance
 from core.compare import EmbeddingRun
+from core.layers import residue_divergence
 from core.metrics import Thresholds
 from core.model import default_device, default_dtype, default_model_spec, load_esm2_model
 
-STAGES = ("v1.0", "v2.0")
+STAGES = ("v1.0", "v2.0", "reference")
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
@@ -44,8 +46,11 @@ def weights_token(spec: str) -> str:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def embed_all_layers(spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...]) -> EmbeddingRun:
-    """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs).
+def embed_all_layers(
+    spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...], reference: str = "none"
+) -> EmbeddingRun:
+    """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs),
+    plus the reference set when ``reference`` is 'fp32' or 'fp64'.
 
     The progress bar lives inside the cached function (Streamlit replays, rather than shares,
     elements of cached functions) and is emptied when done, so a cache hit shows nothing.
@@ -53,22 +58,44 @@ def embed_all_layers(spec: str, dtype: str, device: str, backend: str, records: 
     bar = st.progress(0.0, text=f"Loading {spec} in {dtype} on {device}…")
     model, alphabet = get_model(spec, dtype, device, weights_token(spec))
     ids, sequences = zip(*records)
+    stages = STAGES if reference != "none" else STAGES[:2]
     run = compare.run_both_paths(
-        model, alphabet, ids, sequences, layers=None, backend=backend, progress=progress_reporter(bar, len(records))
+        model, alphabet, ids, sequences, layers=None, backend=backend,
+        progress=progress_reporter(bar, len(records), stages),
+        reference_dtype=None if reference == "none" else reference,
     )
     bar.empty()
     return run
 
 
-def progress_reporter(bar: Any, n_sequences: int) -> Callable[[str, int, int], None]:
+@st.cache_data(max_entries=64, show_spinner="Running both paths on this sequence alone…")
+def residue_view(spec: str, dtype: str, device: str, backend: str, sequence: str, layer: int):
+    """Per-residue divergence of one sequence (core.layers.residue_divergence), cached."""
+    model, alphabet = get_model(spec, dtype, device, weights_token(spec))
+    return residue_divergence(model, alphabet, sequence, layer, backend)
+
+
+@st.cache_data(max_entries=16, show_spinner="Running v2.0 again: each sequence alone, then the whole set…")
+def v2_checks(spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...],
+              layer: int, _packed: Any) -> list[CheckResult]:
+    """Packing invariance and determinism of v2.0 at ``layer`` against the cached packed embeddings."""
+    model, alphabet = get_model(spec, dtype, device, weights_token(spec))
+    sequences = [sequence for _, sequence in records]
+    return [
+        packing_invariance(model, alphabet, sequences, _packed, layer, backend),
+        determinism(model, alphabet, sequences, _packed, layer, backend),
+    ]
+
+
+def progress_reporter(bar: Any, n_sequences: int, stages: tuple[str, ...] = STAGES[:2]) -> Callable[[str, int, int], None]:
     """A core.compare progress callback that drives a Streamlit progress bar with time left."""
     start = time.perf_counter()
 
     def report(stage: str, done: int, total: int) -> None:
-        fraction = (STAGES.index(stage) * total + done) / (len(STAGES) * total)
+        fraction = (stages.index(stage) * total + done) / (len(stages) * total)
         elapsed = time.perf_counter() - start
         left = elapsed * (1 - fraction) / fraction
-        path = "v1.0 standard path" if stage == "v1.0" else "v2.0 packed path"
+        path = {"v1.0": "v1.0 standard path", "v2.0": "v2.0 packed path", "reference": "reference (standard path, wide dtype)"}[stage]
         eta = f" · about {left:.0f} s left" if fraction < 1 and n_sequences >= 50 else ""
         bar.progress(min(fraction, 1.0), text=f"{path}: {done}/{total} sequences{eta}")
 
@@ -83,8 +110,10 @@ class Settings:
     dtype: str = ""
     device: str = ""
     backend: str = "auto"
+    reference: str = "none"  # or 'fp32' / 'fp64': a third, wider-dtype embedding set
     layer: int = -1  # -1: the last layer
     seed: int = 0
+    seeds: int = 100  # proxy classifiers in the seed sweep (0: off)
     min_cosine: float = Thresholds.min_cosine
     min_agreement: float = Thresholds.min_agreement
     accept_agreement: float = Thresholds.accept_agreement

@@ -51,6 +51,13 @@ def metrics(app: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in app.metric}
 
 
+def table_with(app: AppTest, column: str):
+    """The one dataframe on the page that has ``column`` (the sequence table has label_flip, problems have record)."""
+    frames = [frame.value for frame in app.dataframe if column in frame.value.columns]
+    assert len(frames) == 1, f"expected one table with column {column!r}, found {len(frames)}"
+    return frames[0]
+
+
 def run_example(app: AppTest, name: str = "patterns") -> AppTest:
     app.button(key=f"example_{name}").click().run()
     return app.button(key="run").click().run()
@@ -63,7 +70,7 @@ def test_example_set_runs_to_a_verdict(run_counter):
     assert "ACCEPT" in card and "18 sequences" in card and "demo-8M" in card
     assert metrics(app)["Label agreement"] == "100.0%"
     assert app.metric[0].delta == "0 label flips"
-    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 18
+    assert len(table_with(app, "label_flip")) == 18
     assert run_counter == [None], "one embedding pass, every layer"
 
 
@@ -76,7 +83,7 @@ def test_demo_banner_appears_with_demo_weights(run_counter):
 def test_bad_input_listed_per_record_and_valid_ones_still_run(run_counter):
     app = new_app()
     app.text_area(key="sequences_text").input(GOOD_AND_BAD).run()
-    problems = app.dataframe[0].value
+    problems = table_with(app, "record")
     assert list(problems["record"]) == ["bad_digits", "bad_stop"]
     assert "'1'" in problems["problem"][0] and "position 5" in problems["problem"][0]
     assert any("2 record(s) refused" in e.value for e in app.error)
@@ -84,8 +91,7 @@ def test_bad_input_listed_per_record_and_valid_ones_still_run(run_counter):
     assert not app.exception
     card = verdict_html(app)
     assert "2 sequences" in card
-    table = app.dataframe[1].value
-    assert list(table["id"]) == ["good_one", "good_two"]
+    assert list(table_with(app, "label_flip")["id"]) == ["good_one", "good_two"]
 
 
 def test_changing_seed_layer_and_thresholds_redraws_without_recomputing(run_counter):
@@ -142,5 +148,50 @@ def test_user_text_is_never_rendered_as_html(run_counter):
     assert not app.exception
     for markdown in app.markdown:
         assert "<script>" not in markdown.value
-    assert list(app.dataframe[0].value["id"]) == ["x<script>alert(1)</script>"]  # shown as plain text
+    assert list(table_with(app, "label_flip")["id"]) == ["x<script>alert(1)</script>"]  # shown as plain text
 
+
+
+def test_reference_layers_seeds_residues_and_checks_views(run_counter):
+    app = new_app()
+    app.selectbox(key="reference").set_value("fp64").run()
+    app = run_example(app)
+    assert not app.exception
+    assert run_counter == [None]
+    assert any("FlashAttention's rule" in s.value and "fp64 reference" in s.value for s in app.success)
+    reference = table_with(app, "path")
+    assert list(reference["path"]) == ["v1.0", "v2.0"]
+    assert (reference["cosine_min"] > 0.9999).all()
+    layers = table_with(app, "layer")
+    assert list(layers["layer"]) == list(range(7)) and "v2_mean_abs_error" in layers.columns
+    assert any("Agreement over **100** proxy classifiers" in m.value for m in app.markdown)
+
+    app.selectbox(key="residue_sequence").set_value("pattern_03")
+    app.button(key="residue_go").click().run()
+    worst = table_with(app, "residue")
+    assert len(worst) == 10 and set(worst["position"]) <= set(range(1, 57))
+
+    app.button(key="checks_go").click().run()
+    badges = [s.value for s in app.success if "PASS" in s.value]
+    assert any(b.startswith("packing invariance: PASS") for b in badges)
+    assert any(b.startswith("determinism: PASS") for b in badges)
+    assert run_counter == [None], "the views reuse the cached embeddings"
+
+
+def test_uploaded_head_replaces_the_proxy_and_a_wrong_width_is_refused(run_counter, tmp_path):
+    import torch
+
+    app = run_example(new_app())
+    good, wrong = tmp_path / "good.pt", tmp_path / "wrong.pt"
+    torch.save({"weight": torch.randn(3, 320, generator=torch.Generator().manual_seed(1)), "bias": torch.zeros(3)}, good)
+    torch.save({"weight": torch.randn(2, 480), "bias": torch.zeros(2)}, wrong)
+
+    app.file_uploader(key="head_file").upload("good.pt", good.read_bytes()).run()
+    assert not app.exception
+    assert "classifier: your head: linear 320→3 from good.pt" in verdict_html(app)
+    labels = table_with(app, "label_flip")["label_v1"]
+    assert labels.max() <= 2 and labels.nunique() >= 2, "three-class head labels, not the proxy's two"
+
+    app.file_uploader(key="head_file").upload("wrong.pt", wrong.read_bytes()).run()
+    assert any("expects 480 input features but gets 320" in e.value for e in app.error)
+    assert run_counter == [None]

@@ -1,0 +1,86 @@
+"""Pass/fail checks on v2.0 itself: packing invariance and run-to-run determinism.
+
+- Packing invariance: a sequence's pooled embedding must not depend on what it is packed with.
+  Each sequence (up to ``limit``) is run alone and compared with the same sequence in the packed run.
+- Determinism: the same packed run twice must give bit-identical embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import esm
+import numpy as np
+
+from core.compare import embed_v2
+from core.metrics import cosine_similarity
+from core.model import ESM2WithFlashAttention
+
+# A packed sequence may differ from itself alone only by GEMM rounding (different row counts can
+# pick different kernels); 1 - cosine above this means sequences leak into each other.
+PACKING_MAX_DISTANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    max_abs_diff: float
+    min_cosine: float
+    n_sequences: int
+    detail: str
+
+    def to_summary(self) -> dict:
+        return asdict(self)
+
+
+def _spread_indices(n: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` indices spread evenly over 0 … n - 1 (all of them when n <= limit)."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, limit)).round().astype(int))
+
+
+def packing_invariance(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    packed: np.ndarray,
+    layer: int,
+    backend: str | None = None,
+    limit: int = 32,
+) -> CheckResult:
+    """Compare ``packed`` (n, embed_dim), pooled from the packed run, with each sequence run alone."""
+    chosen = _spread_indices(len(sequences), limit)
+    alone = np.stack([embed_v2(model, alphabet, [sequences[i]], [layer], backend).layers[layer][0] for i in chosen])
+    diff = float(np.abs(alone.astype(np.float64) - packed[chosen]).max())
+    cosine = float(cosine_similarity(alone, packed[chosen]).min())
+    return CheckResult(
+        name="packing invariance",
+        passed=1.0 - cosine <= PACKING_MAX_DISTANCE,
+        max_abs_diff=diff,
+        min_cosine=cosine,
+        n_sequences=int(chosen.size),
+        detail=f"{chosen.size} sequences run alone vs packed; pass when 1 − cosine ≤ {PACKING_MAX_DISTANCE:g}",
+    )
+
+
+def determinism(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    packed: np.ndarray,
+    layer: int,
+    backend: str | None = None,
+    max_tokens: int | None = None,
+) -> CheckResult:
+    """Run v2.0 again on the same batches (same ``max_tokens``) and compare with ``packed`` bit for bit."""
+    again = embed_v2(model, alphabet, sequences, [layer], backend, max_tokens).layers[layer]
+    diff = float(np.abs(again.astype(np.float64) - packed).max())
+    return CheckResult(
+        name="determinism",
+        passed=diff == 0.0,
+        max_abs_diff=diff,
+        min_cosine=float(cosine_similarity(again, packed).min()),
+        n_sequences=len(sequences),
+        detail="v2.0 run twice on the same batches; pass when bit-identical",
+    )
