@@ -95,6 +95,7 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
         if os.environ.get("SCREENSHOT_TO"):
             shutil.copy(screenshot, os.environ["SCREENSHOT_TO"])
 
+        page.get_by_role("tab", name="Table & share").click()
         with page.expect_download() as download_info:
             page.get_by_role("button", name="sequences.csv").click()
         csv = pd.read_csv(io.StringIO(Path(download_info.value.path()).read_text()))
