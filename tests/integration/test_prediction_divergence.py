@@ -13,7 +13,7 @@ import torch
 
 from core.compare import run_both_paths
 from core.metrics import VERDICT_ORDER
-from core.report import build_summary, compare_layer, format_summary
+from core.report import analyse, build_summary, compare_layer, format_summary
 from core.sequences import example_sequences
 
 pytestmark = [
@@ -62,3 +62,37 @@ class TestPredictionDivergence:
         summary, _ = divergence
         assert summary["verdict"] in VERDICT_ORDER
         log.warning("RECOMMENDATION (%s weights): %s — %s", summary["weights"], summary["verdict"], summary["recommendation"])
+
+
+@pytest.fixture(scope="module")
+def attribution_summary(model_and_alphabet):
+    model, alphabet = model_and_alphabet
+    records = example_sequences("all")
+    layer = model.num_layers
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records],
+                         layers=None, reference_dtype="fp64")
+    analysis = analyse(run, layer, SEED, n_seeds=100)
+    log.warning("\n%s", format_summary(analysis.summary))
+    for entry in analysis.summary["layers"]:
+        log.warning("  layer %2d  cosine min %.8f  mean |v1-v2| %.3e  |v1-ref| %.3e  |v2-ref| %.3e",
+                    entry["layer"], entry["cosine_min"], entry["mean_abs_diff"],
+                    entry["v1_mean_abs_error"], entry["v2_mean_abs_error"])
+    return analysis.summary
+
+
+class TestReferenceAttribution:
+    def test_flash_path_passes_flashattention_rule_against_float64(self, attribution_summary):
+        reference = attribution_summary["reference"]
+        assert reference["dtype"] == "fp64"
+        assert reference["rule_passed"], reference["verdict_line"]
+
+    def test_both_paths_keep_reference_labels(self, attribution_summary):
+        reference = attribution_summary["reference"]
+        assert reference["v1_error"]["label_agreement"] >= 0.95
+        assert reference["v2_error"]["label_agreement"] >= 0.95
+
+    def test_seed_sweep_interval_logged(self, attribution_summary):
+        sweep = attribution_summary["seed_sweep"]
+        assert sweep["n"] == 100
+        assert sweep["agreement_low"] >= 0.95
+        log.warning("seed sweep: %s", sweep)
