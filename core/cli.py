@@ -18,7 +18,8 @@ from core.attention import BACKENDS, BackendUnavailable, available_backends
 from core.attribution import DEFAULT_K
 from core.checks import determinism, packing_invariance
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head
-from core.compare import run_both_paths
+from core.plugins import PluginError, make_plugin_path
+from core.compare import ForwardPath, fallback_path, run_both_paths
 from core.metrics import Thresholds, verdict_at_or_below
 from core.model import (
     DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, default_device, default_dtype,
@@ -54,6 +55,17 @@ def _load_head(args: argparse.Namespace, embed_dim: int, ids: list[str]) -> Head
     return classifier
 
 
+def v2_path_from_args(args: argparse.Namespace, model) -> ForwardPath | None:
+    """--v1-attention (the fallback) or --v2 module:factory (a plug-in); None for the built-in packed path."""
+    if args.v1_attention and args.v2:
+        raise PluginError("give at most one of --v1-attention and --v2")
+    if args.v1_attention:
+        return fallback_path(model)
+    if args.v2:
+        return make_plugin_path(args.v2, model)
+    return None
+
+
 def compare_command(args: argparse.Namespace) -> int:
     try:
         parsed = _read_input(args)
@@ -86,9 +98,11 @@ def compare_command(args: argparse.Namespace) -> int:
         records = parsed.records
         ids, sequences = [r.id for r in records], [r.sequence for r in records]
         head = _load_head(args, model.embed_dim, ids)
+        v2_path = v2_path_from_args(args, model)
         run = run_both_paths(
             model, alphabet, ids, sequences, layers=[layer] if args.only_layer else None,
             max_tokens=args.max_tokens, reference_dtype=None if args.reference == "none" else args.reference,
+            v2_path=v2_path,
         )
         checks = []
         if args.checks:
@@ -148,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--fail-on", choices=["validate", "fallback"], help="exit 1 when the verdict is at or below this level")
     compare.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default: 16384 on GPU, 2048 on CPU)")
     compare.add_argument("--too-long", choices=["truncate", "reject"], default="truncate", help="records over 1022 residues")
+    compare.add_argument("--v1-attention", action="store_true",
+                         help="v2.0 = the v1-compatible fallback: fair-esm's attention behind the packed API")
+    compare.add_argument("--v2", metavar="MODULE:FACTORY",
+                         help="v2.0 = your implementation; the factory receives the loaded fair-esm model")
     compare.add_argument("--reference", choices=["none", "fp32", "fp64"], default="none",
                          help="add the standard path on the same weights in this dtype and attribute the error")
     compare.add_argument("--rule-k", type=float, default=DEFAULT_K, help="FlashAttention rule: v2.0 error <= k x v1.0 error")

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from core.batching import default_max_tokens, pack_tokens, padded_tokens, plan_batches
-from core.model import ESM2WithFlashAttention, dtype_name, layer_indices, parse_dtype, reference_copy
+from core.model import (
+    V1_COMPATIBLE_BACKEND, ESM2WithFlashAttention, dtype_name, layer_indices, parse_dtype, reference_copy, versions,
+)
 
 V1_BACKEND = "fair-esm (torch.bmm)"
 
@@ -63,8 +65,62 @@ class PathEmbeddings:
     """Pooled embeddings of one path: layer -> (n_sequences, embed_dim), in input order."""
 
     layers: dict[int, np.ndarray]
-    backend: str
+    backend: str  # the attention that ran (for v2.0 with a plug-in: the plug-in's name)
     seconds: float
+    implementation: str = ""  # what produced them, for reports (impl_v1 / impl_v2)
+
+
+@dataclass(frozen=True)
+class ForwardPath:
+    """How one path turns a batch into per-token representations.
+
+    packed: ``run(input_ids, cu_seqlens, max_seqlen, layers)`` on packed batches, else
+    ``run(tokens, layers)`` on fair-esm's padded tokens; both return ``{"representations": …}``.
+    padded_batches: plan batches as v1.0 does (same batches, same padding), not as packed ones.
+    """
+
+    backend: str
+    implementation: str
+    packed: bool
+    run: Callable[..., dict]
+    padded_batches: bool
+
+
+def standard_path(model: ESM2WithFlashAttention) -> ForwardPath:
+    """v1.0: fair-esm's own padded forward."""
+    return ForwardPath(V1_BACKEND, f"fair-esm {versions().get('fair-esm', '')} ESM2.forward", packed=False,
+                       run=lambda tokens, layers: model(tokens, repr_layers=layers), padded_batches=True)
+
+
+def packed_path(model: ESM2WithFlashAttention, backend: str | None = None) -> ForwardPath:
+    """v2.0: this project's forward_packed with a varlen attention backend."""
+    resolved = model.resolved_backend(backend)
+    return ForwardPath(
+        resolved, f"core ESM2WithFlashAttention.forward_packed ({resolved})", packed=True,
+        run=lambda ids, cu_seqlens, max_seqlen, layers: model.forward_packed(ids, cu_seqlens, max_seqlen, layers, backend=resolved),
+        padded_batches=False,
+    )
+
+
+def fallback_path(model: ESM2WithFlashAttention) -> ForwardPath:
+    """The v1-compatible fallback behind the packed API, fed v1.0's own batches (so bit-identical to it)."""
+    return ForwardPath(
+        V1_COMPATIBLE_BACKEND, "core forward_packed(v1_compatible=True): fair-esm forward behind the packed API",
+        packed=True,
+        run=lambda ids, cu_seqlens, max_seqlen, layers: model.forward_packed(ids, cu_seqlens, max_seqlen, layers, v1_compatible=True),
+        padded_batches=True,
+    )
+
+
+def plugin_path(implementation: object) -> ForwardPath:
+    """Any v2.0 implementation with ``forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)``
+    or a padded ``forward(tokens, repr_layers)``, and ``name`` / ``version`` attributes."""
+    label = f"{implementation.name} {implementation.version}".strip()
+    if hasattr(implementation, "forward_packed"):
+        return ForwardPath(label, label, packed=True, padded_batches=False,
+                           run=lambda ids, cu_seqlens, max_seqlen, layers: implementation.forward_packed(ids, cu_seqlens, max_seqlen, layers))
+    return ForwardPath(label, label, packed=False, padded_batches=True,
+                       run=lambda tokens, layers: implementation.forward(tokens, layers))
 
 
 def embed_v1(
@@ -76,7 +132,7 @@ def embed_v1(
     progress: Progress | None = None,
 ) -> PathEmbeddings:
     """v1.0: fair-esm's padded forward over length-sorted batches under a token budget."""
-    return _embed(model, alphabet, sequences, layers, max_tokens, progress, packed=False, backend=None)
+    return embed_path(model, alphabet, sequences, layers, standard_path(model), max_tokens, progress, "v1.0")
 
 
 def embed_v2(
@@ -87,36 +143,44 @@ def embed_v2(
     backend: str | None = None,
     max_tokens: int | None = None,
     progress: Progress | None = None,
+    path: ForwardPath | None = None,
 ) -> PathEmbeddings:
-    """v2.0: packed forward over batches under a token budget, with the given attention backend."""
-    return _embed(model, alphabet, sequences, layers, max_tokens, progress, packed=True, backend=backend)
+    """v2.0: by default the packed forward with ``backend``; or any other ``path`` (fallback, plug-in)."""
+    path = path or packed_path(model, backend)
+    return embed_path(model, alphabet, sequences, layers, path, max_tokens, progress, "v2.0")
 
 
 @torch.inference_mode()
-def _embed(
-    model, alphabet, sequences, layers, max_tokens, progress, *, packed: bool, backend: str | None, stage: str | None = None
+def embed_path(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    path: ForwardPath,
+    max_tokens: int | None = None,
+    progress: Progress | None = None,
+    stage: str = "v2.0",
 ) -> PathEmbeddings:
+    """Run ``path`` over ``sequences`` in batches under a token budget and mean-pool ``layers``."""
     layers = layer_indices(model, layers)
     max_tokens = max_tokens or default_max_tokens(model.device)
     lengths = [len(seq) for seq in sequences]
     out_dtype = pool_dtype(model.dtype)
     pooled = {layer: torch.empty(len(sequences), model.embed_dim, dtype=out_dtype) for layer in layers}
-    resolved = model.resolved_backend(backend) if packed else V1_BACKEND
-    stage = stage or ("v2.0" if packed else "v1.0")
     done = 0
     start = time.perf_counter()
-    for batch in plan_batches(lengths, max_tokens, padded=not packed):
+    for batch in plan_batches(lengths, max_tokens, padded=path.padded_batches):
         tokens = padded_tokens(alphabet, [sequences[i] for i in batch])
         batch_lengths = torch.tensor([lengths[i] for i in batch])
-        if packed:
+        if path.packed:
             pack = pack_tokens(tokens, batch_lengths.tolist()).to(model.device)
-            reps = model.forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers, backend=resolved)
+            reps = path.run(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers)["representations"]
             for layer in layers:
-                pooled[layer][batch] = pool_packed(reps["representations"][layer], pack.cu_seqlens, out_dtype).cpu()
+                pooled[layer][batch] = pool_packed(reps[layer], pack.cu_seqlens, out_dtype).cpu()
         else:
-            reps = model(tokens.to(model.device), repr_layers=layers)
+            reps = path.run(tokens.to(model.device), layers)["representations"]
             for layer in layers:
-                pooled[layer][batch] = pool_padded(reps["representations"][layer], batch_lengths, out_dtype).cpu()
+                pooled[layer][batch] = pool_padded(reps[layer], batch_lengths, out_dtype).cpu()
         done += len(batch)
         if progress is not None:
             progress(stage, done, len(sequences))
@@ -124,8 +188,9 @@ def _embed(
         torch.cuda.synchronize(model.device)
     return PathEmbeddings(
         layers={layer: values.numpy() for layer, values in pooled.items()},
-        backend=resolved,
+        backend=path.backend,
         seconds=time.perf_counter() - start,
+        implementation=path.implementation,
     )
 
 
@@ -160,22 +225,23 @@ def run_both_paths(
     max_tokens: int | None = None,
     progress: Progress | None = None,
     reference_dtype: str | None = None,
+    v2_path: ForwardPath | None = None,
 ) -> EmbeddingRun:
     """Embed ``sequences`` with v1.0 and v2.0 and pool ``layers`` (None = every layer).
 
     ``reference_dtype`` ('fp32' or 'fp64') adds a third set: the standard path on a copy of the
     same weights in that dtype (see core.attribution). The copy is freed afterwards.
+    ``v2_path`` replaces the built-in packed path (the v1-compatible fallback, or a plug-in).
     """
     if len(ids) != len(sequences) or not sequences:
         raise ValueError("need one id per sequence and at least one sequence")
     layers = layer_indices(model, layers)
     v1 = embed_v1(model, alphabet, sequences, layers, max_tokens, progress)
-    v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress)
+    v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress, path=v2_path)
     reference = None
     if reference_dtype is not None:
         wide = reference_copy(model, parse_dtype(reference_dtype))
-        reference = _embed(wide, alphabet, sequences, layers, max_tokens, progress, packed=False, backend=None,
-                           stage="reference")
+        reference = embed_path(wide, alphabet, sequences, layers, standard_path(wide), max_tokens, progress, "reference")
         del wide
         if model.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -32,6 +32,7 @@ from torch import nn
 from core.attention import resolve_backend, softmax_dtype, varlen_attention
 
 WeightsKind = Literal["pretrained", "checkpoint", "demo"]
+V1_COMPATIBLE_BACKEND = "v1-compatible (fair-esm torch.bmm)"
 RotaryPrecision = Literal["model", "fp32"]
 
 
@@ -199,6 +200,7 @@ class ESM2WithFlashAttention(nn.Module):
         max_seqlen: int,
         repr_layers: Sequence[int] = (),
         backend: str | None = None,
+        v1_compatible: bool = False,
     ) -> dict:
         """v2.0: packed forward.
 
@@ -207,7 +209,13 @@ class ESM2WithFlashAttention(nn.Module):
         Returns ``{"representations": {layer: (total_tokens, embed_dim)}, "backend": name}`` with
         fair-esm's layer semantics: 0 = scaled embeddings, last = after the final layer norm.
         Only layers up to the highest one requested are computed.
+
+        ``v1_compatible=True`` is the fallback: the same interface, but fair-esm's standard
+        attention (unpack by cu_seqlens, pad, ``forward``, repack), so a pipeline written for the
+        packed API can return to v1.0's numerics without other changes.
         """
+        if v1_compatible:
+            return self._forward_packed_via_v1(input_ids.reshape(-1), cu_seqlens, max_seqlen, repr_layers)
         backend = self.resolved_backend(backend)
         model = self.esm2
         input_ids = input_ids.reshape(-1)
@@ -231,6 +239,22 @@ class ESM2WithFlashAttention(nn.Module):
         if model.num_layers in wanted:
             representations[model.num_layers] = model.emb_layer_norm_after(x)
         return {"representations": representations, "backend": backend}
+
+    def _forward_packed_via_v1(
+        self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, repr_layers: Sequence[int]
+    ) -> dict:
+        """Packed in, packed out, fair-esm's padded forward in between."""
+        bounds = cu_seqlens.long()
+        token_counts = bounds[1:] - bounds[:-1]
+        positions = torch.arange(max_seqlen, device=input_ids.device)
+        is_token = positions[None, :] < token_counts[:, None]  # (batch, max_seqlen)
+        tokens = torch.full(is_token.shape, self.esm2.padding_idx, dtype=input_ids.dtype, device=input_ids.device)
+        tokens[is_token] = input_ids
+        padded = self.esm2(tokens, repr_layers=list(repr_layers))["representations"]
+        return {
+            "representations": {layer: rep[is_token] for layer, rep in padded.items()},
+            "backend": V1_COMPATIBLE_BACKEND,
+        }
 
     def _packed_embeddings(
         self, input_ids: torch.Tensor, seq_index: torch.Tensor, seq_lengths: torch.Tensor

@@ -119,6 +119,8 @@ def build_summary(
         "classifier": classifier or f"proxy (random linear {comparison_width(run, layer)}→2, seed {seed})",
         "backend_v1": run.v1.backend,
         "backend_v2": run.v2.backend,
+        "impl_v1": run.v1.implementation,
+        "impl_v2": run.v2.implementation,
         "device": run.device,
         "thresholds": asdict(comparison.thresholds),
         "reference": attribution.to_summary() if attribution is not None else None,
@@ -215,7 +217,9 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("model", f"{summary['model']} ({summary['weights']} weights), {summary['dtype']}, layer {summary['layer']}"),
         ("device", summary["device"]),
+        ("v1.0 implementation", summary["impl_v1"]),
         ("v1.0 attention", summary["backend_v1"]),
+        ("v2.0 implementation", summary["impl_v2"]),
         ("v2.0 attention", summary["backend_v2"]),
         ("sequences", str(summary["n_sequences"]) + (f" ({len(summary['refused'])} refused)" if summary["refused"] else "")),
         ("cosine min / mean / max", f"{cosine['min']:.6f} / {cosine['mean']:.6f} / {cosine['max']:.6f}"),

@@ -11,9 +11,11 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +24,8 @@ from Bio.SeqRecord import SeqRecord
 
 __all__ = [
     "MAX_RESIDUES",
+    "MAX_INPUT_BYTES",
+    "MAX_RECORDS",
     "ALLOWED_RESIDUES",
     "ProteinRecord",
     "InputProblem",
@@ -34,6 +38,8 @@ __all__ = [
 
 MAX_RESIDUES = 1022  # ESM-2 limit (1024 positions incl. BOS/EOS)
 ALLOWED_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY" + "XBUZO")  # fair-esm residue letters
+# One character outside ALLOWED_RESIDUES (a regex, so that validation runs at C speed).
+_BAD_RESIDUE = re.compile("[^" + "".join(sorted(ALLOWED_RESIDUES)) + "]")
 
 # A record this long made only of these letters is almost certainly DNA/RNA.
 _NUCLEOTIDE_LETTERS = frozenset("ACGTUN")
@@ -42,8 +48,19 @@ _NUCLEOTIDE_MIN_LENGTH = 10
 # How many distinct offending characters one error message lists.
 _MAX_BAD_CHARS_REPORTED = 3
 
-# Guards against gzip bombs; far above any realistic protein upload.
-_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+# Largest input accepted, in bytes: the dashboard's upload limit (server.maxUploadSize
+# = 100 in .streamlit/config.toml; Streamlit counts 1 MB as 1024 * 1024 bytes). It applies
+# to the bytes as given and again after gunzip (so a small .gz cannot expand without bound),
+# and to text passed to parse_sequences (counted as UTF-8). Larger input is refused as a
+# whole with one InputProblem(record_id="input"); nothing of it is parsed.
+MAX_INPUT_BYTES = 100 * 1024 * 1024
+
+# Most records read from one input (counting refused records too). The first MAX_RECORDS
+# are processed; the rest are dropped and ONE error problem (record_id "input") says how
+# many, so records are never lost silently.
+MAX_RECORDS = 100_000
+
+_BYTES_PER_MB = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _INPUT_ID = "input"
 _FASTA_DATA_PATH = Path(__file__).resolve().parent / "data" / "real_proteins.fasta"
@@ -117,14 +134,27 @@ def parse_sequences(
 
     FASTA is assumed when the first non-blank line starts with '>'; otherwise
     every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
+    Text over MAX_INPUT_BYTES (as UTF-8) is refused whole; only the first
+    MAX_RECORDS records are read, and one error says how many were dropped.
     Never raises for bad input; see the module docstring.
     """
     _check_options(max_length, on_too_long)
+    too_large = _text_too_large(text)
+    if too_large is not None:
+        return ParsedInput([], [too_large])
+    return _parse_text(text, max_length, on_too_long)
+
+
+def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> ParsedInput:
+    """parse_sequences without the size check (the caller has done it)."""
     text = _normalise_text(text)
     if not text.strip():
         return ParsedInput([], [_input_error("no sequences found")])
 
-    items = _fasta_raw_records(text) if _is_fasta(text) else _line_raw_records(text)
+    if _is_fasta(text):
+        items, total = _fasta_raw_records(text, MAX_RECORDS)
+    else:
+        items, total = _line_raw_records(text, MAX_RECORDS)
     result = ParsedInput()
     for raw in items:
         if isinstance(raw, InputProblem):
@@ -134,6 +164,8 @@ def parse_sequences(
         result.problems.extend(record_problems)
         if record is not None:
             result.records.append(record)
+    if total > MAX_RECORDS:
+        result.problems.append(_records_dropped(total, MAX_RECORDS))
     return result
 
 
@@ -146,8 +178,9 @@ def read_sequences(
     """Read a file path or raw bytes (optionally gzipped) and parse its sequences.
 
     A ``str`` is treated as a path. Gzip is detected from the magic bytes, not
-    the file name. Unreadable files, corrupt gzip data and non-UTF-8 or binary
-    content are reported as an :class:`InputProblem` with record_id "input".
+    the file name. Unreadable files, corrupt gzip data, non-UTF-8 or binary
+    content and input over MAX_INPUT_BYTES (before or after gunzip) are reported
+    as one :class:`InputProblem` with record_id "input", and nothing is parsed.
     """
     _check_options(max_length, on_too_long)
     data = _load_bytes(source)
@@ -156,7 +189,7 @@ def read_sequences(
     text = _decode(data)
     if isinstance(text, InputProblem):
         return ParsedInput([], [text])
-    return parse_sequences(text, max_length=max_length, on_too_long=on_too_long)
+    return _parse_text(text, max_length, on_too_long)  # size already checked on the bytes
 
 
 def example_sequences(
@@ -202,6 +235,45 @@ def _input_error(message: str) -> InputProblem:
     return InputProblem(_INPUT_ID, message, "error")
 
 
+def _size_error(what: str) -> InputProblem:
+    """The input is over MAX_INPUT_BYTES; ``what`` says what is how big, in words."""
+    return _input_error(
+        f"{what}, more than the limit of {_megabytes(MAX_INPUT_BYTES)} ({MAX_INPUT_BYTES:,} bytes); "
+        "nothing was read. Split it into smaller files"
+    )
+
+
+def _megabytes(n_bytes: int) -> str:
+    """Bytes as MB the way the dashboard's upload limit counts them (1 MB = 1024 * 1024 bytes)."""
+    mb = n_bytes / _BYTES_PER_MB
+    return f"{mb:,.0f} MB" if mb == int(mb) else f"{mb:,.1f} MB"
+
+
+def _bytes_too_large(n_bytes: int, unit: str = "bytes") -> InputProblem | None:
+    """The size problem for ``n_bytes`` of input, or None when within MAX_INPUT_BYTES."""
+    if n_bytes <= MAX_INPUT_BYTES:
+        return None
+    return _size_error(f"the input is too large: {n_bytes:,} {unit} ({_megabytes(n_bytes)})")
+
+
+def _text_too_large(text: str) -> InputProblem | None:
+    """The size problem for text over MAX_INPUT_BYTES as UTF-8, or None (cheap for small text)."""
+    if len(text) * 4 <= MAX_INPUT_BYTES:  # a character is at most 4 UTF-8 bytes
+        return None
+    n_bytes = len(text.encode("utf-8", errors="surrogatepass"))
+    return _bytes_too_large(n_bytes, "bytes of text as UTF-8")
+
+
+def _records_dropped(total: int, kept: int) -> InputProblem:
+    """One error for the records beyond MAX_RECORDS (never a silent loss)."""
+    dropped = total - kept
+    return _input_error(
+        f"the input has {total:,} records, more than the limit of {kept:,} records per input "
+        f"(MAX_RECORDS); only the first {kept:,} were read and the remaining {dropped:,} "
+        "record(s) were dropped. Split the input into several files"
+    )
+
+
 def _normalise_text(text: str) -> str:
     """Strip a leading BOM and turn CRLF / lone CR line endings into LF."""
     text = text.removeprefix("\ufeff")
@@ -216,11 +288,12 @@ def _is_fasta(text: str) -> bool:
     return False
 
 
-def _fasta_raw_records(text: str) -> list[_RawRecord | InputProblem]:
+def _fasta_raw_records(text: str, limit: int) -> tuple[list[_RawRecord | InputProblem], int]:
     """Split FASTA text into raw records with Biopython, in input order.
 
-    Records with an empty or duplicate id are replaced by their error so that
-    problems stay in input order.
+    Only the first ``limit`` records are returned, with the total number of
+    records in the text. Records with an empty or duplicate id are replaced by
+    their error so that problems stay in input order.
     """
     lines = text.split("\n")
     first = next(i for i, line in enumerate(lines) if line.strip())
@@ -232,9 +305,11 @@ def _fasta_raw_records(text: str) -> list[_RawRecord | InputProblem]:
     ]
 
     try:
-        parsed = list(SeqIO.parse(io.StringIO(body), "fasta"))
+        parsed = list(islice(SeqIO.parse(io.StringIO(body), "fasta"), limit))
     except Exception as exc:  # noqa: BLE001 - never let a parser bug reach the user as a traceback
-        return [_input_error(f"could not read the input as FASTA: {exc}")]
+        return [_input_error(f"could not read the input as FASTA: {exc}")], 0
+    # Every record starts at a '>' line, so the headers count the records not parsed.
+    total = max(len(header_lines), len(parsed))
 
     items: list[_RawRecord | InputProblem] = []
     first_seen: dict[str, int] = {}
@@ -265,7 +340,7 @@ def _fasta_raw_records(text: str) -> list[_RawRecord | InputProblem]:
             continue
         first_seen[record_id] = number
         items.append(_RawRecord(record_id, record_id, _sequence_text(seq_record)))
-    return items
+    return items, total
 
 
 def _sequence_text(seq_record: SeqRecord) -> str:
@@ -277,15 +352,22 @@ def _sequence_text(seq_record: SeqRecord) -> str:
     return bytes(seq_record.seq).decode("utf-8", errors="replace")
 
 
-def _line_raw_records(text: str) -> list[_RawRecord | InputProblem]:
-    """One record per non-blank line, named seq_1, seq_2, ... in order."""
+def _line_raw_records(text: str, limit: int) -> tuple[list[_RawRecord | InputProblem], int]:
+    """One record per non-blank line, named seq_1, seq_2, ... in order.
+
+    Only the first ``limit`` are returned, with the total number of records.
+    """
     records: list[_RawRecord | InputProblem] = []
+    total = 0
     for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        record_id = f"seq_{len(records) + 1}"
+        total += 1
+        if total > limit:
+            continue
+        record_id = f"seq_{total}"
         records.append(_RawRecord(record_id, f"{record_id} (line {line_no})", line))
-    return records
+    return records, total
 
 
 # --------------------------------------------------------------------------- #
@@ -339,17 +421,20 @@ def _clean(raw_sequence: str) -> str:
     Only ASCII is uppercased so that a non-ASCII character keeps its position
     and is reported as typed ('ß'.upper() would even become two letters).
     """
-    return "".join(c.upper() if c.isascii() else c for c in raw_sequence if not c.isspace())
+    # str.split() splits on exactly the characters for which str.isspace() is true.
+    joined = "".join(raw_sequence.split())
+    if joined.isascii():
+        return joined.upper()
+    return "".join(c.upper() if c.isascii() else c for c in joined)
 
 
 def _describe_bad_characters(sequence: str) -> str | None:
     """Describe the first few distinct characters outside ALLOWED_RESIDUES, or None."""
     first_position: dict[str, int] = {}
     total = 0
-    for position, char in enumerate(sequence, start=1):
-        if char not in ALLOWED_RESIDUES:
-            total += 1
-            first_position.setdefault(char, position)
+    for match in _BAD_RESIDUE.finditer(sequence):
+        total += 1
+        first_position.setdefault(match.group(), match.start() + 1)
     if not first_position:
         return None
 
@@ -394,15 +479,31 @@ def _is_nucleotide_like(sequence: str) -> bool:
 
 
 def _load_bytes(source: str | os.PathLike[str] | bytes) -> bytes | InputProblem:
-    """Read the source into bytes, gunzipping when it starts with the gzip magic."""
+    """Read the source into bytes, gunzipping when it starts with the gzip magic.
+
+    Input over MAX_INPUT_BYTES, before or after gunzip, is a problem. A file is
+    read at most one byte past the limit, so a huge file (or an endless one
+    such as a device) is never loaded whole.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        too_large = _bytes_too_large(len(data))
     else:
         path = Path(source)
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                data = handle.read(MAX_INPUT_BYTES + 1)
+                size = os.fstat(handle.fileno()).st_size
         except OSError as exc:
             return _input_error(f"could not read file '{path}': {exc.strerror or exc}")
+        too_large = None
+        if len(data) > MAX_INPUT_BYTES:
+            # A regular file's size is known; a pipe or device only "more than the limit".
+            too_large = _bytes_too_large(size) or _size_error(
+                f"the input is too large: at least {MAX_INPUT_BYTES + 1:,} bytes"
+            )
+    if too_large is not None:
+        return too_large
     if data.startswith(_GZIP_MAGIC):
         return _gunzip(data)
     return data
@@ -412,15 +513,18 @@ def _gunzip(data: bytes) -> bytes | InputProblem:
     """Decompress gzip data, reporting truncated/corrupt/oversized data as a problem."""
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
-            out = handle.read(_MAX_DECOMPRESSED_BYTES + 1)
+            out = handle.read(MAX_INPUT_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:
         return _input_error(
             f"the gzip data is truncated or corrupt ({exc}); "
             "re-create the .gz file or upload the plain FASTA text"
         )
-    if len(out) > _MAX_DECOMPRESSED_BYTES:
-        limit_mib = _MAX_DECOMPRESSED_BYTES // (1024 * 1024)
-        return _input_error(f"the gzip data decompresses to more than {limit_mib} MiB; too large")
+    if len(out) > MAX_INPUT_BYTES:
+        # Decompression stops one byte past the limit: the full size stays unknown.
+        return _size_error(
+            f"the gzip data is too large once decompressed: its {len(data):,} bytes expand "
+            f"to at least {MAX_INPUT_BYTES + 1:,} bytes"
+        )
     return out
 
 

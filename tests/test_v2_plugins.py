@@ -1,0 +1,109 @@
+"""The v1-compatible fallback and pluggable v2.0 implementations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.batching import pack_sequences, padded_tokens
+from core.cli import main
+from core.compare import fallback_path, run_both_paths
+from core.plugins import PluginError, make_plugin_path
+from core.report import analyse
+from core.sequences import example_sequences
+
+RECORDS = example_sequences("all")
+IDS, SEQUENCES = [r.id for r in RECORDS], [r.sequence for r in RECORDS]
+PLUGINS = "tests.plugins.example_v2"
+
+
+def test_fallback_is_exact_against_v1_in_float32(demo_fp32):
+    model, alphabet = demo_fp32
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=fallback_path(model))
+    assert run.v2.backend == "v1-compatible (fair-esm torch.bmm)"
+    for layer in run.layers:
+        assert np.array_equal(run.v1.layers[layer], run.v2.layers[layer]), f"layer {layer} differs"
+    summary = analyse(run, model.num_layers, seed=0).summary
+    assert summary["max_abs_diff"] == 0.0 and summary["verdict"] == "ACCEPT"
+    assert summary["impl_v2"].startswith("core forward_packed(v1_compatible=True)")
+
+
+def test_fallback_with_any_packing_matches_the_padded_forward(demo_fp32):
+    """Packed however the caller likes, the fallback's per-token output is fair-esm's (float32 rounding)."""
+    model, alphabet = demo_fp32
+    sequences = SEQUENCES[:5]
+    pack = pack_sequences(alphabet, sequences)
+    layers = [0, 3, model.num_layers]
+    with torch.inference_mode():
+        packed = model.forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers, v1_compatible=True)
+        tokens = padded_tokens(alphabet, sequences)
+        standard = model(tokens, repr_layers=layers)["representations"]
+    keep = tokens != alphabet.padding_idx
+    for layer in layers:
+        torch.testing.assert_close(packed["representations"][layer], standard[layer][keep], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory, expected", [("make_packed", "example packed 1.0"), ("make_padded", "example padded 2.1")])
+def test_plugin_named_module_factory_runs_end_to_end(tmp_path, capsys, factory, expected):
+    code = main(["compare", "--example", "patterns", "--model", "demo-8M", "--device", "cpu",
+                 "--v2", f"{PLUGINS}:{factory}", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["impl_v2"] == expected and summary["backend_v2"] == expected
+    assert summary["impl_v1"].startswith("fair-esm") and "ESM2.forward" in summary["impl_v1"]
+    assert summary["verdict"] == "ACCEPT" and summary["cosine"]["min"] > 0.999999
+    assert f"v2.0 implementation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("factory", ["make_eos_in_pool", "make_no_token_dropout_scaling"])
+def test_broken_plugins_are_caught(demo_fp32, factory):
+    model, alphabet = demo_fp32
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:{factory}", model),
+                         reference_dtype="fp64")
+    summary = analyse(run, model.num_layers, seed=0).summary
+    below = summary["cosine"]["min"] <= 0.99 or summary["label_agreement"] <= 0.99
+    assert below, (summary["cosine"], summary["label_agreement"])
+    assert summary["verdict"] != "ACCEPT"
+    assert summary["reference"]["closer"] == "v1" and not summary["reference"]["rule_passed"]
+
+
+def test_eos_in_pool_fails_the_cosine_check(demo_fp32):
+    model, alphabet = demo_fp32
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:make_eos_in_pool", model))
+    summary = analyse(run, model.num_layers, seed=0).summary
+    assert not summary["checks"]["cosine_all_above_threshold"]
+    assert "pattern_01" in summary["cosine_failures"]  # the 10-residue sequence: EOS is a tenth of its pool
+    assert "cosine" in summary["recommendation"]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_colon_here", "module:factory"),
+        ("tests.plugins.does_not_exist:make", "cannot import"),
+        (f"{PLUGINS}:missing_factory", "no callable"),
+        (f"{PLUGINS}:make_no_interface", "neither forward_packed"),
+    ],
+)
+def test_bad_plugins_are_refused_with_a_message(demo_fp32, spec, message):
+    model, _ = demo_fp32
+    with pytest.raises(PluginError, match=message):
+        make_plugin_path(spec, model)
+
+
+def test_cli_rejects_bad_plugin_and_conflicting_flags(capsys):
+    assert main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--v2", "nope:make"]) == 3
+    assert "cannot import" in capsys.readouterr().err
+    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
+                 "--v1-attention", "--v2", f"{PLUGINS}:make_packed"])
+    assert code == 3
+
+
+def test_cli_v1_attention_flag(tmp_path):
+    assert main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--v1-attention",
+                 "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["max_abs_diff"] == 0.0 and summary["backend_v2"] == "v1-compatible (fair-esm torch.bmm)"
