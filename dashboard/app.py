@@ -27,7 +27,7 @@ from core.model import (  # noqa: E402
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head  # noqa: E402
 from core.report import DEMO_NOTICE, analyse, html_report  # noqa: E402
 from core.sequences import ParsedInput, example_sequences, format_fasta, parse_sequences, read_sequences  # noqa: E402
-from dashboard.state import Settings, embed_all_layers, residue_view, v2_checks  # noqa: E402
+from dashboard.state import BUILTIN_V2, Settings, embed_all_layers, residue_view, v2_checks, v2_plugins  # noqa: E402
 
 CHECKPOINT = "Local checkpoint file…"
 EXAMPLES = {"patterns": "Repeat patterns (18)", "real": "Real proteins (9)", "all": "All examples (27)"}
@@ -48,7 +48,7 @@ def init_session() -> None:
     is_named = settings.model in PRETRAINED or settings.model.lower().startswith("demo-")
     st.session_state.model_choice = settings.model if is_named else CHECKPOINT
     st.session_state.checkpoint_path = "" if is_named else settings.model
-    for name in ("dtype", "device", "backend", "reference", "seed", "seeds", "min_cosine", "min_agreement",
+    for name in ("dtype", "device", "backend", "v2", "reference", "seed", "seeds", "min_cosine", "min_agreement",
                  "accept_agreement", "present"):
         st.session_state[name] = getattr(settings, name)
     example = st.query_params.get("example")
@@ -94,10 +94,16 @@ def sidebar(run_layers: list[int] | None) -> Settings:
     if st.session_state.device not in devices:
         st.session_state.device = devices[0]
     st.sidebar.selectbox("Device", devices, key="device")
+    v2_choices = [*BUILTIN_V2, *v2_plugins()]
+    if st.session_state.v2 not in v2_choices:
+        st.session_state.v2 = "packed"
+    st.sidebar.selectbox("v2.0 implementation", v2_choices, key="v2", format_func=lambda c: BUILTIN_V2.get(c, c),
+                         help="The fast path to judge: this project's packed path, the v1-compatible fallback, or a "
+                              "plug-in named in dashboard/config.toml on the server.")
     backends = ["auto", *available_backends(torch.device(st.session_state.device), parse_dtype(st.session_state.dtype))]
     if st.session_state.backend not in backends:
         st.session_state.backend = "auto"
-    st.sidebar.selectbox("v2.0 attention backend", backends, key="backend",
+    st.sidebar.selectbox("v2.0 attention backend", backends, key="backend", disabled=st.session_state.v2 != "packed",
                          help="Only backends that can run on this device and dtype are listed.")
 
     last = num_layers_of(spec) or (max(run_layers) if run_layers else None)
@@ -124,7 +130,7 @@ def sidebar(run_layers: list[int] | None) -> Settings:
 
     ss = st.session_state
     settings = Settings(
-        model=spec or "", dtype=ss.dtype, device=ss.device, backend=ss.backend, reference=ss.reference,
+        model=spec or "", dtype=ss.dtype, device=ss.device, backend=ss.backend, v2=ss.v2, reference=ss.reference,
         layer=layer, seed=int(ss.seed), seeds=int(ss.seeds),
         min_cosine=ss.min_cosine, min_agreement=ss.min_agreement, accept_agreement=ss.accept_agreement,
         present=ss.present,
@@ -183,7 +189,7 @@ def show_problems(parsed: ParsedInput, source: str) -> None:
 def verdict_card(summary: dict, font_scale: float) -> None:
     colour = charts.VERDICT_COLOURS[summary["verdict"]]
     compared = (f"{summary['model']} ({summary['weights']} weights) · {summary['dtype']} · layer {summary['layer']} · "
-                f"v1.0 {summary['backend_v1']} vs v2.0 {summary['backend_v2']} · {summary['device']} · "
+                f"v1.0 {summary['impl_v1']} ({summary['backend_v1']}) vs v2.0 {summary['impl_v2']} · {summary['device']} · "
                 f"{summary['n_sequences']} sequences · classifier: {summary['classifier']}")
     st.markdown(
         f"""<div style="border-left: 14px solid {colour}; background: #f6f7f9; padding: 0.8rem 1.2rem; border-radius: 6px;">
@@ -373,8 +379,9 @@ def compute(settings: Settings, parsed: ParsedInput):
     """Both paths' embeddings at every layer (cached); None, with the reason shown, if it cannot run."""
     records = tuple((r.id, r.sequence) for r in parsed.records)
     try:
-        return embed_all_layers(settings.model, settings.dtype, settings.device, settings.backend, records, settings.reference)
-    except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
+        return embed_all_layers(settings.model, settings.dtype, settings.device, settings.backend, records,
+                                settings.reference, settings.v2)
+    except (ValueError, WeightsUnavailable, BackendUnavailable) as error:  # PluginError is a ValueError
         st.error(f"Cannot run: {error}")
         return None
 
@@ -418,8 +425,8 @@ def main() -> None:
                        "min_cosine": settings.min_cosine,
                        "min_agreement": settings.min_agreement, "accept_agreement": settings.accept_agreement,
                        "present": settings.present})
-    if (used.model, used.dtype, used.device, used.backend, used.reference) != (
-        settings.model, settings.dtype, settings.device, settings.backend, settings.reference
+    if (used.model, used.dtype, used.device, used.backend, used.v2, used.reference) != (
+        settings.model, settings.dtype, settings.device, settings.backend, settings.v2, settings.reference
     ):
         st.caption("Showing the last run; model, dtype, device, backend or reference changed since — press Run to use them.")
     results(run, view, request["parsed"])

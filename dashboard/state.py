@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from core import compare
 from core.checks import CheckResult, determinism, packing_invariance
 from core.compare import EmbeddingRun
 from core.layers import residue_divergence
+from core.plugins import PluginError, make_plugin_path
 from core.metrics import Thresholds
 from core.model import default_device, default_dtype, default_model_spec, load_esm2_model
 
@@ -45,12 +47,36 @@ def weights_token(spec: str) -> str:
     return ""
 
 
+BUILTIN_V2 = {"packed": "This project's packed path (v2.0)", "fallback": "v1-compatible fallback"}
+CONFIG_FILE = Path(__file__).with_name("config.toml")
+
+
+def v2_plugins() -> dict[str, str]:
+    """Plug-ins the server offers: label -> module:factory, from dashboard/config.toml."""
+    if not CONFIG_FILE.is_file():
+        return {}
+    return dict(tomllib.loads(CONFIG_FILE.read_text()).get("v2_plugins", {}))
+
+
+def v2_path_for(choice: str, model, backend: str):
+    """The v2.0 ForwardPath for a sidebar choice: 'packed', 'fallback', or a plug-in label."""
+    if choice == "fallback":
+        return compare.fallback_path(model)
+    if choice == "packed":
+        return compare.packed_path(model, backend)
+    plugins = v2_plugins()
+    if choice not in plugins:
+        raise PluginError(f"no v2.0 plug-in called {choice!r} in {CONFIG_FILE.name}")
+    return make_plugin_path(plugins[choice], model)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def embed_all_layers(
-    spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...], reference: str = "none"
+    spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...], reference: str = "none",
+    v2: str = "packed",
 ) -> EmbeddingRun:
     """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs),
-    plus the reference set when ``reference`` is 'fp32' or 'fp64'.
+    plus the reference set when ``reference`` is 'fp32' or 'fp64'. ``v2`` picks the v2.0 side.
 
     The progress bar lives inside the cached function (Streamlit replays, rather than shares,
     elements of cached functions) and is emptied when done, so a cache hit shows nothing.
@@ -63,6 +89,7 @@ def embed_all_layers(
         model, alphabet, ids, sequences, layers=None, backend=backend,
         progress=progress_reporter(bar, len(records), stages),
         reference_dtype=None if reference == "none" else reference,
+        v2_path=v2_path_for(v2, model, backend),
     )
     bar.empty()
     return run
@@ -110,6 +137,7 @@ class Settings:
     dtype: str = ""
     device: str = ""
     backend: str = "auto"
+    v2: str = "packed"  # 'packed', 'fallback', or a plug-in label from dashboard/config.toml
     reference: str = "none"  # or 'fp32' / 'fp64': a third, wider-dtype embedding set
     layer: int = -1  # -1: the last layer
     seed: int = 0

@@ -195,3 +195,31 @@ def test_uploaded_head_replaces_the_proxy_and_a_wrong_width_is_refused(run_count
     app.file_uploader(key="head_file").upload("wrong.pt", wrong.read_bytes()).run()
     assert any("expects 480 input features but gets 320" in e.value for e in app.error)
     assert run_counter == [None]
+
+
+def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, tmp_path):
+    import dashboard.state
+
+    config = tmp_path / "config.toml"
+    config.write_text('[v2_plugins]\n"Example packed" = "tests.plugins.example_v2:make_packed"\n'
+                      '"Broken import" = "tests.plugins.not_there:make"\n')
+    monkeypatch.setattr(dashboard.state, "CONFIG_FILE", config)
+
+    app = new_app()
+    assert app.selectbox(key="v2").options == [
+        "This project's packed path (v2.0)", "v1-compatible fallback", "Example packed", "Broken import",
+    ]
+    app.selectbox(key="v2").set_value("fallback").run()
+    app = run_example(app)
+    card = verdict_html(app)
+    assert "forward_packed(v1_compatible=True)" in card and "ACCEPT" in card
+    assert metrics(app)["Max confidence diff"] == "0.00e+00"
+
+    app.selectbox(key="v2").set_value("Example packed").run()
+    app.button(key="run").click().run()
+    assert "v2.0 example packed 1.0" in verdict_html(app)
+
+    app.selectbox(key="v2").set_value("Broken import").run()
+    app.button(key="run").click().run()
+    assert any("Cannot run" in e.value and "cannot import" in e.value for e in app.error)
+    assert not app.exception

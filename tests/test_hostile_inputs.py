@@ -1,0 +1,491 @@
+"""A catalogue of hostile or malformed inputs, each with its exact expected outcome.
+
+``CATALOGUE`` is ONE table. Each case gives the input bytes (as uploaded or read from a
+file) and states exactly what must happen:
+
+* ``processed``: the ids of the records that are compared, in input order (nothing else);
+* ``warned``: (record id, substring of the warning), in order, for records kept with a note;
+* ``refused``: (record id, substring of the message), in order, for refused records or for the
+  whole input (record id ``"input"``); a record's message always starts with its name.
+
+Every case is checked against ``core.sequences.read_sequences``. Cases marked with a
+``surface`` (at least 8) are also run end to end through the CLI (exit code and
+sequences.csv) and through the Streamlit dashboard (problems table and per-sequence
+table), which must agree with the table; the CLI and dashboard use demo-8M on the CPU.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.cli import main as cli_main
+from core.sequences import (
+    ALLOWED_RESIDUES,
+    MAX_INPUT_BYTES,
+    MAX_RECORDS,
+    MAX_RESIDUES,
+    ParsedInput,
+    parse_sequences,
+    read_sequences,
+)
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+TIMEOUT = 180
+
+PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues, not nucleotide-like
+SHORT = "GSGSGSLLKKLLEEPEVKVNGQ"
+LONG_5000 = (PROTEIN * 200)[:5000]
+
+Surface = Literal["paste", "upload"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    data: bytes | Callable[[], bytes]  # a callable builds large inputs only when needed
+    processed: tuple[str, ...] = ()
+    warned: tuple[tuple[str, str], ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
+    sequences: dict[str, str] = field(default_factory=dict)  # exact cleaned sequence of some ids
+    on_too_long: Literal["truncate", "reject"] = "truncate"
+    max_seconds: float | None = None  # the parse must finish within this
+    surface: Surface | None = None  # also run through the CLI and the dashboard, fed this way
+
+    def bytes(self) -> bytes:
+        return self.data() if callable(self.data) else self.data
+
+
+def _text(s: str) -> bytes:
+    return s.encode("utf-8")
+
+
+def _random_bytes() -> bytes:
+    data = random.Random(1234).randbytes(4096)
+    assert not data.startswith(b"\x1f\x8b")
+    return data
+
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00\x1f\xf3\xffa"
+FASTA_GZ = gzip.compress(_text(f">gz_one\n{PROTEIN}\n>gz_two\n{SHORT.lower()}*\n"))
+_GZ_SOURCE = gzip.compress(_text(f">a\n{PROTEIN * 300}\n"))
+TRUNCATED_GZ = _GZ_SOURCE[: len(_GZ_SOURCE) // 2]
+TEN_THOUSAND = tuple(f"rec_{i:05d}" for i in range(10_000))
+OVER_LIMIT_IDS = tuple(f"r{i}" for i in range(MAX_RECORDS + 3))
+LONG_HEADER_ID = "h" * 100_000
+
+
+def _ten_thousand() -> bytes:
+    return "".join(f">{seq_id}\n{PROTEIN}\n" for seq_id in TEN_THOUSAND).encode()
+
+
+def _over_max_records() -> bytes:
+    return "".join(f">{seq_id}\nMKTAY\n" for seq_id in OVER_LIMIT_IDS).encode()
+
+
+def _over_100_mb() -> bytes:
+    head = f">big_upload\n{PROTEIN}\n".encode()
+    return head + b"A" * (MAX_INPUT_BYTES + 1 - len(head))
+
+
+def _exactly_100_mb() -> bytes:
+    head = f">at_limit\n{PROTEIN}\n".encode()
+    return head + b" " * (MAX_INPUT_BYTES - len(head))  # trailing blanks: still one small record
+
+
+def _gzip_bomb() -> bytes:
+    return gzip.compress(b">bomb\n" + b"A" * MAX_INPUT_BYTES, compresslevel=1)
+
+
+CATALOGUE: list[Case] = [
+    # ------------------------------------------------------------ nothing there
+    Case("empty_input", b"", refused=(("input", "no sequences found"),), surface="upload"),
+    Case("whitespace_only", b"  \n\t\r\n   \n", refused=(("input", "no sequences found"),)),
+    Case("header_without_sequence", b">lonely\n", refused=(("lonely", "empty sequence"),)),
+    Case(
+        "header_without_sequence_between_records",
+        _text(f">a\n{PROTEIN}\n>b\n>c\n{SHORT}\n"),
+        processed=("a", "c"),
+        refused=(("b", "empty sequence"),),
+    ),
+    Case("only_a_stop", b">stop_only\n*\n", refused=(("stop_only", "empty sequence"),)),
+    # ------------------------------------------------------------ wrong alphabet
+    Case(
+        "dna_pasted_as_protein",
+        b">dna\nATGGCCATTGTAATGGGCCGCTGAAAGGGTGCCCGATAG\n",
+        refused=(("dna", "looks like a nucleotide sequence"),),
+        surface="paste",
+    ),
+    Case(
+        "rna",
+        b">rna\nAUGGCCAUUGUAAUGGGCCGCUGAAAGGGUGCCCGAUAG\n",
+        refused=(("rna", "looks like a nucleotide sequence"),),
+    ),
+    Case(
+        "digits_and_punctuation",
+        b">num\nMKT1A2Y,IA;K\n",
+        refused=(("num", "'1' at position 4 (digits are not amino acids)"),),
+    ),
+    Case(
+        "internal_stop",
+        b">stop\nMKT*AYIAK\n",
+        refused=(("stop", "'*' at position 4 (internal stop codon"),),
+    ),
+    Case(
+        "trailing_stop",
+        b">stop\nMKTAYIAK*\n",
+        processed=("stop",),
+        warned=(("stop", "trailing '*' (stop codon) removed"),),
+        sequences={"stop": "MKTAYIAK"},
+    ),
+    Case("alignment_gap_dash", b">gap\nMKT--AYIAK\n", refused=(("gap", "'-' at position 4 (alignment gap"),)),
+    Case("alignment_gap_dot", b">dot\nMKT..AYIAK\n", refused=(("dot", "'.' at position 4 (alignment gap"),)),
+    Case("lower_case", b">low\nmktayiakqr\n", processed=("low",), sequences={"low": "MKTAYIAKQR"}),
+    # ------------------------------------------------------------ line endings, encodings
+    Case(
+        "windows_crlf",
+        b">crlf_a\r\nMKTAY\r\nIAKQR\r\n>crlf_b\r\nGSGSG\r\n",
+        processed=("crlf_a", "crlf_b"),
+        sequences={"crlf_a": "MKTAYIAKQR", "crlf_b": "GSGSG"},
+        surface="upload",
+    ),
+    Case(
+        "old_mac_cr_only",
+        b">cr_a\rMKTAY\rIAKQR\r>cr_b\rGSGSG\r",
+        processed=("cr_a", "cr_b"),
+        sequences={"cr_a": "MKTAYIAKQR", "cr_b": "GSGSG"},
+    ),
+    Case(
+        "utf8_bom",
+        b"\xef\xbb\xbf>bom\n" + _text(PROTEIN) + b"\n",
+        processed=("bom",),  # not "\ufeffbom"
+        surface="upload",
+    ),
+    Case("utf16_file", ">a\nMKT\n".encode("utf-16"), refused=(("input", "not UTF-8 text"),)),
+    Case("latin1_file", ">a\nMKTÄ\n".encode("latin-1"), refused=(("input", "not UTF-8 text (byte 0xc4"),)),
+    Case("non_ascii_e_acute", _text(">e\nMKTéAY\n"), refused=(("e", "'é' at position 4 (non-ASCII"),)),
+    Case("non_ascii_greek", _text(">greek\nMKTαβAY\n"), refused=(("greek", "'α' at position 4"),)),
+    Case("non_ascii_cjk", _text(">cjk\nMKT蛋白AY\n"), refused=(("cjk", "'蛋' at position 4"),)),
+    Case("zero_width_space", _text(">zw\nMKT\u200bAY\n"), refused=(("zw", r"'\u200b' at position 4"),)),
+    Case("no_break_space_is_whitespace", _text(">nbsp\nMKT\u00a0AY\n"), processed=("nbsp",), sequences={"nbsp": "MKTAY"}),
+    Case("non_ascii_id", _text(">protéine_α\nMKTAY\n"), processed=("protéine_α",)),
+    # ------------------------------------------------------------ binary and compressed
+    Case("binary_random_bytes", _random_bytes(), refused=(("input", "not UTF-8 text"),), surface="upload"),
+    Case("png_header", PNG_HEADER, refused=(("input", "not UTF-8 text (byte 0x89 at offset 0)"),)),
+    Case("nul_bytes", b">a\nMKT\x00\x00AY\n", refused=(("input", "looks like binary data"),)),
+    Case("truncated_gzip", TRUNCATED_GZ, refused=(("input", "gzip data is truncated or corrupt"),)),
+    Case(
+        "valid_gzip",
+        FASTA_GZ,
+        processed=("gz_one", "gz_two"),
+        warned=(("gz_two", "trailing '*'"),),
+        sequences={"gz_two": SHORT},
+        surface="upload",
+    ),
+    # ------------------------------------------------------------ size limits
+    Case(
+        "record_of_5000_residues_truncated",
+        _text(f">big\n{LONG_5000}\n"),
+        processed=("big",),
+        warned=(("big", "5000 residues is longer than the limit of 1022; truncated to the first 1022"),),
+        sequences={"big": LONG_5000[:MAX_RESIDUES]},
+        surface="upload",
+    ),
+    Case(
+        "record_of_5000_residues_rejected",
+        _text(f">big\n{LONG_5000}\n>small\n{SHORT}\n"),
+        processed=("small",),
+        refused=(("big", "5000 residues is longer than the limit of 1022"),),
+        on_too_long="reject",
+    ),
+    Case("ten_thousand_records", _ten_thousand, processed=TEN_THOUSAND, max_seconds=5.0),
+    Case(
+        "more_than_max_records",
+        _over_max_records,
+        processed=OVER_LIMIT_IDS[:MAX_RECORDS],
+        refused=((
+            "input",
+            f"has {MAX_RECORDS + 3:,} records, more than the limit of {MAX_RECORDS:,} records per input "
+            f"(MAX_RECORDS); only the first {MAX_RECORDS:,} were read and the remaining 3 record(s) were dropped",
+        ),),
+        max_seconds=20.0,
+    ),
+    Case(
+        "upload_over_100_mb",
+        _over_100_mb,
+        refused=(("input", f"the input is too large: {MAX_INPUT_BYTES + 1:,} bytes"),),
+        max_seconds=5.0,
+    ),
+    Case("upload_of_exactly_100_mb", _exactly_100_mb, processed=("at_limit",), sequences={"at_limit": PROTEIN}),
+    Case(
+        "gzip_expanding_over_100_mb",
+        _gzip_bomb,
+        refused=(("input", "too large once decompressed"),),
+        max_seconds=10.0,
+    ),
+    # ------------------------------------------------------------ ids
+    Case(
+        "duplicate_ids",
+        _text(f">dup\n{PROTEIN}\n>other\n{SHORT}\n>dup\nMKTAY\n"),
+        processed=("dup", "other"),
+        refused=(("dup", "duplicate id (record 3 reuses the id of record 1)"),),
+        sequences={"dup": PROTEIN},
+    ),
+    Case(
+        "empty_id_bare_gt",
+        _text(f">\n{PROTEIN}\n>named\n{SHORT}\n"),
+        processed=("named",),
+        refused=(("line 1", "FASTA header '>' has no id"),),
+    ),
+    Case(
+        "header_with_only_spaces",
+        _text(f">named\n{PROTEIN}\n>    \n{SHORT}\n"),
+        processed=("named",),
+        refused=(("line 3", "FASTA header '>' has no id"),),
+    ),
+    Case(
+        "html_and_script_in_ids",
+        _text(f"><script>alert(1)</script>\n{PROTEIN}\n><img/src=x/onerror=alert(document.cookie)>\n{SHORT}\n"),
+        processed=("<script>alert(1)</script>", "<img/src=x/onerror=alert(document.cookie)>"),
+        surface="paste",
+    ),
+    Case(
+        "html_img_id_with_spaces",  # the FASTA id ends at the first whitespace; the rest is description
+        _text(f"><img src=x onerror=alert(1)>\n{PROTEIN}\n"),
+        processed=("<img",),
+    ),
+    Case("spreadsheet_formula_id", _text(f">=HYPERLINK(\"http://x\")\n{PROTEIN}\n"), processed=('=HYPERLINK("http://x")',)),
+    Case("very_long_header_100kb_id", _text(f">{LONG_HEADER_ID}\n{PROTEIN}\n"), processed=(LONG_HEADER_ID,)),
+    Case(
+        "very_long_header_100kb_description",
+        _text(f">short_id {'description ' * 9_000}\n{PROTEIN}\n"),
+        processed=("short_id",),
+    ),
+    # ------------------------------------------------------------ structure
+    Case(
+        "first_record_fine_second_garbage",
+        _text(f">fine\n{PROTEIN}\n>garbage\n") + b"\x01\x02\x7f~~@@##\n",
+        processed=("fine",),
+        refused=(("garbage", "'\\x01' at position 1 (control character"),),
+        surface="upload",
+    ),
+    Case(
+        "mixed_valid_and_invalid",
+        _text(
+            f">ok_one\n{PROTEIN}\n"
+            ">bad_digit\nMKTA1YIAK\n"
+            f">ok_two\n{SHORT}*\n"
+            ">dna\nACGTACGTACGTACGT\n"
+            ">ok_one\nMKTAY\n"
+            ">empty\n"
+            ">ok_three\nmktayiakqr\n"
+        ),
+        processed=("ok_one", "ok_two", "ok_three"),
+        warned=(("ok_two", "trailing '*'"),),
+        refused=(
+            ("bad_digit", "'1' at position 5"),
+            ("dna", "nucleotide"),
+            ("ok_one", "duplicate id"),
+            ("empty", "empty sequence"),
+        ),
+        surface="paste",
+    ),
+    Case(
+        "tabs_and_spaces_inside_sequence",
+        b">ws\n  MK\tTA Y \n\t IAK QR\t\n",
+        processed=("ws",),
+        sequences={"ws": "MKTAYIAKQR"},
+    ),
+    Case(
+        "sequence_lines_before_first_header",  # not FASTA: one sequence per line, "> later" is a bad line
+        _text(f"{PROTEIN}\n{SHORT}\n> later\nLLKKLLEE\n"),
+        processed=("seq_1", "seq_2", "seq_4"),
+        refused=(("seq_3", "seq_3 (line 3): contains '>' at position 1"),),
+    ),
+    Case(
+        "indented_second_header_is_part_of_the_sequence",
+        _text(f">a\n{PROTEIN}\n >b\n{SHORT}\n"),
+        refused=(("a", "'>' at position 34"),),
+    ),
+    Case(
+        "leading_blank_lines_and_indented_first_header",
+        _text(f"\n\n   >first\n{PROTEIN}\n"),
+        processed=("first",),
+    ),
+]
+
+SURFACE_CASES = [case for case in CATALOGUE if case.surface]
+
+
+def by_name(cases: list[Case]):
+    return pytest.mark.parametrize("case", cases, ids=[case.name for case in cases])
+
+
+def assert_outcome(parsed: ParsedInput, case: Case, max_length: int = MAX_RESIDUES) -> None:
+    """``parsed`` is exactly what ``case`` states."""
+    assert [r.id for r in parsed.records] == list(case.processed)
+    warnings, errors = parsed.warnings, parsed.errors
+    assert [w.record_id for w in warnings] == [seq_id for seq_id, _ in case.warned], warnings
+    assert [e.record_id for e in errors] == [seq_id for seq_id, _ in case.refused], errors
+    for problem, (_, text) in zip([*warnings, *errors], [*case.warned, *case.refused]):
+        assert text in problem.message, problem
+        if problem.record_id != "input":
+            assert problem.message.startswith(problem.record_id), "the message names the record"
+        assert "Traceback" not in problem.message
+    for record in parsed.records:
+        assert 1 <= len(record.sequence) <= max_length
+        assert set(record.sequence) <= ALLOWED_RESIDUES
+        assert list(record.warnings) == [w.message for w in warnings if w.record_id == record.id]
+    records = {r.id: r.sequence for r in parsed.records}
+    for seq_id, sequence in case.sequences.items():
+        assert records[seq_id] == sequence
+
+
+# ---------------------------------------------------------------- the catalogue
+
+
+def test_catalogue_is_large_and_names_are_unique():
+    assert len(CATALOGUE) >= 25
+    assert len({case.name for case in CATALOGUE}) == len(CATALOGUE)
+    assert len(SURFACE_CASES) >= 8
+
+
+@by_name(CATALOGUE)
+def test_catalogue_case(case: Case):
+    data = case.bytes()
+    start = time.perf_counter()
+    parsed = read_sequences(data, on_too_long=case.on_too_long)
+    seconds = time.perf_counter() - start
+    assert_outcome(parsed, case)
+    if case.max_seconds is not None:
+        assert seconds < case.max_seconds, f"parse took {seconds:.1f} s"
+
+
+def _pastable(case: Case) -> bool:
+    """Small inputs that are UTF-8 text (not gzip, no NUL): what a user could paste."""
+    if callable(case.data) or case.data.startswith(b"\x1f\x8b") or b"\x00" in case.data:
+        return False
+    try:
+        case.data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@by_name([case for case in CATALOGUE if _pastable(case)])
+def test_pasting_the_text_gives_the_same_outcome(case: Case):
+    """Whatever decodes as text gives the same records and problems pasted as uploaded."""
+    data = case.bytes()
+    pasted = parse_sequences(data.decode("utf-8"), on_too_long=case.on_too_long)
+    assert pasted == read_sequences(data, on_too_long=case.on_too_long)
+
+
+def test_max_records_counts_lines_without_fasta_too():
+    parsed = parse_sequences("MKTAY\n" * (MAX_RECORDS + 1))
+    assert len(parsed.records) == MAX_RECORDS and parsed.records[-1].id == f"seq_{MAX_RECORDS}"
+    (error,) = parsed.errors
+    assert "the remaining 1 record(s) were dropped" in error.message
+
+
+def test_size_limit_applies_to_text_and_files(tmp_path):
+    data = _over_100_mb()
+    (error,) = parse_sequences(data.decode("ascii")).problems
+    assert error.record_id == "input" and "too large" in error.message and "100 MB" in error.message
+    path = tmp_path / "huge.fasta"
+    path.write_bytes(data)
+    (error,) = read_sequences(path).problems
+    assert error.record_id == "input" and f"{len(data):,} bytes" in error.message and "100 MB" in error.message
+
+
+# ---------------------------------------------------------------- CLI and dashboard agree
+
+
+@by_name(SURFACE_CASES)
+def test_cli_outcome(case: Case, tmp_path, capsys):
+    path = tmp_path / f"{case.name}.fasta"
+    path.write_bytes(case.bytes())
+    out_dir = tmp_path / "out"
+    capsys.readouterr()
+    code = cli_main(["compare", str(path), "--model", "demo-8M", "--device", "cpu", "--out", str(out_dir)])
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert code == (0 if case.processed and not case.refused else 2), err
+    for seq_id, text in [*case.refused, *case.warned]:
+        assert text in err and (seq_id == "input" or f"{seq_id}:" in err)
+    csv = out_dir / "sequences.csv"
+    if not case.processed:
+        assert not csv.exists()
+        return
+    table = pd.read_csv(csv, dtype={"id": str}, keep_default_na=False)
+    assert list(table["id"]) == list(case.processed)
+    for seq_id, sequence in case.sequences.items():
+        assert int(table.loc[table["id"] == seq_id, "length"].iloc[0]) == len(sequence)
+
+
+def _table_with(app: AppTest, column: str) -> pd.DataFrame | None:
+    frames = [frame.value for frame in app.dataframe if column in frame.value.columns]
+    assert len(frames) <= 1, f"more than one table with column {column!r}"
+    return frames[0] if frames else None
+
+
+def _page_text(app: AppTest) -> list[str]:
+    """Everything the page renders as markdown (where HTML could be injected)."""
+    elements = [*app.markdown, *app.caption, *app.error, *app.warning, *app.success, *app.info,
+                *app.title, *app.subheader, *app.header]
+    return [str(element.value) for element in elements]
+
+
+def _assert_no_user_markup(app: AppTest, case: Case) -> None:
+    markup_ids = [seq_id for seq_id in case.processed if "<" in seq_id]
+    for text in _page_text(app):
+        assert "<script" not in text and "onerror" not in text
+        for seq_id in markup_ids:
+            assert seq_id not in text
+
+
+@by_name(SURFACE_CASES)
+def test_dashboard_outcome(case: Case):
+    st.cache_data.clear()
+    data = case.bytes()
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    if case.surface == "upload":
+        app.file_uploader(key="upload").upload(f"{case.name}.fasta", data).run()
+    else:
+        app.text_area(key="sequences_text").input(data.decode("utf-8")).run()
+    assert not app.exception
+
+    problems = _table_with(app, "record")
+    expected = sorted([("warning", i) for i, _ in case.warned] + [("refused", i) for i, _ in case.refused])
+    if not expected:
+        assert problems is None
+    else:
+        assert problems is not None
+        assert sorted(zip(problems[""], problems["record"])) == expected
+        for kind, rows in (("warning", case.warned), ("refused", case.refused)):
+            for seq_id, text in rows:
+                mine = problems[(problems[""] == kind) & (problems["record"] == seq_id)]
+                assert any(text in message for message in mine["problem"]), (seq_id, text)
+    if case.refused:
+        assert any("record(s) refused" in e.value for e in app.error)
+    _assert_no_user_markup(app, case)
+    if not case.processed:  # nothing to compare: Run cannot be pressed and no results appear
+        assert app.button(key="run").disabled
+        assert _table_with(app, "label_flip") is None
+        return
+
+    app.button(key="run").click().run()
+    assert not app.exception
+    sequences = _table_with(app, "label_flip")
+    assert sequences is not None and list(sequences["id"]) == list(case.processed)
+    for seq_id, sequence in case.sequences.items():
+        assert int(sequences.loc[sequences["id"] == seq_id, "length"].iloc[0]) == len(sequence)
+    _assert_no_user_markup(app, case)
