@@ -26,7 +26,7 @@ from core.model import (
     default_model_spec, layer_indices, load_esm2_model, pretrained_available, versions,
 )
 from core.report import analyse, format_summary, write_outputs
-from core.sequences import ParsedInput, example_sequences, parse_sequences, read_sequences
+from core.sequences import MAX_INPUT_BYTES, ParsedInput, example_sequences, read_sequences
 
 EXIT_GATE, EXIT_INPUT, EXIT_SETUP = 1, 2, 3
 
@@ -35,7 +35,7 @@ def _read_input(args: argparse.Namespace) -> ParsedInput:
     if args.example:
         return ParsedInput(records=example_sequences(args.example), problems=[])
     if args.input == "-":
-        return parse_sequences(sys.stdin.read(), on_too_long=args.too_long)
+        return read_sequences(sys.stdin.buffer.read(MAX_INPUT_BYTES + 1), on_too_long=args.too_long)
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {args.input}")

@@ -195,13 +195,22 @@ def analyse(
     return Analysis(comparison, summary, table, attribution, sweep)
 
 
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Text cells starting with = + - @ get a leading ' so a spreadsheet shows them instead of running them."""
+    safe = table.copy()
+    for column in ("id", "warning"):
+        if column in safe:
+            safe[column] = [f"'{value}" if str(value)[:1] in ("=", "+", "-", "@") else value for value in safe[column]]
+    return safe
+
+
 def write_outputs(out_dir: Path, summary: dict[str, Any], table: pd.DataFrame) -> tuple[Path, Path]:
     """Write DIR/summary.json and DIR/sequences.csv; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
     csv_path = out_dir / "sequences.csv"
     summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    table.to_csv(csv_path, index=False)
+    spreadsheet_safe(table).to_csv(csv_path, index=False)
     return summary_path, csv_path
 
 

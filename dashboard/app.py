@@ -25,7 +25,7 @@ from core.model import (  # noqa: E402
     pretrained_available, versions,
 )
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head  # noqa: E402
-from core.report import DEMO_NOTICE, analyse, html_report  # noqa: E402
+from core.report import DEMO_NOTICE, analyse, html_report, spreadsheet_safe  # noqa: E402
 from core.sequences import ParsedInput, example_sequences, format_fasta, parse_sequences, read_sequences  # noqa: E402
 from dashboard.state import BUILTIN_V2, Settings, embed_all_layers, residue_view, v2_checks, v2_plugins  # noqa: E402
 
@@ -155,7 +155,7 @@ def input_section() -> ParsedInput | None:
         st.text_area("Paste FASTA or one sequence per line", key="sequences_text", height=220,
                      placeholder=">my_protein\nMKTAYIAKQRQISFVKSHFSRQ…")
     if upload is not None:
-        parsed = read_sequences(upload.getvalue())
+        parsed = read_upload(upload.getvalue())
         source = f"uploaded file ({len(upload.getvalue()):,} bytes)"
     elif st.session_state.get("sequences_text", "").strip():
         parsed = parse_sequences(st.session_state.sequences_text)
@@ -164,6 +164,12 @@ def input_section() -> ParsedInput | None:
         return None
     show_problems(parsed, source)
     return parsed
+
+
+@st.cache_data(max_entries=2, show_spinner="Reading the upload…")
+def read_upload(data: bytes) -> ParsedInput:
+    """Parse an upload once, not on every rerun (a 100 MB file takes seconds)."""
+    return read_sequences(data)
 
 
 def show_problems(parsed: ParsedInput, source: str) -> None:
@@ -353,7 +359,8 @@ def checks_tab(run, settings: Settings, layer: int) -> None:
 def share_tab(summary: dict, table: pd.DataFrame) -> None:
     st.dataframe(table, hide_index=True, width="stretch", key="sequence_table")
     columns = st.columns(3)
-    columns[0].download_button("sequences.csv", table.to_csv(index=False), "sequences.csv", "text/csv", key="download_csv")
+    columns[0].download_button("sequences.csv", spreadsheet_safe(table).to_csv(index=False), "sequences.csv", "text/csv",
+                               key="download_csv")
     columns[1].download_button("summary.json", json.dumps(summary, indent=2), "summary.json", "application/json", key="download_json")
     report = html_report(summary, table, charts.all_figures(table, summary))
     columns[2].download_button("report.html", report, "report.html", "text/html", key="download_html")

@@ -388,3 +388,11 @@ def test_module_entry_point_reads_stdin():
     assert "Traceback" not in result.stderr
     assert re.search(r"^  VERDICT: ACCEPT  \(demo weights\)$", result.stdout, re.MULTILINE)
     assert re.search(r"^  sequences\s+2$", result.stdout, re.MULTILINE)
+
+
+def test_formula_like_ids_are_defused_in_the_csv(tmp_path, capsys):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">=HYPERLINK(1)\nMKTAYIAKQR\n>plain\nGSGSLLKKLLEE\n")
+    assert main(["compare", str(fasta), "--model", "demo-8M", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    table = pd.read_csv(tmp_path / "o" / "sequences.csv")
+    assert list(table["id"]) == ["'=HYPERLINK(1)", "plain"]

@@ -96,3 +96,36 @@ class TestReferenceAttribution:
         assert sweep["n"] == 100
         assert sweep["agreement_low"] >= 0.95
         log.warning("seed sweep: %s", sweep)
+
+
+class TestFallbackOnDevice:
+    """The v1-compatible fallback against v1.0 in FP16 on the GPU: cosine > 0.999999, max abs diff < 1e-3."""
+
+    @pytest.fixture(scope="class")
+    def fallback_summaries(self, model_and_alphabet):
+        from core.compare import ForwardPath, fallback_path
+
+        model, alphabet = model_and_alphabet
+        records = example_sequences("all")
+        ids, sequences = [r.id for r in records], [r.sequence for r in records]
+        layer = model.num_layers
+        summaries = {}
+        same_batches = fallback_path(model)
+        own_packing = ForwardPath(**{**same_batches.__dict__, "padded_batches": False})
+        for name, path in (("v1 batches", same_batches), ("packed batches", own_packing)):
+            run = run_both_paths(model, alphabet, ids, sequences, layers=[layer], v2_path=path)
+            summaries[name] = analyse(run, layer, SEED).summary
+            summary = summaries[name]
+            log.warning("fallback fed %s: cosine min %.10f  max |v1 - v2| %.3e  agreement %.2f%%", name,
+                        summary["cosine"]["min"], summary["max_abs_diff"], 100 * summary["label_agreement"])
+        return summaries
+
+    def test_fallback_on_v1_batches_within_fp16_rounding(self, fallback_summaries):
+        summary = fallback_summaries["v1 batches"]
+        assert summary["cosine"]["min"] > 0.999999
+        assert summary["max_abs_diff"] < 1e-3
+
+    def test_fallback_on_its_own_packing_within_fp16_rounding(self, fallback_summaries):
+        summary = fallback_summaries["packed batches"]
+        assert summary["cosine"]["min"] > 0.999999
+        assert summary["max_abs_diff"] < 1e-3
