@@ -3,7 +3,7 @@
 Answers "does HF's ESM give the same predictions as fair-esm's?". The HF model is built in
 memory from the loaded fair-esm model (nothing is downloaded; the hub is never asked) and
 shares its tensors: no copy, same dtype and device. Use it as
-``--v2-plugin core.adapters.hf_esm:make_sdpa`` (or ``make_eager``, ``make_flash_attention_2``).
+``--v2 core.adapters.hf_esm:make_sdpa`` (or ``make_eager``, ``make_flash_attention_2``).
 
 Known differences from fair-esm, kept because they are HF's behaviour, which is what is measured:
 HF builds the rotary tables and rotates q and k in float32 whatever the model dtype, and
