@@ -7,15 +7,18 @@ paths' different reduction orders (a padded sum vs a packed index_add) add no er
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import esm
 import numpy as np
 import torch
 
-from core.batching import default_max_tokens, pack_tokens, padded_tokens, plan_batches
+from core.batching import PackedBatch, default_max_tokens, pack_tokens, padded_tokens, plan_batches
 from core.model import (
     V1_COMPATIBLE_BACKEND, ESM2WithFlashAttention, dtype_name, layer_indices, parse_dtype, reference_copy, versions,
 )
@@ -33,12 +36,12 @@ def pool_dtype(model_dtype: torch.dtype) -> torch.dtype:
 def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mean over residues of padded activations.
 
-    representation: (batch, T, embed_dim); lengths: (batch,) residue counts.
-    Positions 1 … length are residues; 0 is BOS, length + 1 is EOS, the rest padding.
-    Returns (batch, embed_dim) in ``dtype``.
+    representation: (batch, T, embed_dim); lengths: (batch,) residue counts (on the same device,
+    or copied there). Positions 1 … length are residues; 0 is BOS, length + 1 is EOS, the rest
+    padding. Returns (batch, embed_dim) in ``dtype``. No host-device synchronisation.
     """
     positions = torch.arange(representation.shape[1], device=representation.device)
-    lengths = lengths.to(representation.device)
+    lengths = lengths.to(representation.device, non_blocking=True)
     is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
     summed = (representation.to(torch.float64) * is_residue[..., None]).sum(dim=1)
     return (summed / lengths[:, None]).to(dtype)
@@ -48,15 +51,19 @@ def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: t
     """Mean over residues of packed activations.
 
     representation: (total_tokens, embed_dim); cu_seqlens: (batch + 1,) boundaries of
-    BOS + residues + EOS per sequence. Returns (batch, embed_dim) in ``dtype``.
+    BOS + residues + EOS per sequence. Returns (batch, embed_dim) in ``dtype``. Non-residue
+    tokens are multiplied by zero rather than indexed away, so no host-device synchronisation.
     """
-    cu_seqlens = cu_seqlens.to(representation.device).long()
+    total_tokens = representation.shape[0]
+    cu_seqlens = cu_seqlens.to(representation.device, non_blocking=True).long()
     token_counts = cu_seqlens[1:] - cu_seqlens[:-1]
-    seq_index = torch.repeat_interleave(torch.arange(token_counts.numel(), device=representation.device), token_counts)
-    positions = torch.arange(representation.shape[0], device=representation.device) - cu_seqlens[seq_index]
+    seq_index = torch.repeat_interleave(
+        torch.arange(token_counts.numel(), device=representation.device), token_counts, output_size=total_tokens
+    )
+    positions = torch.arange(total_tokens, device=representation.device) - cu_seqlens[seq_index]
     is_residue = (positions >= 1) & (positions <= token_counts[seq_index] - 2)
     summed = torch.zeros(token_counts.numel(), representation.shape[1], dtype=torch.float64, device=representation.device)
-    summed.index_add_(0, seq_index[is_residue], representation[is_residue].to(torch.float64))
+    summed.index_add_(0, seq_index, representation.to(torch.float64) * is_residue[:, None])
     return (summed / (token_counts - 2)[:, None]).to(dtype)
 
 
@@ -68,6 +75,7 @@ class PathEmbeddings:
     backend: str  # the attention that ran (for v2.0 with a plug-in: the plug-in's name)
     seconds: float
     implementation: str = ""  # what produced them, for reports (impl_v1 / impl_v2)
+    oom_splits: int = 0  # batches split in two after running out of GPU memory
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,79 @@ def embed_v2(
     return embed_path(model, alphabet, sequences, layers, path, max_tokens, progress, "v2.0")
 
 
+class SequenceTooLarge(ValueError):
+    """One sequence alone does not fit in GPU memory on this path; the message says which."""
+
+
+@dataclass(frozen=True)
+class HostBatch:
+    """One batch tokenised on the host, ready to copy to the device.
+
+    indices: (b,) positions in the input; lengths: (b,) int64 residue counts; tokens: (b, T)
+    int64 fair-esm tokens (padded paths) or None; pack: the same sequences packed (packed paths)
+    or None. Tensors are in pinned memory when the model is on a GPU, so copies are asynchronous.
+    """
+
+    indices: np.ndarray
+    lengths: torch.Tensor
+    tokens: torch.Tensor | None
+    pack: PackedBatch | None
+
+    @property
+    def cost(self) -> int:
+        """Tokens the batch occupies: padded width × batch size, or packed total."""
+        if self.pack is not None:
+            return int(self.pack.input_ids.numel())
+        return int(self.tokens.numel())
+
+
+def host_batch(alphabet: esm.data.Alphabet, sequences: Sequence[str], indices: np.ndarray, packed: bool, pin: bool) -> HostBatch:
+    """Tokenise ``sequences[indices]`` with fair-esm's batch converter (and pack them for a packed path)."""
+    tokens = padded_tokens(alphabet, [sequences[i] for i in indices])
+    lengths = torch.tensor([len(sequences[i]) for i in indices], dtype=torch.int64)
+    pack = pack_tokens(tokens, lengths.tolist()) if packed else None
+    if pin:
+        lengths = lengths.pin_memory()
+        if pack is not None:
+            pack = PackedBatch(pack.input_ids.pin_memory(), pack.cu_seqlens.pin_memory(), pack.max_seqlen)
+        else:
+            tokens = tokens.pin_memory()
+    return HostBatch(np.asarray(indices), lengths, None if packed else tokens, pack)
+
+
+def prefetched(make: Callable[[np.ndarray], HostBatch], batches: Sequence[np.ndarray], depth: int = 2) -> Iterator[HostBatch]:
+    """``make(batch)`` for each batch, computed ``depth`` batches ahead in a worker thread,
+    so the GPU does not wait on tokenisation."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise") as pool:
+        pending = deque(pool.submit(make, batch) for batch in batches[:depth])
+        upcoming = iter(batches[depth:])
+        while pending:
+            ready = pending.popleft().result()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append(pool.submit(make, following))
+            yield ready
+
+
+def forward_pooled(path: ForwardPath, batch: HostBatch, layers: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Run ``path`` on one batch and mean-pool ``layers``: (n_layers, b, embed_dim) in ``dtype``, on ``device``."""
+    if path.packed:
+        pack = batch.pack.to(device)
+        reps = path.run(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers)["representations"]
+        return torch.stack([pool_packed(reps[layer], pack.cu_seqlens, dtype) for layer in layers])
+    reps = path.run(batch.tokens.to(device, non_blocking=True), layers)["representations"]
+    lengths = batch.lengths.to(device, non_blocking=True)
+    return torch.stack([pool_padded(reps[layer], lengths, dtype) for layer in layers])
+
+
+def to_host(pooled: torch.Tensor, pin: bool) -> torch.Tensor:
+    """Start copying ``pooled`` to (pinned) host memory without waiting for it."""
+    if pooled.device.type == "cpu":
+        return pooled
+    host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=pin)
+    return host.copy_(pooled, non_blocking=pin)
+
+
 @torch.inference_mode()
 def embed_path(
     model: ESM2WithFlashAttention,
@@ -161,37 +242,79 @@ def embed_path(
     progress: Progress | None = None,
     stage: str = "v2.0",
 ) -> PathEmbeddings:
-    """Run ``path`` over ``sequences`` in batches under a token budget and mean-pool ``layers``."""
+    """Run ``path`` over ``sequences`` in batches under a token budget and mean-pool ``layers``.
+
+    The loop never waits for the GPU: tokenisation runs ahead in a thread, inputs and pooled
+    outputs move through pinned memory asynchronously, and the one synchronisation is at the end.
+    A batch that runs out of GPU memory is split in two and retried, and the budget for the
+    remaining batches is lowered to what fitted; only a single sequence that does not fit alone
+    is an error (SequenceTooLarge).
+    """
     layers = layer_indices(model, layers)
-    max_tokens = max_tokens or default_max_tokens(model.device)
+    budget = max_tokens or default_max_tokens(model.device)
     lengths = [len(seq) for seq in sequences]
     out_dtype = pool_dtype(model.dtype)
-    pooled = {layer: torch.empty(len(sequences), model.embed_dim, dtype=out_dtype) for layer in layers}
-    done = 0
+    pin = model.device.type == "cuda"
+    make = functools.partial(host_batch, alphabet, sequences, packed=path.packed, pin=pin)
+    results: list[tuple[np.ndarray, torch.Tensor]] = []
+    splits = 0
     start = time.perf_counter()
-    for batch in plan_batches(lengths, max_tokens, padded=path.padded_batches):
-        tokens = padded_tokens(alphabet, [sequences[i] for i in batch])
-        batch_lengths = torch.tensor([lengths[i] for i in batch])
-        if path.packed:
-            pack = pack_tokens(tokens, batch_lengths.tolist()).to(model.device)
-            reps = path.run(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers)["representations"]
-            for layer in layers:
-                pooled[layer][batch] = pool_packed(reps[layer], pack.cu_seqlens, out_dtype).cpu()
-        else:
-            reps = path.run(tokens.to(model.device), layers)["representations"]
-            for layer in layers:
-                pooled[layer][batch] = pool_padded(reps[layer], batch_lengths, out_dtype).cpu()
-        done += len(batch)
-        if progress is not None:
-            progress(stage, done, len(sequences))
+    for planned in prefetched(make, plan_batches(lengths, budget, padded=path.padded_batches)):
+        todo = [planned]
+        while todo:
+            batch = todo.pop(0)
+            if batch.cost > budget and len(batch.indices) > 1:
+                todo[:0] = [make(part) for part in split_under_budget(batch.indices, lengths, budget, path.padded_batches)]
+                continue
+            pooled = try_forward_pooled(path, batch, layers, model.device, out_dtype)
+            if pooled is None:  # out of memory: halve, retry, and keep the lower budget
+                if len(batch.indices) == 1:
+                    raise SequenceTooLarge(
+                        f"sequence #{batch.indices[0] + 1} ({lengths[batch.indices[0]]} residues) does not fit in GPU "
+                        f"memory even alone on the {stage} path; use a smaller model or dtype, or a larger GPU"
+                    )
+                splits += 1
+                budget = max(1, batch.cost // 2)
+                half = len(batch.indices) // 2
+                todo[:0] = [make(batch.indices[:half]), make(batch.indices[half:])]
+                continue
+            results.append((batch.indices, to_host(pooled, pin)))
+            if progress is not None:
+                progress(stage, sum(len(indices) for indices, _ in results), len(sequences))
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
+    pooled_all = torch.empty(len(layers), len(sequences), model.embed_dim, dtype=out_dtype)
+    for indices, values in results:
+        pooled_all[:, torch.from_numpy(indices)] = values
     return PathEmbeddings(
-        layers={layer: values.numpy() for layer, values in pooled.items()},
+        layers={layer: pooled_all[i].numpy() for i, layer in enumerate(layers)},
         backend=path.backend,
         seconds=time.perf_counter() - start,
         implementation=path.implementation,
+        oom_splits=splits,
     )
+
+
+def try_forward_pooled(path: ForwardPath, batch: HostBatch, layers: Sequence[int], device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor | None:
+    """forward_pooled, or None when the GPU ran out of memory (its cache emptied for the retry).
+
+    The retry happens outside the ``except`` block so the failed attempt's tensors, held by the
+    traceback, are freed first.
+    """
+    try:
+        return forward_pooled(path, batch, layers, device, dtype)
+    except torch.cuda.OutOfMemoryError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None
+
+
+def split_under_budget(indices: np.ndarray, lengths: Sequence[int], budget: int, padded: bool) -> list[np.ndarray]:
+    """``indices`` re-planned into batches under ``budget`` tokens (see plan_batches)."""
+    parts = plan_batches([lengths[i] for i in indices], budget, padded=padded)
+    return [indices[part] for part in parts]
 
 
 @dataclass
