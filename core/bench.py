@@ -1,0 +1,244 @@
+"""Throughput benchmark: ``python -m core.bench`` prints a table and appends it to BENCHMARKS.md.
+
+For each model × dtype × workload it measures path v1.0, path v2.0 (every available backend,
+the slow ``reference`` one only on the small workload) and the whole comparison (both paths plus
+metrics): seconds, tokens per second, achieved TFLOP/s and that as a fraction of the ceiling
+measured on the same device (a large matrix product in the same dtype), peak GPU memory, and
+the model's load time from a local checkpoint.
+
+FLOPs per pass over a sequence of T tokens (residues + BOS + EOS):
+    2 · N · T  +  layers · 4 · T² · E
+with N the non-embedding parameters of the transformer layers (the LM and contact heads are not
+counted) and E the embedding width; the second term is QKᵀ and PV. Padding is not counted, so
+v1.0's padding overhead shows up as a lower fraction. The comparison counts both passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from core.attention import available_backends
+from core.compare import embed_path, packed_path, run_both_paths
+from core.model import ESM2WithFlashAttention, load_esm2_model, parse_dtype, save_checkpoint, versions
+from core.report import analyse
+from core.sequences import MAX_RESIDUES, example_sequences
+
+# Amino-acid background frequencies (UniProtKB/Swiss-Prot release statistics), in percent.
+AMINO_ACID_PERCENT = {
+    "A": 8.25, "R": 5.53, "N": 4.06, "D": 5.45, "C": 1.37, "Q": 3.93, "E": 6.75, "G": 7.07, "H": 2.27, "I": 5.96,
+    "L": 9.66, "K": 5.84, "M": 2.42, "F": 3.86, "P": 4.70, "S": 6.56, "T": 5.34, "W": 1.08, "Y": 2.92, "V": 6.87,
+}
+REALISTIC_MEDIAN, REALISTIC_SIGMA, REALISTIC_MIN = 300, 0.6, 20
+
+
+def realistic_sequences(n: int, seed: int = 0) -> list[str]:
+    """``n`` random proteins with log-normal lengths (median 300, clipped to 20 … 1022) and
+    Swiss-Prot residue frequencies; the same seed gives the same set on any machine."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(rng.lognormal(np.log(REALISTIC_MEDIAN), REALISTIC_SIGMA, n)), REALISTIC_MIN, MAX_RESIDUES)
+    letters = np.array(list(AMINO_ACID_PERCENT))
+    weights = np.array(list(AMINO_ACID_PERCENT.values()))
+    return ["".join(rng.choice(letters, int(length), p=weights / weights.sum())) for length in lengths]
+
+
+def workload(name: str, n: int, seed: int) -> list[str]:
+    if name == "examples":
+        return [record.sequence for record in example_sequences("all")]
+    if name == "realistic":
+        return realistic_sequences(n, seed)
+    raise ValueError(f"unknown workload {name!r}: use examples or realistic")
+
+
+def non_embedding_parameters(model: ESM2WithFlashAttention) -> int:
+    """Parameters of the transformer layers and the final layer norm (not embeddings or heads)."""
+    esm2 = model.esm2
+    return sum(p.numel() for module in (esm2.layers, esm2.emb_layer_norm_after) for p in module.parameters())
+
+
+def pass_flops(model: ESM2WithFlashAttention, sequences: Sequence[str]) -> float:
+    """FLOPs of one forward pass over ``sequences`` without padding (see the module docstring)."""
+    tokens = np.array([len(seq) + 2 for seq in sequences], dtype=np.float64)
+    return 2.0 * non_embedding_parameters(model) * tokens.sum() + model.num_layers * 4.0 * model.embed_dim * (tokens**2).sum()
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int = 8192, repeats: int = 20) -> float:
+    """Best achieved FLOP/s of a ``size``³ matrix product in ``dtype`` on ``device``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        best = max(best, 2.0 * size**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+@dataclass
+class Row:
+    model: str
+    dtype: str
+    workload: str
+    stage: str
+    sequences: int
+    tokens: int
+    seconds: float
+    flops: float
+    ceiling: float
+    peak_gib: float | None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        achieved = self.flops / self.seconds
+        return [
+            self.model, self.dtype, self.workload, self.stage, f"{self.sequences:,}", f"{self.tokens:,}",
+            f"{self.seconds:.2f}", f"{self.tokens / self.seconds:,.0f}", f"{achieved / 1e12:.3g}",
+            f"{100 * achieved / self.ceiling:.1f}%", "" if self.peak_gib is None else f"{self.peak_gib:.1f}", self.note,
+        ]
+
+
+HEADER = ["model", "dtype", "workload", "stage", "seqs", "tokens", "s", "tokens/s", "TFLOP/s", "of ceiling", "peak GiB", "note"]
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_time(spec: str, dtype: str, device: torch.device) -> tuple[ESM2WithFlashAttention, object, float]:
+    """Load ``spec`` (demo weights), save it as a local fair-esm checkpoint, and time loading that file."""
+    model, alphabet = load_esm2_model(spec, dtype=dtype, device=device)
+    with tempfile.TemporaryDirectory() as directory:
+        path = save_checkpoint(model, Path(directory) / f"{spec}.pt")
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        synchronize(device)
+        start = time.perf_counter()
+        model, alphabet = load_esm2_model(str(path), dtype=dtype, device=device)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return model, alphabet, seconds
+
+
+def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str, list[str]], ceiling: float,
+                max_tokens: int | None) -> tuple[list[Row], float]:
+    """Rows for one model in one dtype over every workload, and its checkpoint load time in seconds."""
+    model, alphabet, loaded_in = load_time(spec, dtype, device)
+    run_both_paths(model, alphabet, ["w1", "w2"], ["MKTAYIAKQRQISFVKSHFSRQ", "GSWQ" * 30], max_tokens=max_tokens)  # warm-up
+    rows = []
+    for name, sequences in workloads.items():
+        tokens = sum(len(seq) + 2 for seq in sequences)
+        flops = pass_flops(model, sequences)
+        ids = [f"s{i}" for i in range(len(sequences))]
+
+        def row(stage: str, seconds: float, n_passes: int, note: str = "") -> Row:
+            return Row(spec, dtype, name, stage, len(sequences), n_passes * tokens, seconds, n_passes * flops, ceiling,
+                       peak_gib(device), note)
+
+        reset_peak(device)
+        start = time.perf_counter()
+        run = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens)
+        analyse(run, model.num_layers, seed=0)
+        total = time.perf_counter() - start
+        rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, f"{run.v1.oom_splits} OOM splits" if run.v1.oom_splits else ""))
+        rows.append(row(f"v2.0 {run.v2.backend}", run.v2.seconds, 1, f"{run.v2.oom_splits} OOM splits" if run.v2.oom_splits else ""))
+        rows.append(row("comparison (both + metrics)", total, 2, f"metrics {total - run.v1.seconds - run.v2.seconds:.2f} s"))
+        for backend in available_backends(device, parse_dtype(dtype)):
+            if backend == run.v2.backend or (backend == "reference" and name != "examples"):
+                continue
+            reset_peak(device)
+            other = embed_path(model, alphabet, sequences, None, packed_path(model, backend), max_tokens)
+            rows.append(row(f"v2.0 {backend}", other.seconds, 1))
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows, loaded_in
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo-8M,demo-650M,demo-3B", help="comma-separated model specs")
+    parser.add_argument("--dtypes", default="fp16,bf16", help="comma-separated dtypes")
+    parser.add_argument("--workloads", default="examples,realistic", help="examples and/or realistic")
+    parser.add_argument("--n", type=int, default=10_000, help="sequences in the realistic workload")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the realistic workload")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default: the tool's)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=None,
+                        help="cap this process's GPU memory (simulates a smaller GPU, e.g. 24)")
+    parser.add_argument("--append", default="BENCHMARKS.md", help="file to append the table to ('' = do not)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.gpu_memory_gib is not None:
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib / total), device)
+    workloads = {name: workload(name, args.n, args.seed) for name in args.workloads.split(",")}
+    rows: list[Row] = []
+    load_lines, ceilings = [], {}
+    for dtype in args.dtypes.split(","):
+        ceilings[dtype] = matmul_ceiling(device, parse_dtype(dtype), size=8192 if device.type == "cuda" else 1024, repeats=20 if device.type == "cuda" else 2)
+        for spec in args.models.split(","):
+            model_rows, loaded_in = bench_model(spec, dtype, device, workloads, ceilings[dtype], args.max_tokens)
+            rows += model_rows
+            load_lines.append(f"{spec} {dtype}: {loaded_in:.1f} s")
+            print(markdown_table(model_rows), flush=True)
+
+    command = "python -m core.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    memory_cap = f", GPU memory capped at {args.gpu_memory_gib:g} GiB" if args.gpu_memory_gib else ""
+    report = "\n".join([
+        f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC — {device_label(device)}{memory_cap}",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
+        "Ceiling (measured matrix product): " + ", ".join(f"{d} {c / 1e12:.0f} TFLOP/s" for d, c in ceilings.items()) + "  ",
+        f"Realistic workload: {args.n:,} sequences, log-normal lengths (median {REALISTIC_MEDIAN}, "
+        f"clipped {REALISTIC_MIN}–{MAX_RESIDUES}), seed {args.seed}  ",
+        "Load from a local checkpoint: " + "; ".join(load_lines),
+        "",
+        markdown_table(rows),
+        "",
+    ])
+    print("\n" + report)
+    if args.append:
+        with open(args.append, "a") as handle:
+            handle.write("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

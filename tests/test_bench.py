@@ -1,0 +1,39 @@
+"""The benchmark's workload, FLOP count and report (its timings are measured on a GPU, not here)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.bench import main, non_embedding_parameters, pass_flops, realistic_sequences
+from core.sequences import MAX_RESIDUES
+
+
+def test_realistic_workload_is_seeded_and_protein_like():
+    sequences = realistic_sequences(2000, seed=0)
+    lengths = np.array([len(s) for s in sequences])
+    assert sequences == realistic_sequences(2000, seed=0) and sequences != realistic_sequences(2000, seed=1)
+    assert 270 <= np.median(lengths) <= 330 and lengths.max() == MAX_RESIDUES and lengths.min() >= 20
+    letters = "".join(sequences[:200])
+    assert set(letters) <= set("ACDEFGHIKLMNPQRSTVWY") and 0.08 < letters.count("L") / len(letters) < 0.115
+
+
+def test_flops_are_two_per_parameter_per_token_plus_attention(demo_fp32):
+    model, _ = demo_fp32
+    n = non_embedding_parameters(model)
+    # 6 layers of width 320: 4 projections (4·320² + 4·320), two MLP matrices (2·4·320² + 4·320 + 320),
+    # two layer norms (4·320) per layer, plus the final layer norm (2·320).
+    e = 320
+    assert n == 6 * (12 * e * e + 13 * e) + 2 * e
+    assert pass_flops(model, ["A" * 8]) == 2 * n * 10 + 6 * 4 * e * 10**2
+
+
+def test_bench_prints_and_appends_a_table(tmp_path, capsys):
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# Benchmarks\n")
+    assert main(["--models", "demo-8M", "--dtypes", "fp32", "--workloads", "realistic", "--n", "3",
+                 "--device", "cpu", "--append", str(report)]) == 0
+    text = report.read_text()
+    assert text.startswith("# Benchmarks\n") and "Command: `python -m core.bench --models demo-8M" in text
+    rows = [line for line in text.splitlines() if line.startswith("| demo-8M | fp32 | realistic |")]
+    assert [row.split(" | ")[3] for row in rows] == ["v1.0 fair-esm", "v2.0 reference", "comparison (both + metrics)"]
+    assert "Load from a local checkpoint: demo-8M fp32:" in text and "| tokens/s |" in capsys.readouterr().out
