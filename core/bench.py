@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from core.attention import available_backends
-from core.compare import embed_path, packed_path, run_both_paths
+from core.compare import embed_path, packed_path, run_both_paths, standard_path
 from core.model import ESM2WithFlashAttention, load_esm2_model, parse_dtype, save_checkpoint, versions
 from core.report import analyse
 from core.sequences import MAX_RESIDUES, example_sequences
@@ -183,6 +183,23 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
     return rows, loaded_in
 
 
+def profile_paths(spec: str, dtype: str, device: torch.device, sequences: Sequence[str], max_tokens: int | None,
+                  top: int = 15) -> str:
+    """torch.profiler's table of the most expensive kernels for each path over ``sequences``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, alphabet = load_esm2_model(spec, dtype=dtype, device=device)
+    tables = []
+    for path in (standard_path(model), packed_path(model)):
+        embed_path(model, alphabet, sequences[:8], None, path, max_tokens)  # warm-up
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            embed_path(model, alphabet, sequences, None, path, max_tokens)
+        sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        tables.append(f"### {path.implementation}\n\n" + prof.key_averages().table(sort_by=sort_by, row_limit=top))
+    return "\n\n".join(tables)
+
+
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
@@ -201,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-gib", type=float, default=None,
                         help="cap this process's GPU memory (simulates a smaller GPU, e.g. 24)")
     parser.add_argument("--append", default="BENCHMARKS.md", help="file to append the table to ('' = do not)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: profile each path on the first model, dtype and workload and print the top kernels")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -208,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib / total), device)
     workloads = {name: workload(name, args.n, args.seed) for name in args.workloads.split(",")}
+    if args.profile:
+        first = next(iter(workloads.values()))
+        print(profile_paths(args.models.split(",")[0], args.dtypes.split(",")[0], device, first, args.max_tokens))
+        return 0
     rows: list[Row] = []
     load_lines, ceilings = [], {}
     for dtype in args.dtypes.split(","):

@@ -42,8 +42,8 @@ def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torc
     """
     positions = torch.arange(representation.shape[1], device=representation.device)
     lengths = lengths.to(representation.device, non_blocking=True)
-    is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
-    summed = (representation.to(torch.float64) * is_residue[..., None]).sum(dim=1)
+    is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])  # (batch, T)
+    summed = torch.bmm(is_residue.to(torch.float64)[:, None, :], representation.to(torch.float64))[:, 0]
     return (summed / lengths[:, None]).to(dtype)
 
 
@@ -51,19 +51,17 @@ def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: t
     """Mean over residues of packed activations.
 
     representation: (total_tokens, embed_dim); cu_seqlens: (batch + 1,) boundaries of
-    BOS + residues + EOS per sequence. Returns (batch, embed_dim) in ``dtype``. Non-residue
-    tokens are multiplied by zero rather than indexed away, so no host-device synchronisation.
+    BOS + residues + EOS per sequence. Returns (batch, embed_dim) in ``dtype``.
+
+    The sums are one float64 matrix product with a (batch, total_tokens) 0/1 residue matrix:
+    no host-device synchronisation, and no atomics (an index_add into a few rows serialises).
     """
     total_tokens = representation.shape[0]
     cu_seqlens = cu_seqlens.to(representation.device, non_blocking=True).long()
     token_counts = cu_seqlens[1:] - cu_seqlens[:-1]
-    seq_index = torch.repeat_interleave(
-        torch.arange(token_counts.numel(), device=representation.device), token_counts, output_size=total_tokens
-    )
-    positions = torch.arange(total_tokens, device=representation.device) - cu_seqlens[seq_index]
-    is_residue = (positions >= 1) & (positions <= token_counts[seq_index] - 2)
-    summed = torch.zeros(token_counts.numel(), representation.shape[1], dtype=torch.float64, device=representation.device)
-    summed.index_add_(0, seq_index, representation.to(torch.float64) * is_residue[:, None])
+    token = torch.arange(total_tokens, device=representation.device)
+    is_residue = (token[None, :] > cu_seqlens[:-1, None]) & (token[None, :] < cu_seqlens[1:, None] - 1)
+    summed = is_residue.to(torch.float64) @ representation.to(torch.float64)
     return (summed / (token_counts - 2)[:, None]).to(dtype)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from core.batching import pack_tokens, padded_tokens
 from core.compare import EmbeddingRun
-from core.metrics import ProxyClassifier, cosine_similarity, max_abs_diff, mean_abs_diff
+from core.metrics import ProxyClassifier, cosine_similarity, mean_abs_diff
 from core.model import ESM2WithFlashAttention
 
 
@@ -18,15 +18,16 @@ def layer_profile(run: EmbeddingRun, seed: int = 0) -> list[dict[str, float | in
     with a reference in the run, each path's mean abs error against it too."""
     profile = []
     for layer in run.layers:
-        v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
+        v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
         classifier = ProxyClassifier.from_seed(v1.shape[1], seed)
         cosine = cosine_similarity(v1, v2)
+        abs_diff = np.abs(v1 - v2)
         entry = {
             "layer": layer,
             "cosine_min": float(cosine.min()),
             "cosine_mean": float(cosine.mean()),
-            "mean_abs_diff": float(mean_abs_diff(v1, v2).mean()),
-            "max_abs_diff": float(max_abs_diff(v1, v2).max()),
+            "mean_abs_diff": float(abs_diff.mean()),
+            "max_abs_diff": float(abs_diff.max()),
             "label_agreement": float(
                 (classifier.probabilities(v1).argmax(1) == classifier.probabilities(v2).argmax(1)).mean()
             ),

@@ -39,8 +39,9 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity, (n,) float64. A zero row against a zero row counts as 1."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     dot = np.einsum("ij,ij->i", a, b)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = (np.linalg.norm(a, axis=1) == 0) & (np.linalg.norm(b, axis=1) == 0)
+    norm_a, norm_b = np.sqrt(np.einsum("ij,ij->i", a, a)), np.sqrt(np.einsum("ij,ij->i", b, b))
+    norms = norm_a * norm_b
+    both_zero = (norm_a == 0) & (norm_b == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
     return np.where(both_zero, 1.0, np.clip(cosine, -1.0, 1.0))
