@@ -9,7 +9,7 @@ import torch
 
 from core.batching import pack_tokens, padded_tokens
 from core.compare import EmbeddingRun
-from core.metrics import ProxyClassifier, cosine_similarity, mean_abs_diff
+from core.metrics import ProxyClassifier, cosine_similarity, max_abs_diff, mean_abs_diff
 from core.model import ESM2WithFlashAttention
 
 
