@@ -8,21 +8,30 @@ attention backend cannot be set up.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import esm
+import numpy as np
 import torch
 
+from core import distributed
 from core.attention import BACKENDS, BackendUnavailable, available_backends
 from core.attribution import DEFAULT_K
-from core.checks import determinism, packing_invariance
+from core.cache import (
+    CACHE_ENV, CacheStats, CachePlan, EmbeddingCache, cache_dir_from_env, merge_run, open_cache, plan_lookup,
+    run_both_paths_cached, store_computed,
+)
+from core.checks import CheckResult, determinism, packing_invariance
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head
 from core.plugins import PluginError, make_plugin_path
-from core.compare import ForwardPath, fallback_path, run_both_paths
+from core.compare import EmbeddingRun, ForwardPath, embed_v2, fallback_path, run_both_paths
 from core.metrics import Thresholds, verdict_at_or_below
 from core.model import (
-    DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, default_device, default_dtype,
+    DEMO_SIZES, DTYPES, PRETRAINED, ESM2WithFlashAttention, WeightsUnavailable, default_device, default_dtype,
     default_model_spec, layer_indices, load_esm2_model, pretrained_available, versions,
 )
 from core.report import analyse, format_summary, write_outputs
@@ -66,57 +75,104 @@ def v2_path_from_args(args: argparse.Namespace, model) -> ForwardPath | None:
     return None
 
 
-def compare_command(args: argparse.Namespace) -> int:
+SETUP_ERRORS = (ValueError, WeightsUnavailable, BackendUnavailable)
+
+
+@dataclass
+class Setup:
+    """What every run needs once the input is read: the model and the options that depend on it."""
+
+    model: ESM2WithFlashAttention
+    alphabet: esm.data.Alphabet
+    device: torch.device
+    layer: int
+    thresholds: Thresholds
+    head: HeadClassifier | None
+    v2_path: ForwardPath | None
+    only_layer: bool = False
+
+    @property
+    def layers(self) -> list[int] | None:
+        """The layers to pool: None (every layer) unless --only-layer."""
+        return [self.layer] if self.only_layer else None
+
+
+def _read_checked(args: argparse.Namespace, quiet: bool = False) -> ParsedInput | int:
+    """The parsed input, or an exit code (input problems are printed unless ``quiet``)."""
     try:
         parsed = _read_input(args)
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT
-    for problem in parsed.problems:
-        print(f"{problem.severity}: {problem.message}", file=sys.stderr)
+    if not quiet:
+        for problem in parsed.problems:
+            print(f"{problem.severity}: {problem.message}", file=sys.stderr)
     if not parsed.records:
-        print("error: no valid sequences to compare", file=sys.stderr)
+        if not quiet:
+            print("error: no valid sequences to compare", file=sys.stderr)
         return EXIT_INPUT
+    return parsed
 
+
+def _single_device(args: argparse.Namespace) -> torch.device:
+    """The device of a single-process run; ValueError (one line) when it cannot be used."""
     try:
         device = torch.device(args.device) if args.device != "auto" else default_device()
     except RuntimeError:
-        print(f"error: unknown device {args.device!r}; use auto, cpu, cuda or cuda:N", file=sys.stderr)
-        return EXIT_SETUP
+        raise ValueError(f"unknown device {args.device!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda was asked for but CUDA is not available here", file=sys.stderr)
-        return EXIT_SETUP
+        raise ValueError("--device cuda was asked for but CUDA is not available here")
+    return device
+
+
+def _setup(args: argparse.Namespace, device: torch.device, ids: list[str], announce: bool = True) -> Setup:
+    """Load the model and resolve layer, thresholds, head and v2.0 path; raises one of SETUP_ERRORS."""
     model_spec = args.model if args.model != "auto" else default_model_spec(device)
     dtype = args.dtype if args.dtype != "auto" else default_dtype(device)
-    if args.model == "auto":
+    if args.model == "auto" and announce:
         print(f"note: model 'auto' on {device.type} is {model_spec} in {dtype} (pass --model to choose)", file=sys.stderr)
-    try:
-        thresholds = Thresholds(args.min_cosine, args.min_agreement, args.accept_agreement)
-        model, alphabet = load_esm2_model(model_spec, dtype=dtype, device=device, backend=args.backend)
-        model.resolved_backend()
-        layer = layer_indices(model, [args.layer if args.layer is not None else model.num_layers])[0]
-        records = parsed.records
-        ids, sequences = [r.id for r in records], [r.sequence for r in records]
-        head = _load_head(args, model.embed_dim, ids)
-        v2_path = v2_path_from_args(args, model)
-        run = run_both_paths(
-            model, alphabet, ids, sequences, layers=[layer] if args.only_layer else None,
-            max_tokens=args.max_tokens, reference_dtype=None if args.reference == "none" else args.reference,
-            v2_path=v2_path,
-        )
-        checks = []
-        if args.checks:
-            packed = run.v2.layers[layer]
-            checks = [
-                packing_invariance(model, alphabet, sequences, packed, layer, args.backend),
-                determinism(model, alphabet, sequences, packed, layer, args.backend, args.max_tokens),
-            ]
-    except (ValueError, WeightsUnavailable, BackendUnavailable) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_SETUP
+    thresholds = Thresholds(args.min_cosine, args.min_agreement, args.accept_agreement)
+    model, alphabet = load_esm2_model(model_spec, dtype=dtype, device=device, backend=args.backend)
+    model.resolved_backend()
+    layer = layer_indices(model, [args.layer if args.layer is not None else model.num_layers])[0]
+    head = _load_head(args, model.embed_dim, ids)
+    v2_path = v2_path_from_args(args, model)
+    return Setup(model, alphabet, device, layer, thresholds, head, v2_path, only_layer=args.only_layer)
+
+
+def _run_checks(
+    args: argparse.Namespace, setup: Setup, sequences: list[str], baseline: np.ndarray | None, limit: int = 32
+) -> list[CheckResult]:
+    """--checks on ``sequences``: ``baseline`` is v2.0's (n, embed_dim) at the layer from one run over exactly
+    these sequences; None (cache hits, other shards) runs v2.0 over them afresh so batches match."""
+    if not args.checks:
+        return []
+    if baseline is None:
+        baseline = embed_v2(setup.model, setup.alphabet, sequences, [setup.layer], args.backend, args.max_tokens,
+                            path=setup.v2_path).layers[setup.layer]
+    return [
+        packing_invariance(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, limit=limit),
+        determinism(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, args.max_tokens),
+    ]
+
+
+def _open_cache(args: argparse.Namespace) -> tuple[str | None, EmbeddingCache | None, str | None]:
+    """(requested dir or None, cache or None, one-line warning when the dir was asked for but is unusable)."""
+    directory = cache_dir_from_env(args.cache)
+    cache, warning = open_cache(directory)
+    return directory, cache, warning
+
+
+def _report(
+    args: argparse.Namespace, parsed: ParsedInput, setup: Setup, run: EmbeddingRun, checks: list[CheckResult],
+    cache: dict | None, world_size: int,
+) -> int:
+    """Analyse, print the table and verdict, write the files; returns the exit code."""
     analysis = analyse(
-        run, layer, args.seed, thresholds, parsed, versions(), n_seeds=args.seeds, k=args.rule_k, checks=checks,
-        classifier=head, classifier_name=head.describe() if head is not None else None,
+        run, setup.layer, args.seed, setup.thresholds, parsed, versions(), n_seeds=args.seeds, k=args.rule_k,
+        checks=checks, classifier=setup.head, classifier_name=setup.head.describe() if setup.head is not None else None,
+        cache=cache, world_size=world_size,
     )
     summary = analysis.summary
     print(format_summary(summary))
@@ -131,6 +187,171 @@ def compare_command(args: argparse.Namespace) -> int:
         print(f"failing: verdict {summary['verdict']} is at or below --fail-on {args.fail_on}", file=sys.stderr)
         return EXIT_GATE
     return 0
+
+
+def _cache_summary(directory: str | None, stats: CacheStats, open_warning: str | None) -> dict | None:
+    """summary.json's "cache" object (None when the cache was off); prints its warning once."""
+    if directory is None:
+        return None
+    stats.dir = directory
+    stats.warning = open_warning or stats.warning
+    if stats.warning:
+        print(f"warning: {stats.warning}", file=sys.stderr)
+    return stats.to_summary()
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    try:
+        env = distributed.environment()
+    except distributed.DistributedSetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP
+    if env is not None:
+        return _compare_distributed(args, env)
+    parsed = _read_checked(args)
+    if isinstance(parsed, int):
+        return parsed
+    ids, sequences = [r.id for r in parsed.records], [r.sequence for r in parsed.records]
+    try:
+        device = _single_device(args)
+        setup = _setup(args, device, ids)
+        directory, cache, open_warning = _open_cache(args)
+        run, stats = run_both_paths_cached(
+            cache, setup.model, setup.alphabet, ids, sequences, layers=setup.layers, max_tokens=args.max_tokens,
+            reference_dtype=None if args.reference == "none" else args.reference, v2_path=setup.v2_path,
+        )
+        checks = _run_checks(args, setup, sequences, run.v2.layers[setup.layer] if stats.hits == 0 else None)
+    except SETUP_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP
+    return _report(args, parsed, setup, run, checks, _cache_summary(directory, stats, open_warning), 1)
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+def _compare_distributed(args: argparse.Namespace, env: distributed.DistEnv) -> int:
+    """One rank of ``torchrun -m core compare``: every rank validates the input; rank 0 alone reports."""
+    if args.input == "-":
+        if env.is_root:
+            print("error: stdin cannot be shared by torchrun ranks; pass a file or --example", file=sys.stderr)
+        return EXIT_INPUT
+    parsed = _read_checked(args, quiet=not env.is_root)
+    if isinstance(parsed, int):
+        return parsed
+    try:
+        device = distributed.rank_device(args.device, env)
+        comm = distributed.init(env, device)
+    except distributed.DistributedSetupError as error:
+        print(f"error: rank {env.rank}: {error}", file=sys.stderr)
+        return EXIT_SETUP
+    code = _compare_ranks(args, parsed, env, device, comm)  # an unexpected exception ends the job via torchrun
+    comm.shutdown()
+    return code
+
+
+def _report_rank_errors(errors: list[str | None], env: distributed.DistEnv) -> bool:
+    """Rank 0 prints each distinct rank error once; True when there was any."""
+    if env.is_root:
+        for message in dict.fromkeys(e for e in errors if e):
+            ranks = [rank for rank, e in enumerate(errors) if e == message]
+            where = "" if len(ranks) == len(errors) else f"rank {', '.join(map(str, ranks))}: "
+            print(f"error: {where}{message}", file=sys.stderr)
+    return any(errors)
+
+
+def _compare_ranks(
+    args: argparse.Namespace, parsed: ParsedInput, env: distributed.DistEnv, device: torch.device,
+    comm: distributed.Communicator,
+) -> int:
+    """Setup on every rank, cache lookup on rank 0, a token-balanced shard per rank, report on rank 0.
+
+    Collectives, in the same order on every rank: all_gather(setup errors), broadcast(indices to
+    compute), gather(shard results), broadcast(exit code). Handled errors travel through them.
+    """
+    ids, sequences = [r.id for r in parsed.records], [r.sequence for r in parsed.records]
+    reference = None if args.reference == "none" else args.reference
+    setup, error = None, None
+    try:
+        setup = _setup(args, device, ids, announce=env.is_root)
+    except SETUP_ERRORS as caught:
+        error = str(caught)
+    if _report_rank_errors(comm.all_gather(error), env):
+        return _leave_together(comm, EXIT_SETUP)
+
+    directory, cache, open_warning, plan = None, None, None, None
+    if env.is_root:
+        directory, cache, open_warning = _open_cache(args)
+        plan, lookup_warning = _lookup(cache, setup, sequences, reference)
+        cache = None if lookup_warning else cache
+        open_warning = open_warning or lookup_warning
+    missing: list[int] = comm.broadcast(plan.missing if plan is not None else None)
+
+    shard = distributed.shard_indices([len(sequences[i]) for i in missing], env.world_size)[env.rank]
+    check_shard = distributed.shard_indices([len(s) for s in sequences], env.world_size)[env.rank]
+    result: tuple = ("error", None)
+    try:
+        part = run_both_paths(
+            setup.model, setup.alphabet, [ids[missing[p]] for p in shard], [sequences[missing[p]] for p in shard],
+            layers=setup.layers, max_tokens=args.max_tokens, reference_dtype=reference, v2_path=setup.v2_path,
+        ) if shard else None
+        fresh = part is not None and len(missing) == len(sequences)  # then shard == check_shard
+        checks = _run_checks(
+            args, setup, [sequences[i] for i in check_shard], part.v2.layers[setup.layer] if fresh else None,
+            limit=max(1, -(-32 // env.world_size)),
+        ) if check_shard else []
+        result = ("ok", part, checks)
+    except SETUP_ERRORS as caught:
+        result = ("error", str(caught))
+    gathered = comm.gather(result)
+    code = 0
+    if env.is_root:
+        if _report_rank_errors([r[1] if r[0] == "error" else None for r in gathered], env):
+            code = EXIT_SETUP
+        else:
+            code = _finish_root(args, parsed, setup, plan, cache, gathered, directory, open_warning, reference, env)
+    return _leave_together(comm, code)
+
+
+def _leave_together(comm: distributed.Communicator, code: int) -> int:
+    """Every rank leaves with rank 0's code, and only once rank 0 has flushed what it printed: torchrun stops
+    the other workers as soon as one exits non-zero. (Should rank 0 crash instead, torchrun stops the others.)"""
+    if comm.env.is_root:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return comm.broadcast(code)
+
+
+def _lookup(
+    cache: EmbeddingCache | None, setup: Setup, sequences: list[str], reference: str | None
+) -> tuple[CachePlan, str | None]:
+    """Rank 0's cache lookup; an unreadable cache falls back to computing everything, with a warning."""
+    try:
+        return plan_lookup(cache, setup.model, sequences, setup.layers, None, reference, setup.v2_path), None
+    except (sqlite3.Error, OSError) as error:
+        plan = plan_lookup(None, setup.model, sequences, setup.layers, None, reference, setup.v2_path)
+        return plan, f"embedding cache unreadable ({error}); computing without it"
+
+
+def _finish_root(
+    args: argparse.Namespace, parsed: ParsedInput, setup: Setup, plan: CachePlan, cache: EmbeddingCache | None,
+    gathered: list[tuple], directory: str | None, open_warning: str | None, reference: str | None,
+    env: distributed.DistEnv,
+) -> int:
+    """Rank 0: reassemble the shards in input order, merge cached rows, store new ones, report."""
+    ids, sequences = [r.id for r in parsed.records], [r.sequence for r in parsed.records]
+    computed = None
+    if plan.missing:
+        shards = distributed.shard_indices([len(sequences[i]) for i in plan.missing], env.world_size)
+        computed = distributed.assemble_runs(shards, [r[1] for r in gathered], [ids[i] for i in plan.missing])
+    run = merge_run(plan, setup.model, ids, sequences, computed, reference)
+    stats = CacheStats(dir=directory, hits=len(sequences) - len(plan.missing), computed=len(plan.missing))
+    try:
+        store_computed(cache, plan, computed)
+    except (sqlite3.Error, OSError) as error:
+        stats.warning = f"could not write to the embedding cache ({error}); results are unaffected"
+    checks = distributed.merge_checks([r[2] for r in gathered])
+    return _report(args, parsed, setup, run, checks, _cache_summary(directory, stats, open_warning), env.world_size)
 
 
 def models_command(args: argparse.Namespace) -> int:
@@ -175,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--extra-features", help="per-sequence features for the head (CSV with an id column, or .npy)")
     compare.add_argument("--checks", action="store_true", help="also run packing-invariance and determinism checks on v2.0")
     compare.add_argument("--only-layer", action="store_true", help="pool only the chosen layer (less memory; no per-layer profile)")
+    compare.add_argument("--cache", metavar="DIR", default=None,
+                         help=f"reuse pooled embeddings stored in DIR, compute only new sequences (default: ${CACHE_ENV} or off)")
     compare.add_argument("--min-cosine", type=float, default=Thresholds.min_cosine)
     compare.add_argument("--min-agreement", type=float, default=Thresholds.min_agreement)
     compare.add_argument("--accept-agreement", type=float, default=Thresholds.accept_agreement)

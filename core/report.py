@@ -88,8 +88,14 @@ def build_summary(
     sweep: SeedSweep | None = None,
     profile: list[dict] | None = None,
     checks: list[CheckResult] | None = None,
+    cache: dict[str, Any] | None = None,
+    world_size: int | None = None,
 ) -> dict[str, Any]:
-    """The summary.json document (the CLI's and the dashboard's schema)."""
+    """The summary.json document (the CLI's and the dashboard's schema).
+
+    ``cache``: the embedding cache's ``{"dir", "hits", "computed"}`` (None when it was off);
+    ``world_size``: how many processes embedded the set (torchrun), 1 when not given.
+    """
     failing = [seq_id for seq_id, bad in zip(run.ids, comparison.cosine_failures) if bad]
     warnings = list(warnings or [])
     if run.is_demo:
@@ -127,6 +133,8 @@ def build_summary(
         "seed_sweep": sweep.summary() if sweep is not None else None,
         "layers": list(profile or []),
         "checks_v2": [check.to_summary() for check in checks or []],
+        "cache": dict(cache) if cache is not None else None,
+        "world_size": int(world_size) if world_size is not None else 1,
         "warnings": warnings,
         "refused": list(refused or []),
         "seconds": {"v1": run.v1.seconds, "v2": run.v2.seconds}
@@ -164,12 +172,14 @@ def analyse(
     classifier_name: str | None = None,
     k: float = DEFAULT_K,
     checks: list[CheckResult] | None = None,
+    cache: dict[str, Any] | None = None,
+    world_size: int | None = None,
 ) -> Analysis:
     """Metrics, summary and table for ``layer`` of ``run``; ``parsed`` contributes warnings and refusals.
 
     Adds the reference attribution when the run has a reference, a seed sweep over ``n_seeds``
     proxy classifiers, and the per-layer profile. Cheap (no model involved): the dashboard calls
-    it on every redraw.
+    it on every redraw. ``cache`` and ``world_size`` are recorded as they are (see build_summary).
     """
     comparison = compare_layer(run, layer, seed, thresholds, classifier)
     v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
@@ -189,6 +199,8 @@ def analyse(
         sweep=sweep,
         profile=layer_profile(run, seed),
         checks=checks,
+        cache=cache,
+        world_size=world_size,
     )
     warnings_by_id = {r.id: "; ".join(r.warnings) for r in records if r.warnings}
     table = sequence_table(run, comparison, warnings_by_id, attribution, sweep)
@@ -256,6 +268,11 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                          f"max |err| {error['max_abs_diff']:.3e}, labels {100 * error['label_agreement']:.1f}%"))
         rows.append(("closer to reference", f"{reference['closer']} (per sequence: {reference['closer_counts']})"))
         rows.append((f"FlashAttention rule (≤ {reference['k']:g}×)", "pass" if reference["rule_passed"] else "FAIL"))
+    cache = summary.get("cache")
+    if cache:
+        rows.append(("embedding cache", f"{cache['hits']} from cache, {cache['computed']} computed ({cache['dir']})"))
+    if summary.get("world_size", 1) > 1:
+        rows.append(("processes", f"{summary['world_size']} (torchrun)"))
     for check in summary.get("checks_v2") or []:
         rows.append((check["name"], f"{'pass' if check['passed'] else 'FAIL'} (max |diff| {check['max_abs_diff']:.3e}, "
                                     f"{check['n_sequences']} sequences)"))

@@ -396,3 +396,24 @@ def test_formula_like_ids_are_defused_in_the_csv(tmp_path, capsys):
     assert main(["compare", str(fasta), "--model", "demo-8M", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
     table = pd.read_csv(tmp_path / "o" / "sequences.csv")
     assert list(table["id"]) == ["'=HYPERLINK(1)", "plain"]
+
+
+def test_cache_is_off_by_default_and_one_process_is_recorded(capsys, tmp_path, two_good, monkeypatch):
+    monkeypatch.delenv("ESM2_DIVERGENCE_CACHE", raising=False)
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "compare", str(two_good), *CPU_DEMO, "--only-layer", "--out", str(out_dir))
+    assert code == 0, err
+    summary, _ = read_outputs(out_dir)
+    assert summary["cache"] is None
+    assert summary["world_size"] == 1
+    assert "embedding cache" not in out and "processes" not in out
+
+
+def test_stdin_cannot_be_shared_by_torchrun_ranks(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    code, out, err = run_cli(capsys, "compare", "-", *CPU_DEMO)
+    assert code == 2
+    assert "stdin cannot be shared by torchrun ranks" in err
+    assert out == ""

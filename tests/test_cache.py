@@ -1,0 +1,296 @@
+"""The embedding cache: only new sequences are computed, keys separate what must not mix, and a
+broken cache never gives a wrong answer. CPU, demo-8M, small sets."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+import core.cache as cache_module
+from core.cache import (
+    DB_NAME, CachedEmbedding, CacheUnavailable, EmbeddingCache, fingerprint, open_cache, run_both_paths_cached,
+)
+from core.cli import main
+from core.compare import EmbeddingRun, fallback_path, run_both_paths
+from core.model import load_esm2_model, save_checkpoint
+from core.sequences import example_sequences
+
+RECORDS = example_sequences("patterns")[:8]
+IDS = [r.id for r in RECORDS]
+SEQS = [r.sequence for r in RECORDS]
+CPU_DEMO = ["--model", "demo-8M", "--device", "cpu"]
+
+
+class Counter:
+    """Wraps core.cache's run_both_paths: how often it ran and on which ids."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, model, alphabet, ids, sequences, **kwargs) -> EmbeddingRun:
+        self.calls.append(list(ids))
+        return run_both_paths(model, alphabet, ids, sequences, **kwargs)
+
+    @property
+    def computed(self) -> int:
+        return sum(len(ids) for ids in self.calls)
+
+
+@pytest.fixture
+def counter(monkeypatch) -> Counter:
+    spy = Counter()
+    monkeypatch.setattr(cache_module, "run_both_paths", spy)
+    return spy
+
+
+@pytest.fixture
+def cache(tmp_path) -> Iterator[EmbeddingCache]:
+    opened = EmbeddingCache(tmp_path / "cache")
+    yield opened
+    opened.close()
+
+
+def assert_same_run(a: EmbeddingRun, b: EmbeddingRun, atol: float = 0.0) -> None:
+    assert a.ids == b.ids
+    assert list(a.lengths) == list(b.lengths)
+    assert (a.v1.backend, a.v2.backend, a.v1.implementation, a.v2.implementation) == (
+        b.v1.backend, b.v2.backend, b.v1.implementation, b.v2.implementation)
+    for name in ("v1", "v2", "reference"):
+        pa, pb = getattr(a, name), getattr(b, name)
+        if pa is None or pb is None:
+            assert pa is pb is None
+            continue
+        assert pa.layers.keys() == pb.layers.keys()
+        for layer in pa.layers:
+            assert pa.layers[layer].dtype == pb.layers[layer].dtype
+            assert pa.layers[layer].shape == pb.layers[layer].shape
+            np.testing.assert_allclose(pa.layers[layer], pb.layers[layer], rtol=0, atol=atol)
+
+
+# ---------------------------------------------------------------- only what is new
+
+
+def test_second_run_computes_nothing_and_equals_an_uncached_run(demo_fp32, cache, counter):
+    model, alphabet = demo_fp32
+    first, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    assert (stats.hits, stats.computed) == (0, len(SEQS))
+    assert counter.calls == [IDS]
+    second, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    assert (stats.hits, stats.computed) == (len(SEQS), 0)
+    assert len(counter.calls) == 1  # the model was not run again
+    uncached = run_both_paths(model, alphabet, IDS, SEQS)
+    assert_same_run(first, uncached)  # same batches: bit-identical
+    assert_same_run(second, uncached)
+    assert second.v1.seconds == second.v2.seconds == 0.0
+    assert (second.model, second.weights, second.dtype, second.device) == ("demo-8M", "demo", "fp32", "cpu")
+
+
+def test_a_superset_computes_only_the_new_sequences(demo_fp32, cache, counter):
+    model, alphabet = demo_fp32
+    run_both_paths_cached(cache, model, alphabet, IDS[:5], SEQS[:5])
+    # The new ones interleaved with old ones, in another order: the merge must follow the input.
+    order = [6, 0, 5, 3, 7, 1, 2, 4]
+    ids, seqs = [IDS[i] for i in order], [SEQS[i] for i in order]
+    merged, stats = run_both_paths_cached(cache, model, alphabet, ids, seqs)
+    assert (stats.hits, stats.computed) == (5, 3)
+    assert counter.calls[-1] == [IDS[6], IDS[5], IDS[7]]
+    assert merged.ids == ids
+    assert list(merged.lengths) == [len(s) for s in seqs]
+    # Batch composition differs from one uncached run over the set: FP32 rounding only.
+    assert_same_run(merged, run_both_paths(model, alphabet, ids, seqs), atol=1e-6)
+
+
+def test_same_residues_under_another_id_are_a_hit(demo_fp32, cache, counter):
+    model, alphabet = demo_fp32
+    run_both_paths_cached(cache, model, alphabet, IDS[:2], SEQS[:2])
+    renamed, stats = run_both_paths_cached(cache, model, alphabet, ["x", "y"], SEQS[:2])
+    assert (stats.hits, stats.computed) == (2, 0)
+    assert renamed.ids == ["x", "y"]
+
+
+def test_only_layer_and_reference_are_cached_and_exact(demo_fp32, cache, counter):
+    model, alphabet = demo_fp32
+    first, _ = run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], reference_dtype="fp64")
+    again, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], reference_dtype="fp64")
+    assert (stats.hits, stats.computed) == (len(SEQS), 0)
+    assert again.reference is not None and again.reference_dtype == "fp64"
+    assert again.reference.layers[3].dtype == np.float64  # the reference keeps its width
+    assert_same_run(again, run_both_paths(model, alphabet, IDS, SEQS, layers=[3], reference_dtype="fp64"))
+
+
+# ---------------------------------------------------------------- what must not mix
+
+
+def _computed_after_warm_cache(cache, model, alphabet, **kwargs) -> int:
+    return run_both_paths_cached(cache, model, alphabet, IDS[:3], SEQS[:3], **kwargs)[1].computed
+
+
+def test_key_changes_miss(demo_fp32, demo_fp64, cache, counter):
+    model, alphabet = demo_fp32
+    run_both_paths_cached(cache, model, alphabet, IDS[:3], SEQS[:3], layers=[6])
+    assert _computed_after_warm_cache(cache, model, alphabet, layers=[6]) == 0
+    assert _computed_after_warm_cache(cache, model, alphabet, layers=[5, 6]) == 3  # another layer set
+    assert _computed_after_warm_cache(cache, model, alphabet, layers=[6], v2_path=fallback_path(model)) == 3  # v2 backend
+    assert _computed_after_warm_cache(cache, model, alphabet, layers=[6], reference_dtype="fp32") == 3  # + reference
+    assert _computed_after_warm_cache(cache, demo_fp64[0], demo_fp64[1], layers=[6]) == 3  # dtype
+    other_seed, _ = load_esm2_model("demo-8M", dtype="fp32", device="cpu", demo_seed=7)
+    assert fingerprint(other_seed) != fingerprint(model)
+    assert _computed_after_warm_cache(cache, other_seed, alphabet, layers=[6]) == 3  # other weights
+    # ... and each of those is now cached under its own key.
+    assert _computed_after_warm_cache(cache, model, alphabet, layers=[5, 6]) == 0
+    assert _computed_after_warm_cache(cache, other_seed, alphabet, layers=[6]) == 0
+
+
+def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(demo_fp32, tmp_path, cache):
+    path = save_checkpoint(demo_fp32[0], tmp_path / "weights.pt")
+    model, _ = load_esm2_model(str(path), dtype="fp32", device="cpu")
+    first = fingerprint(model, cache)
+    assert first.startswith("checkpoint-sha256:") and first == fingerprint(model, cache)
+    other, _ = load_esm2_model("demo-8M", dtype="fp32", device="cpu", demo_seed=7)
+    save_checkpoint(other, path)  # new content at the same path
+    assert fingerprint(model, cache) != first
+
+
+def test_fingerprint_falls_back_to_parameter_bytes(demo_fp32, monkeypatch):
+    model = demo_fp32[0]
+    monkeypatch.setattr(model, "weights", "pretrained")  # no such file in the hub cache
+    monkeypatch.setattr(cache_module, "_pretrained_file", lambda name: Path("/nonexistent/weights.pt"))
+    assert fingerprint(model).startswith("pretrained-params-sha256:")
+
+
+# ---------------------------------------------------------------- broken caches
+
+
+def test_corrupt_database_is_refused_in_one_line(tmp_path):
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    (directory / DB_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CacheUnavailable, match="cannot use the embedding cache"):
+        EmbeddingCache(directory)
+    cache, warning = open_cache(directory)
+    assert cache is None and "computing without the cache" in warning and "\n" not in warning
+
+
+def test_cache_path_that_is_a_file_is_refused(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    cache, warning = open_cache(not_a_dir)
+    assert cache is None and str(not_a_dir) in warning
+
+
+def test_damaged_rows_are_recomputed_never_returned(demo_fp32, cache, counter):
+    model, alphabet = demo_fp32
+    good, _ = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    connection = sqlite3.connect(str(cache.path))
+    keys = [row[0] for row in connection.execute("SELECT key FROM embeddings ORDER BY key LIMIT 3")]
+    connection.execute("UPDATE embeddings SET data = x'00ff' WHERE key = ?", (keys[0],))  # truncated blob
+    nan = np.full((7, 320), np.nan, dtype=np.float32).tobytes()
+    connection.execute("UPDATE embeddings SET data = ? WHERE key = ?", (nan, keys[1]))  # non-finite values
+    connection.execute("UPDATE embeddings SET array_dtype = 'garbage' WHERE key = ?", (keys[2],))
+    connection.commit()
+    connection.close()
+    again, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    assert 1 <= stats.computed <= 3 and stats.hits == len(SEQS) - stats.computed
+    assert_same_run(again, good, atol=1e-6)
+    third, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)  # the damaged rows were rewritten
+    assert stats.computed == 0
+
+
+def test_a_cache_that_fails_mid_run_still_gives_the_computed_answer(demo_fp32, cache, counter, monkeypatch):
+    model, alphabet = demo_fp32
+
+    def broken(*args, **kwargs):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(cache, "get_many", broken)
+    run, stats = run_both_paths_cached(cache, model, alphabet, IDS[:3], SEQS[:3])
+    assert stats.computed == 3 and "unreadable" in stats.warning
+    assert_same_run(run, run_both_paths(model, alphabet, IDS[:3], SEQS[:3]))
+
+
+def _writer(directory: str, offset: int) -> None:
+    cache = EmbeddingCache(directory)
+    for start in range(0, 200, 20):
+        cache.put_many({f"k{offset + i}": CachedEmbedding(np.full((2, 4), i, np.float32), "b", "impl")
+                        for i in range(start, start + 20)})
+    cache.close()
+
+
+def test_two_processes_write_at_once(tmp_path):
+    directory = str(tmp_path / "shared")
+    EmbeddingCache(directory).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(directory, offset)) for offset in (0, 100)]  # overlapping keys
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    found = EmbeddingCache(directory).get_many([f"k{i}" for i in range(300)])
+    assert len(found) == 300
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_reports_hits_and_checks_still_work(capsys, tmp_path, monkeypatch):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in RECORDS[:4]))
+    bigger = tmp_path / "bigger.fasta"
+    bigger.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in RECORDS))
+    cache_dir = tmp_path / "cache"
+    summaries = []
+    for name, source, extra in (("a", fasta, ["--cache", str(cache_dir)]), ("b", bigger, ["--cache", str(cache_dir)]),
+                                ("c", bigger, [])):
+        if not extra:
+            monkeypatch.setenv("ESM2_DIVERGENCE_CACHE", str(cache_dir))  # the same cache from the environment
+        code, out, err = _cli(capsys, "compare", str(source), *CPU_DEMO, "--checks", "--out", str(tmp_path / name), *extra)
+        assert code == 0, err
+        assert "Traceback" not in err
+        summaries.append((json.loads((tmp_path / name / "summary.json").read_text()), out))
+    (first, out_a), (second, out_b), (third, out_c) = summaries
+    assert first["cache"] == {"dir": str(cache_dir), "hits": 0, "computed": 4}
+    assert second["cache"] == {"dir": str(cache_dir), "hits": 4, "computed": 4}
+    assert third["cache"] == {"dir": str(cache_dir), "hits": 8, "computed": 0}
+    assert re.search(r"^  embedding cache\s+8 from cache, 0 computed", out_c, re.MULTILINE)
+    assert third["world_size"] == 1
+    assert [c["passed"] for c in third["checks_v2"]] == [True, True]  # checks run on fresh batches
+    for key in ("verdict", "cosine", "label_agreement", "n_sequences"):
+        assert second[key] == third[key]
+
+
+def test_cli_with_a_corrupt_cache_warns_and_computes(capsys, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / DB_NAME).write_bytes(b"\x00garbage" * 64)
+    code, out, err = _cli(capsys, "compare", "--example", "patterns", *CPU_DEMO, "--cache", str(cache_dir),
+                          "--only-layer", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:") and "cache" in line]
+    assert len(warnings) == 1 and "computing without the cache" in warnings[0]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["cache"]["hits"] == 0 and summary["cache"]["computed"] == 18
+    assert "computing without the cache" in summary["cache"]["warning"]
+    assert summary["verdict"] == "ACCEPT"
+
+
+def test_a_change_to_the_numerics_code_misses(demo_fp32, cache, counter, monkeypatch):
+    model, alphabet = demo_fp32
+    run_both_paths_cached(cache, model, alphabet, IDS[:2], SEQS[:2], layers=[6])
+    monkeypatch.setattr(cache_module, "code_fingerprint", lambda: "edited-pooling")
+    assert run_both_paths_cached(cache, model, alphabet, IDS[:2], SEQS[:2], layers=[6])[1].computed == 2

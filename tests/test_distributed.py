@@ -1,0 +1,176 @@
+"""torchrun: token-balanced shards, reassembly in input order, and a real 2-process CPU (gloo) run
+that must report what one process reports."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.checks import CheckResult
+from core.cli import main
+from core.compare import run_both_paths
+from core.distributed import DistEnv, DistributedSetupError, assemble_runs, environment, merge_checks, shard_indices
+from core.sequences import example_sequences
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PATTERNS = ["--example", "patterns", "--model", "demo-8M", "--device", "cpu", "--dtype", "fp32"]
+
+
+# ---------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 7])
+def test_shards_cover_every_index_once_and_are_balanced(world_size):
+    lengths = np.random.default_rng(world_size).integers(1, 1023, size=101).tolist()
+    shards = shard_indices(lengths, world_size)
+    assert len(shards) == world_size
+    flat = sorted(i for shard in shards for i in shard)
+    assert flat == list(range(len(lengths)))
+    assert all(shard == sorted(shard) for shard in shards)  # input order within a shard
+    loads = [sum(lengths[i] + 2 for i in shard) for shard in shards]
+    # Greedy longest-first onto the least-loaded rank: loads differ by at most one sequence.
+    assert max(loads) - min(loads) <= max(lengths) + 2
+
+
+def test_sharding_puts_the_longest_first_on_rank_0_and_spreads_big_ones():
+    lengths = [10, 500, 20, 480, 30, 5]
+    shards = shard_indices(lengths, 2)
+    assert 1 in shards[0] and 3 in shards[1]  # the two long ones on different ranks
+    assert shard_indices(lengths, 2) == shards  # deterministic
+
+
+def test_more_ranks_than_sequences_leaves_some_empty():
+    shards = shard_indices([7, 3], 4)
+    assert shards[0] == [0] and shards[1] == [1] and shards[2:] == [[], []]
+    assert shard_indices([], 3) == [[], [], []]
+    with pytest.raises(ValueError):
+        shard_indices([1], 0)
+
+
+def test_environment_is_detected_from_world_size():
+    assert environment({}) is None
+    assert environment({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert environment({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}) == DistEnv(2, 0, 4)
+    with pytest.raises(DistributedSetupError, match="RANK"):
+        environment({"WORLD_SIZE": "2"})
+
+
+# ---------------------------------------------------------------- reassembly
+
+
+def test_assembled_shards_equal_one_run_in_input_order(demo_fp32):
+    model, alphabet = demo_fp32
+    records = example_sequences("patterns")[:5]
+    ids, seqs = [r.id for r in records], [r.sequence for r in records]
+    shards = shard_indices([len(s) for s in seqs], 3)
+    parts = [run_both_paths(model, alphabet, [ids[i] for i in shard], [seqs[i] for i in shard], layers=[2, 6],
+                            reference_dtype="fp64") for shard in shards]
+    merged = assemble_runs(shards, parts, ids)
+    whole = run_both_paths(model, alphabet, ids, seqs, layers=[2, 6], reference_dtype="fp64")
+    assert merged.ids == ids and list(merged.lengths) == [len(s) for s in seqs]
+    assert merged.v1.seconds == max(p.v1.seconds for p in parts)
+    for name in ("v1", "v2", "reference"):
+        for layer in (2, 6):
+            np.testing.assert_allclose(getattr(merged, name).layers[layer], getattr(whole, name).layers[layer], atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError, match="cover"):
+        assemble_runs(shards, parts[:2] + [None], ids)
+
+
+def test_checks_from_ranks_merge_to_the_worst():
+    ok = CheckResult("determinism", True, 0.0, 1.0, 3, "d")
+    bad = CheckResult("determinism", False, 2e-3, 0.999, 4, "d")
+    (merged,) = merge_checks([[ok], [bad], []])
+    assert (merged.passed, merged.max_abs_diff, merged.min_cosine, merged.n_sequences) == (False, 2e-3, 0.999, 7)
+
+
+# ---------------------------------------------------------------- a real torchrun, 2 CPU processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(*argv: str, nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "core", "compare", *argv]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> tuple[int, str, Path]:
+    out_dir = tmp_path_factory.mktemp("single") / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["compare", *PATTERNS, "--out", str(out_dir)])
+    return code, stdout.getvalue(), out_dir
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """``torchrun --nproc-per-node 2 -m core compare --example patterns ... --cache C --out DIR`` once."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    result = torchrun(*PATTERNS, "--out", str(root / "out"), "--cache", str(root / "cache"))
+    return result, root / "out", root / "cache"
+
+
+def test_two_ranks_report_what_one_process_reports(two_ranks, single_process):
+    result, out_dir, cache_dir = two_ranks
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    single_code, single_out, single_dir = single_process
+    assert single_code == 0
+    # rank 0 alone prints the report: one table, one verdict
+    assert result.stdout.count("VERDICT:") == 1
+    assert "processes" in result.stdout and "2 (torchrun)" in result.stdout
+
+    many, one = (json.loads((d / "summary.json").read_text()) for d in (out_dir, single_dir))
+    assert (many["world_size"], one["world_size"]) == (2, 1)
+    assert many["cache"] == {"dir": str(cache_dir), "hits": 0, "computed": 18}
+    for key in ("verdict", "n_sequences", "label_agreement", "n_label_flips", "model", "weights", "dtype", "layer",
+                "backend_v1", "backend_v2", "impl_v1", "impl_v2", "device", "refused", "cosine_failures"):
+        assert many[key] == one[key], key
+    for key in ("min", "mean", "max"):
+        assert many["cosine"][key] == pytest.approx(one["cosine"][key], abs=1e-6)
+    assert [layer["layer"] for layer in many["layers"]] == [layer["layer"] for layer in one["layers"]]
+
+    table_many, table_one = (pd.read_csv(d / "sequences.csv", keep_default_na=False) for d in (out_dir, single_dir))
+    assert list(table_many["id"]) == list(table_one["id"]) == [r.id for r in example_sequences("patterns")]
+    assert list(table_many["length"]) == list(table_one["length"])
+    assert list(table_many["label_v1"]) == list(table_one["label_v1"])
+    assert list(table_many["label_v2"]) == list(table_one["label_v2"])
+    np.testing.assert_allclose(table_many["cosine"], table_one["cosine"], atol=1e-6, rtol=0)
+
+
+def test_two_ranks_read_the_cache_rank_0_filled_and_run_checks(tmp_path, two_ranks):
+    first, first_dir, cache_dir = two_ranks
+    assert first.returncode == 0, first.stderr
+    second = torchrun(*PATTERNS, "--cache", str(cache_dir), "--checks", "--out", str(tmp_path / "b"))
+    assert second.returncode == 0, second.stderr
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (first_dir, tmp_path / "b"))
+    assert b["cache"] == {"dir": str(cache_dir), "hits": 18, "computed": 0}
+    assert b["seconds"]["v1"] == 0.0
+    assert (a["verdict"], a["cosine"]) == (b["verdict"], b["cosine"])
+    checks = {check["name"]: check for check in b["checks_v2"]}
+    assert checks["determinism"]["passed"] and checks["determinism"]["n_sequences"] == 18
+    assert checks["packing invariance"]["passed"]
+
+
+def test_a_setup_error_stops_every_rank_with_its_code(tmp_path):
+    result = torchrun(*PATTERNS, "--layer", "9", "--out", str(tmp_path / "out"), timeout=90)
+    # torchrun itself exits 1 when a worker fails; the workers' own codes are in its report.
+    assert result.returncode != 0
+    assert result.stderr.count("error: layer 9 is out of range") == 1  # printed once, by rank 0
+    assert "exitcode  : 3" in result.stderr
+    assert 'File "' + str(REPO_ROOT / "core") not in result.stderr  # no traceback from the tool itself
+    assert not (tmp_path / "out" / "summary.json").exists()
