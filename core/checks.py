@@ -13,7 +13,7 @@ from typing import Sequence
 import esm
 import numpy as np
 
-from core.compare import embed_v2
+from core.compare import ForwardPath, embed_v2
 from core.metrics import cosine_similarity
 from core.model import ESM2WithFlashAttention
 
@@ -48,10 +48,16 @@ def packing_invariance(
     layer: int,
     backend: str | None = None,
     limit: int = 32,
+    path: ForwardPath | None = None,
 ) -> CheckResult:
-    """Compare ``packed`` (n, embed_dim), pooled from the packed run, with each sequence run alone."""
+    """Compare ``packed`` (n, embed_dim), pooled from the packed run, with each sequence run alone.
+
+    ``path`` is the v2.0 that produced ``packed`` (None: the built-in packed path with ``backend``).
+    """
     chosen = _spread_indices(len(sequences), limit)
-    alone = np.stack([embed_v2(model, alphabet, [sequences[i]], [layer], backend).layers[layer][0] for i in chosen])
+    alone = np.stack([
+        embed_v2(model, alphabet, [sequences[i]], [layer], backend, path=path).layers[layer][0] for i in chosen
+    ])
     diff = float(np.abs(alone.astype(np.float64) - packed[chosen]).max())
     cosine = float(cosine_similarity(alone, packed[chosen]).min())
     return CheckResult(
@@ -72,9 +78,11 @@ def determinism(
     layer: int,
     backend: str | None = None,
     max_tokens: int | None = None,
+    path: ForwardPath | None = None,
 ) -> CheckResult:
-    """Run v2.0 again on the same batches (same ``max_tokens``) and compare with ``packed`` bit for bit."""
-    again = embed_v2(model, alphabet, sequences, [layer], backend, max_tokens).layers[layer]
+    """Run v2.0 (``path``, or the built-in packed path with ``backend``) again on the same batches
+    (same ``max_tokens``) and compare with ``packed`` bit for bit."""
+    again = embed_v2(model, alphabet, sequences, [layer], backend, max_tokens, path=path).layers[layer]
     diff = float(np.abs(again.astype(np.float64) - packed).max())
     return CheckResult(
         name="determinism",

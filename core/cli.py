@@ -152,8 +152,10 @@ def _run_checks(
         baseline = embed_v2(setup.model, setup.alphabet, sequences, [setup.layer], args.backend, args.max_tokens,
                             path=setup.v2_path).layers[setup.layer]
     return [
-        packing_invariance(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, limit=limit),
-        determinism(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, args.max_tokens),
+        packing_invariance(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, limit=limit,
+                           path=setup.v2_path),
+        determinism(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, args.max_tokens,
+                    path=setup.v2_path),
     ]
 
 

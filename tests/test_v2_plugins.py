@@ -107,3 +107,16 @@ def test_cli_v1_attention_flag(tmp_path):
                  "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["max_abs_diff"] == 0.0 and summary["backend_v2"] == "v1-compatible (fair-esm torch.bmm)"
+
+
+def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
+    """Determinism and packing invariance re-run the fallback (or plug-in) itself, not the built-in path."""
+    from core.checks import determinism, packing_invariance
+
+    model, alphabet = demo_fp32
+    sequences, layer = SEQUENCES[:6], model.num_layers
+    path = fallback_path(model)
+    baseline = run_both_paths(model, alphabet, IDS[:6], sequences, layers=[layer], v2_path=path).v2.layers[layer]
+    assert determinism(model, alphabet, sequences, baseline, layer, path=path).max_abs_diff == 0.0
+    assert packing_invariance(model, alphabet, sequences, baseline, layer, path=path).passed
+    assert determinism(model, alphabet, sequences, baseline, layer).max_abs_diff > 0.0  # the built-in path differs
