@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from core.attention import available_backends
-from core.compare import embed_path, packed_path, run_both_paths, standard_path
+from core.compare import PathEmbeddings, embed_path, packed_path, run_both_paths, standard_path
 from core.model import ESM2WithFlashAttention, load_esm2_model, parse_dtype, save_checkpoint, versions
 from core.report import analyse
-from core.sequences import MAX_RESIDUES, example_sequences
+from core.sequences import MAX_RESIDUES, ProteinRecord, example_sequences, format_fasta
 
 # Amino-acid background frequencies (UniProtKB/Swiss-Prot release statistics), in percent.
 AMINO_ACID_PERCENT = {
@@ -168,8 +168,8 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
         run = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens)
         analyse(run, model.num_layers, seed=0)
         total = time.perf_counter() - start
-        rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, f"{run.v1.oom_splits} OOM splits" if run.v1.oom_splits else ""))
-        rows.append(row(f"v2.0 {run.v2.backend}", run.v2.seconds, 1, f"{run.v2.oom_splits} OOM splits" if run.v2.oom_splits else ""))
+        rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, path_note(run.v1)))
+        rows.append(row(f"v2.0 {run.v2.backend}", run.v2.seconds, 1, path_note(run.v2)))
         rows.append(row("comparison (both + metrics)", total, 2, f"metrics {total - run.v1.seconds - run.v2.seconds:.2f} s"))
         for backend in available_backends(device, parse_dtype(dtype)):
             if backend == run.v2.backend or (backend == "reference" and name != "examples"):
@@ -200,6 +200,12 @@ def profile_paths(spec: str, dtype: str, device: torch.device, sequences: Sequen
     return "\n\n".join(tables)
 
 
+def path_note(embeddings: PathEmbeddings) -> str:
+    """Host waits (tokenisation the GPU had to wait for) and out-of-memory splits of one path."""
+    note = f"host wait {embeddings.host_wait_seconds:.2f} s"
+    return note + (f", {embeddings.oom_splits} OOM splits" if embeddings.oom_splits else "")
+
+
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
@@ -218,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-gib", type=float, default=None,
                         help="cap this process's GPU memory (simulates a smaller GPU, e.g. 24)")
     parser.add_argument("--append", default="BENCHMARKS.md", help="file to append the table to ('' = do not)")
+    parser.add_argument("--write-fasta", metavar="PATH",
+                        help="instead: write the first workload as FASTA (e.g. for torchrun scaling runs) and stop")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile each path on the first model, dtype and workload and print the top kernels")
     args = parser.parse_args(argv)
@@ -227,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib / total), device)
     workloads = {name: workload(name, args.n, args.seed) for name in args.workloads.split(",")}
+    if args.write_fasta:
+        records = [ProteinRecord(f"w{i + 1:06d}", seq) for i, seq in enumerate(next(iter(workloads.values())))]
+        Path(args.write_fasta).write_text(format_fasta(records))
+        return 0
     if args.profile:
         first = next(iter(workloads.values()))
         print(profile_paths(args.models.split(",")[0], args.dtypes.split(",")[0], device, first, args.max_tokens))

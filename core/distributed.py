@@ -165,7 +165,11 @@ def _assemble_path(parts: list[tuple[list[int], PathEmbeddings]], n: int) -> Pat
         for positions, part in parts:
             merged[positions] = part.layers[layer]
         layers[layer] = merged
-    return PathEmbeddings(layers, first.backend, max(part.seconds for _, part in parts), first.implementation)
+    return PathEmbeddings(
+        layers, first.backend, max(part.seconds for _, part in parts), first.implementation,
+        oom_splits=sum(part.oom_splits for _, part in parts),
+        host_wait_seconds=max(part.host_wait_seconds for _, part in parts),
+    )
 
 
 def assemble_runs(shards: Sequence[Sequence[int]], runs: Sequence[EmbeddingRun | None], ids: Sequence[str]) -> EmbeddingRun:

@@ -37,3 +37,12 @@ def test_bench_prints_and_appends_a_table(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("| demo-8M | fp32 | realistic |")]
     assert [row.split(" | ")[3] for row in rows] == ["v1.0 fair-esm", "v2.0 reference", "comparison (both + metrics)"]
     assert "Load from a local checkpoint: demo-8M fp32:" in text and "| tokens/s |" in capsys.readouterr().out
+
+
+def test_workload_written_as_fasta_reads_back(tmp_path):
+    from core.sequences import read_sequences
+
+    path = tmp_path / "w.fasta"
+    assert main(["--workloads", "realistic", "--n", "5", "--write-fasta", str(path)]) == 0
+    parsed = read_sequences(path)
+    assert [r.sequence for r in parsed.records] == realistic_sequences(5, 0) and not parsed.problems
