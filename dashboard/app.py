@@ -10,6 +10,7 @@ import html
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/ first
@@ -19,19 +20,26 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 from core import charts  # noqa: E402
-from core.attention import BackendUnavailable, available_backends  # noqa: E402
+from core.attention import available_backends  # noqa: E402
 from core.model import (  # noqa: E402
-    DEMO_SIZES, DTYPES, PRETRAINED, WeightsUnavailable, describe_model_spec, parse_dtype,
+    DEMO_SIZES, DTYPES, PRETRAINED, describe_model_spec, parse_dtype,
     pretrained_available, versions,
 )
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head  # noqa: E402
 from core.report import DEMO_NOTICE, analyse, html_report, spreadsheet_safe  # noqa: E402
 from core.sequences import ParsedInput, example_sequences, format_fasta, parse_sequences, read_sequences  # noqa: E402
-from dashboard.state import BUILTIN_V2, Settings, embed_all_layers, residue_view, v2_checks, v2_plugins  # noqa: E402
+from core.paths import PathNotAllowed  # noqa: E402
+from core.runs import RunStore  # noqa: E402
+from dashboard.state import (  # noqa: E402
+    BUILTIN_V2, RunStatus, Settings, checked_model_spec, history, progress_fraction, progress_text,
+    residue_view, run_contents, run_status, stored_input, submit_run, v2_checks, v2_plugins,
+)
 
 CHECKPOINT = "Local checkpoint file…"
 EXAMPLES = {"patterns": "Repeat patterns (18)", "real": "Real proteins (9)", "all": "All examples (27)"}
 UPLOAD_TYPES = ["fasta", "fa", "faa", "txt", "gz"]
+POLL_SECONDS = 1.0  # how often a waiting page looks at its job again
+HISTORY_SHOWN = 30
 
 st.set_page_config(page_title="ESM-2 attention divergence", page_icon="🧬", layout="wide")
 
@@ -51,10 +59,36 @@ def init_session() -> None:
     for name in ("dtype", "device", "backend", "v2", "reference", "seed", "seeds", "min_cosine", "min_agreement",
                  "accept_agreement", "present"):
         st.session_state[name] = getattr(settings, name)
+    st.session_state.my_runs = []
+    run_id = st.query_params.get("run")
     example = st.query_params.get("example")
-    if example in EXAMPLES:
+    if run_id:
+        open_run(run_id)
+    elif example in EXAMPLES:
         load_example(example)
         st.session_state.autorun = True
+
+
+def remember_run(run_id: str) -> None:
+    """Make ``run_id`` this session's current run and list it in its history."""
+    st.session_state.current_run = run_id
+    for view_state in ("residue_shown", "checks_layer"):  # extra GPU views belong to the previous run
+        st.session_state.pop(view_state, None)
+    if run_id not in st.session_state.my_runs:
+        st.session_state.my_runs.append(run_id)
+
+
+def open_run(run_id: str) -> None:
+    """Reopen a saved run (from ``?run=`` or the history): it becomes current, its input refills the text area."""
+    st.session_state.current_run = run_id
+    if not RunStore.is_valid_id(run_id):
+        return
+    parsed = stored_input(run_id)
+    if parsed is None:
+        return
+    remember_run(run_id)
+    st.session_state.sequences_text = format_fasta(parsed.records)
+    st.session_state.example = None
 
 
 def load_example(name: str) -> None:
@@ -89,6 +123,11 @@ def sidebar(run_layers: list[int] | None) -> Settings:
     choices = [*PRETRAINED, *(f"demo-{size}" for size in DEMO_SIZES), CHECKPOINT]
     choice = st.sidebar.selectbox("Model", choices, key="model_choice", format_func=model_label)
     spec = st.sidebar.text_input("Checkpoint file (fair-esm format)", key="checkpoint_path") if choice == CHECKPOINT else choice
+    if choice == CHECKPOINT and spec:
+        try:
+            checked_model_spec(spec)
+        except PathNotAllowed as error:
+            st.sidebar.error(str(error))
     st.sidebar.selectbox("dtype", list(DTYPES), key="dtype", help="FP16 is the seed's setting")
     devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
     if st.session_state.device not in devices:
@@ -106,7 +145,7 @@ def sidebar(run_layers: list[int] | None) -> Settings:
     st.sidebar.selectbox("v2.0 attention backend", backends, key="backend", disabled=st.session_state.v2 != "packed",
                          help="Only backends that can run on this device and dtype are listed.")
 
-    last = num_layers_of(spec) or (max(run_layers) if run_layers else None)
+    last = (None if choice == CHECKPOINT else num_layers_of(spec)) or (max(run_layers) if run_layers else None)
     settings = st.session_state.settings
     if last is None:
         st.sidebar.caption("Layer choice appears once the checkpoint is loaded (default: last layer).")
@@ -127,6 +166,7 @@ def sidebar(run_layers: list[int] | None) -> Settings:
         st.number_input("Agreement at least (else FALLBACK)", 0.0, 1.0, step=0.01, format="%.3f", key="min_agreement")
         st.number_input("Agreement above (ACCEPT)", 0.0, 1.0, step=0.01, format="%.3f", key="accept_agreement")
     st.sidebar.toggle("Presentation mode", key="present", help="Large type, controls hidden, for a shared screen.")
+    history_sidebar()
 
     ss = st.session_state
     settings = Settings(
@@ -137,6 +177,19 @@ def sidebar(run_layers: list[int] | None) -> Settings:
     )
     ss.settings = settings
     return settings
+
+
+def history_sidebar() -> None:
+    """Past runs: this session's (or every run, when the server shares history); a click reopens one."""
+    runs = history(st.session_state.my_runs)
+    with st.sidebar.expander(f"Run history ({len(runs)})"):
+        if not runs:
+            st.caption("Runs you start or open in this browser session are listed here; each one's link reopens it.")
+        for info in runs[:HISTORY_SHOWN]:
+            when = info.created_at[:16].replace("T", " ")
+            st.button(f"{when} · {info.n_sequences} seq · {info.state}", key=f"history_{info.id}", on_click=open_run,
+                      args=(info.id,), help=f"run {info.id}", width="stretch",
+                      type="primary" if info.id == st.session_state.get("current_run") else "secondary")
 
 
 # ---------------------------------------------------------------- input
@@ -244,7 +297,8 @@ def _saved(folder: str, upload) -> Path:
     return path
 
 
-def results(run, settings: Settings, parsed: ParsedInput) -> None:
+def results(run, settings: Settings, parsed: ParsedInput, used: Settings) -> None:
+    """The analysis of ``run`` at the view's layer, seed and thresholds; ``used``: the settings it ran with."""
     layer = settings.layer if settings.layer >= 0 else max(run.layers)
     head, head_problem = head_section(run.ids) if not settings.present else (None, None)
     if head_problem:
@@ -276,11 +330,11 @@ def results(run, settings: Settings, parsed: ParsedInput) -> None:
         st.plotly_chart(charts.layer_curve(summary["layers"]), key="chart_layers")
         st.dataframe(pd.DataFrame(summary["layers"]), hide_index=True, width="stretch", key="layer_table")
     with tabs[3]:
-        residue_tab(run, settings, layer)
+        residue_tab(run, parsed, used, layer)
     with tabs[4]:
         seeds_tab(analysis, run.ids)
     with tabs[5]:
-        checks_tab(run, settings, layer)
+        checks_tab(run, parsed, used, layer)
     with tabs[6]:
         share_tab(summary, table)
 
@@ -311,15 +365,14 @@ def reference_tab(analysis, table: pd.DataFrame) -> None:
     st.plotly_chart(charts.reference_errors(table, attribution.reference_dtype), key="chart_reference")
 
 
-def residue_tab(run, settings: Settings, layer: int) -> None:
-    records = dict(zip(run.ids, st.session_state.request["sequences"]))
+def residue_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
+    records = {record.id: record.sequence for record in parsed.records}
     chosen = st.selectbox("Sequence", run.ids, key="residue_sequence")
     if not st.button("Show its residue track", key="residue_go"):
         if st.session_state.get("residue_shown") != (chosen, layer):
             st.caption("Runs both paths on this one sequence at the chosen layer (a few forward passes).")
             return
     st.session_state.residue_shown = (chosen, layer)
-    used = st.session_state.request["settings"]
     residues = residue_view(used.model, used.dtype, used.device, used.backend, records[chosen], layer)
     st.plotly_chart(charts.residue_track(residues, chosen), key="chart_residues")
     worst = residues.sort_values("cosine").head(10)
@@ -342,14 +395,13 @@ def seeds_tab(analysis, ids: list[str]) -> None:
     right.plotly_chart(charts.flips_vs_margin(sweep.margin_table(ids)), key="chart_margins")
 
 
-def checks_tab(run, settings: Settings, layer: int) -> None:
+def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
     st.caption("Packing invariance: each sequence run alone must match itself packed with others. "
                "Determinism: v2.0 run twice must give bit-identical embeddings. Both cost extra v2.0 passes.")
     if not (st.button("Run the checks", key="checks_go") or st.session_state.get("checks_layer") == layer):
         return
     st.session_state.checks_layer = layer
-    used = st.session_state.request["settings"]
-    records = tuple(zip(run.ids, st.session_state.request["sequences"]))
+    records = tuple((record.id, record.sequence) for record in parsed.records)
     for check in v2_checks(used.model, used.dtype, used.device, used.backend, records, layer, run.v2.layers[layer]):
         badge = st.success if check.passed else st.error
         badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "
@@ -382,21 +434,83 @@ html, body, [class*="st-"] {font-size: 22px;}
 # ---------------------------------------------------------------- page
 
 
-def compute(settings: Settings, parsed: ParsedInput):
-    """Both paths' embeddings at every layer (cached); None, with the reason shown, if it cannot run."""
-    records = tuple((r.id, r.sequence) for r in parsed.records)
+def submit(settings: Settings, parsed: ParsedInput) -> None:
+    """Queue a run of ``parsed`` with ``settings`` (a typed checkpoint path must be allowed first)."""
     try:
-        return embed_all_layers(settings.model, settings.dtype, settings.device, settings.backend, records,
-                                settings.reference, settings.v2)
-    except (ValueError, WeightsUnavailable, BackendUnavailable) as error:  # PluginError is a ValueError
+        model = checked_model_spec(settings.model)
+    except PathNotAllowed as error:
         st.error(f"Cannot run: {error}")
-        return None
+        return
+    remember_run(submit_run(dataclasses.replace(settings, model=model), parsed))
+
+
+def show_waiting(status: RunStatus) -> None:
+    """Place in the queue and expected wait, or the running job's progress."""
+    estimate = status.estimate
+    if estimate is not None:
+        basis = ("measured on this server" if estimate.measured
+                 else "a rough default until a run has finished here")
+        speed = f"{estimate.seconds_per_sequence:.2f} s per sequence, {basis}"
+    if status.state == "queued" and estimate is not None:
+        st.info(f"Waiting for the GPU: place {estimate.place} in the queue, {estimate.jobs_ahead} job(s) ahead. "
+                f"Starts in about {estimate.wait_seconds:.0f} s, done in about {estimate.total_seconds:.0f} s ({speed}).")
+    elif status.progress is not None:
+        stage, done, total = status.progress
+        left = f" · about {estimate.total_seconds:.0f} s left ({speed})" if estimate is not None else ""
+        st.progress(progress_fraction(stage, done, total, status.stages), text=progress_text(stage, done, total) + left)
+    else:
+        st.progress(0.0, text="Starting: loading the model…")
+    st.caption("This page follows the run by itself. The run goes on if you close the tab: this page's link reopens it.")
+
+
+def show_run(run_id: str, settings: Settings) -> None:
+    """The current run: waiting, failed, or its results at the sidebar's layer, seed and thresholds."""
+    status = run_status(run_id)
+    if status.state in ("queued", "running"):
+        show_waiting(status)
+        time.sleep(POLL_SECONDS)
+        st.rerun()
+        return
+    if status.state == "failed":
+        st.error(status.error or "The run failed (no message was recorded).")
+        return
+    if status.state == "missing":
+        st.error("No run with this id on this server. The link may be incomplete, or the run was deleted.")
+        return
+    if status.state == "interrupted":
+        st.warning("This run did not finish: the server restarted while it was queued or running. "
+                   "Press **Run comparison** to run it again.")
+        return
+    try:
+        run, parsed, used = run_contents(run_id, status)
+    except (KeyError, OSError, ValueError) as error:
+        st.error(f"This run's saved files cannot be read: {error}")
+        return
+    if status.outcome is not None and status.outcome.save_error:
+        st.error(status.outcome.save_error)
+    st.session_state.run_layers = run.layers
+    view = dataclasses.replace(used, layer=settings.layer, seed=settings.seed, seeds=settings.seeds,
+                               min_cosine=settings.min_cosine, min_agreement=settings.min_agreement,
+                               accept_agreement=settings.accept_agreement, present=settings.present)
+    if (used.model, used.dtype, used.device, used.backend, used.v2, used.reference) != (
+        typed_model(settings.model), settings.dtype, settings.device, settings.backend, settings.v2, settings.reference
+    ):
+        st.caption("Showing the last run; model, dtype, device, backend or reference changed since — press Run to use them.")
+    results(run, view, parsed, used)
+
+
+def typed_model(spec: str) -> str:
+    """A typed model as a run would record it (checkpoint paths resolved), for comparing with a run's."""
+    try:
+        return checked_model_spec(spec)
+    except PathNotAllowed:
+        return spec
 
 
 def main() -> None:
     init_session()
-    request = st.session_state.get("request")
-    settings = sidebar(request["layers"] if request else None)
+    settings = sidebar(st.session_state.get("run_layers"))
+    current = st.session_state.get("current_run")
     if settings.present:
         present_mode_css()
         st.button("Exit presentation mode", key="exit_present", on_click=lambda: st.session_state.update(present=False))
@@ -405,38 +519,25 @@ def main() -> None:
         st.caption("Does the packed FlashAttention path (v2.0) change ESM-2 predictions compared with the "
                    "standard path (v1.0)? Paste sequences, choose a model, run.")
 
-    parsed = None if settings.present and request else input_section()
+    parsed = None if settings.present and current else input_section()
     run_clicked = False
     if not settings.present:
         run_clicked = st.button("Run comparison", type="primary", key="run", disabled=not (parsed and parsed.records))
     if (run_clicked or st.session_state.pop("autorun", False)) and parsed and parsed.records:
-        request = {"settings": settings, "parsed": parsed, "layers": None,
-                   "sequences": [r.sequence for r in parsed.records]}
-        st.session_state.request = request
+        submit(settings, parsed)
+        current = st.session_state.get("current_run")
 
     query = settings.to_query()
     if st.session_state.get("example"):
         query["example"] = st.session_state.example
+    if current:
+        query["run"] = current
     st.query_params.from_dict(query)
 
-    if not request:
+    if not current:
         st.info("Paste or upload sequences, or load an example set, then press **Run comparison**.")
         return
-    used = request["settings"]
-    run = compute(used, request["parsed"])
-    if run is None:
-        st.session_state.pop("request", None)
-        return
-    request["layers"] = run.layers
-    view = Settings(**{**used.__dict__, "layer": settings.layer, "seed": settings.seed, "seeds": settings.seeds,
-                       "min_cosine": settings.min_cosine,
-                       "min_agreement": settings.min_agreement, "accept_agreement": settings.accept_agreement,
-                       "present": settings.present})
-    if (used.model, used.dtype, used.device, used.backend, used.v2, used.reference) != (
-        settings.model, settings.dtype, settings.device, settings.backend, settings.v2, settings.reference
-    ):
-        st.caption("Showing the last run; model, dtype, device, backend or reference changed since — press Run to use them.")
-    results(run, view, request["parsed"])
+    show_run(current, settings)
 
 
 main()

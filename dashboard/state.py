@@ -1,29 +1,42 @@
-"""The page's caches and settings: Streamlit glue around ``core``, nothing computed here.
+"""The page's caches, settings and runs: Streamlit glue around ``core``, nothing computed here.
 
 - ``get_model``: one loaded model per (model, dtype, device), shared by every session.
-- ``embed_all_layers``: pooled embeddings of *every* layer for both paths, cached per input, so
-  changing layer, seed or thresholds afterwards redraws without touching the model.
+- ``job_queue``: the process-wide FIFO queue whose one worker thread does all GPU work.
+- ``submit_run`` / ``run_status`` / ``load_run``: a run is computed by a queued job, saved under the
+  runs directory as it completes (core.runs.RunStore), and read back with ``st.cache_data`` keyed
+  by run id, so changing layer, seed or thresholds afterwards redraws without touching the model.
 - ``Settings``: what the sidebar chooses, read from and written to the URL query string.
+- Server settings from dashboard/config.toml: v2.0 plug-ins, the runs directory and history
+  sharing, the directories a typed checkpoint path may point into.
 """
 
 from __future__ import annotations
 
-import time
+import os
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
 
 import streamlit as st
 import torch
 
 from core import compare
+from core.attention import BackendUnavailable
 from core.checks import CheckResult, determinism, packing_invariance
-from core.compare import EmbeddingRun
+from core.compare import EmbeddingRun, Progress
+from core.jobs import Estimate, JobQueue
 from core.layers import residue_divergence
 from core.plugins import PluginError, make_plugin_path
 from core.metrics import Thresholds
-from core.model import default_device, default_dtype, default_model_spec, load_esm2_model
+from core.model import (
+    PRETRAINED, WeightsUnavailable, default_device, default_dtype, default_model_spec, load_esm2_model, versions,
+)
+from core.paths import allowed_path, default_checkpoint_dirs, resolve_dirs
+from core.report import analyse
+from core.runs import RunInfo, RunStorageError, RunStore
+from core.sequences import ParsedInput
 
 STAGES = ("v1.0", "v2.0", "reference")
 
@@ -51,11 +64,44 @@ BUILTIN_V2 = {"packed": "This project's packed path (v2.0)", "fallback": "v1-com
 CONFIG_FILE = Path(__file__).with_name("config.toml")
 
 
+RUNS_DIR_ENV = "ESM2_RUNS_DIR"  # overrides [runs] dir (tests point it at a temporary directory)
+DEFAULT_RUNS_DIR = "runs"
+
+
+def server_config() -> dict[str, Any]:
+    """dashboard/config.toml as a dict (empty when the file is absent)."""
+    return tomllib.loads(CONFIG_FILE.read_text()) if CONFIG_FILE.is_file() else {}
+
+
 def v2_plugins() -> dict[str, str]:
     """Plug-ins the server offers: label -> module:factory, from dashboard/config.toml."""
-    if not CONFIG_FILE.is_file():
-        return {}
-    return dict(tomllib.loads(CONFIG_FILE.read_text()).get("v2_plugins", {}))
+    return dict(server_config().get("v2_plugins", {}))
+
+
+def runs_dir() -> Path:
+    """Where runs are saved: $ESM2_RUNS_DIR, else [runs] dir (relative to the repository), else ./runs."""
+    configured = os.environ.get(RUNS_DIR_ENV) or server_config().get("runs", {}).get("dir", DEFAULT_RUNS_DIR)
+    return resolve_dirs([configured])[0]
+
+
+def shared_history() -> bool:
+    """[runs] shared_history: list every run in the directory, not only this session's."""
+    return bool(server_config().get("runs", {}).get("shared_history", False))
+
+
+def checkpoint_dirs() -> list[Path]:
+    """[paths] checkpoint_dirs (relative ones from the repository root), else the torch hub
+    checkpoint cache and ./checkpoints."""
+    configured = server_config().get("paths", {}).get("checkpoint_dirs")
+    return resolve_dirs(configured) if configured is not None else default_checkpoint_dirs()
+
+
+def checked_model_spec(spec: str) -> str:
+    """A model name unchanged, or a typed checkpoint path as its real path if it lies under an allowed
+    directory; raises core.paths.PathNotAllowed (a ValueError) otherwise, without touching the file."""
+    if spec in PRETRAINED or spec.lower().startswith("demo-"):
+        return spec
+    return str(allowed_path(spec, checkpoint_dirs()))
 
 
 def v2_path_for(choice: str, model, backend: str):
@@ -70,63 +116,55 @@ def v2_path_for(choice: str, model, backend: str):
     return make_plugin_path(plugins[choice], model)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def embed_all_layers(
-    spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...], reference: str = "none",
-    v2: str = "packed",
-) -> EmbeddingRun:
-    """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs),
-    plus the reference set when ``reference`` is 'fp32' or 'fp64'. ``v2`` picks the v2.0 side.
-
-    The progress bar lives inside the cached function (Streamlit replays, rather than shares,
-    elements of cached functions) and is emptied when done, so a cache hit shows nothing.
-    """
-    bar = st.progress(0.0, text=f"Loading {spec} in {dtype} on {device}…")
-    model, alphabet = get_model(spec, dtype, device, weights_token(spec))
+def compute_embeddings(settings: "Settings", records: tuple[tuple[str, str], ...], progress: Progress) -> EmbeddingRun:
+    """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs), plus the
+    reference set when ``settings.reference`` is 'fp32' or 'fp64'; ``settings.v2`` picks the v2.0 side.
+    GPU work: call it only from the job queue's worker."""
+    model, alphabet = get_model(settings.model, settings.dtype, settings.device, weights_token(settings.model))
     ids, sequences = zip(*records)
-    stages = STAGES if reference != "none" else STAGES[:2]
-    run = compare.run_both_paths(
-        model, alphabet, ids, sequences, layers=None, backend=backend,
-        progress=progress_reporter(bar, len(records), stages),
-        reference_dtype=None if reference == "none" else reference,
-        v2_path=v2_path_for(v2, model, backend),
+    return compare.run_both_paths(
+        model, alphabet, ids, sequences, layers=None, backend=settings.backend, progress=progress,
+        reference_dtype=None if settings.reference == "none" else settings.reference,
+        v2_path=v2_path_for(settings.v2, model, settings.backend),
     )
-    bar.empty()
-    return run
 
 
-@st.cache_data(max_entries=64, show_spinner="Running both paths on this sequence alone…")
+@st.cache_data(max_entries=64, show_spinner="Waiting for the GPU, then running both paths on this sequence alone…")
 def residue_view(spec: str, dtype: str, device: str, backend: str, sequence: str, layer: int):
-    """Per-residue divergence of one sequence (core.layers.residue_divergence), cached."""
-    model, alphabet = get_model(spec, dtype, device, weights_token(spec))
-    return residue_divergence(model, alphabet, sequence, layer, backend)
+    """Per-residue divergence of one sequence (core.layers.residue_divergence), cached; runs in the GPU queue."""
+    def work(progress: Progress):
+        model, alphabet = get_model(spec, dtype, device, weights_token(spec))
+        return residue_divergence(model, alphabet, sequence, layer, backend)
+
+    return job_queue().call(f"residues-{RunStore.new_id()}", 1, work)
 
 
-@st.cache_data(max_entries=16, show_spinner="Running v2.0 again: each sequence alone, then the whole set…")
+@st.cache_data(max_entries=16, show_spinner="Waiting for the GPU, then running v2.0 again: each sequence alone, then the whole set…")
 def v2_checks(spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...],
               layer: int, _packed: Any) -> list[CheckResult]:
-    """Packing invariance and determinism of v2.0 at ``layer`` against the cached packed embeddings."""
-    model, alphabet = get_model(spec, dtype, device, weights_token(spec))
-    sequences = [sequence for _, sequence in records]
-    return [
-        packing_invariance(model, alphabet, sequences, _packed, layer, backend),
-        determinism(model, alphabet, sequences, _packed, layer, backend),
-    ]
+    """Packing invariance and determinism of v2.0 at ``layer`` against the stored packed embeddings
+    ((n_sequences, embed_dim)); runs in the GPU queue."""
+    def work(progress: Progress) -> list[CheckResult]:
+        model, alphabet = get_model(spec, dtype, device, weights_token(spec))
+        sequences = [sequence for _, sequence in records]
+        return [
+            packing_invariance(model, alphabet, sequences, _packed, layer, backend),
+            determinism(model, alphabet, sequences, _packed, layer, backend),
+        ]
+
+    return job_queue().call(f"checks-{RunStore.new_id()}", 2 * len(records), work)
 
 
-def progress_reporter(bar: Any, n_sequences: int, stages: tuple[str, ...] = STAGES[:2]) -> Callable[[str, int, int], None]:
-    """A core.compare progress callback that drives a Streamlit progress bar with time left."""
-    start = time.perf_counter()
+PATH_LABELS = {"v1.0": "v1.0 standard path", "v2.0": "v2.0 packed path", "reference": "reference (standard path, wide dtype)"}
 
-    def report(stage: str, done: int, total: int) -> None:
-        fraction = (stages.index(stage) * total + done) / (len(stages) * total)
-        elapsed = time.perf_counter() - start
-        left = elapsed * (1 - fraction) / fraction
-        path = {"v1.0": "v1.0 standard path", "v2.0": "v2.0 packed path", "reference": "reference (standard path, wide dtype)"}[stage]
-        eta = f" · about {left:.0f} s left" if fraction < 1 and n_sequences >= 50 else ""
-        bar.progress(min(fraction, 1.0), text=f"{path}: {done}/{total} sequences{eta}")
 
-    return report
+def progress_fraction(stage: str, done: int, total: int, stages: tuple[str, ...]) -> float:
+    """Share of the whole job done when ``stage`` has done ``done`` of ``total`` sequences."""
+    return min((stages.index(stage) * total + done) / (len(stages) * total), 1.0)
+
+
+def progress_text(stage: str, done: int, total: int) -> str:
+    return f"{PATH_LABELS[stage]}: {done}/{total} sequences"
 
 
 @dataclass
@@ -184,3 +222,158 @@ class Settings:
 
 def _parse(type_name: str, raw: str) -> Any:
     return {"int": int, "float": float}.get(type_name, str)(raw)
+
+
+def settings_from_dict(document: dict[str, Any]) -> Settings:
+    """Settings saved with a run (unknown keys ignored, missing ones default)."""
+    names = {field.name for field in fields(Settings)}
+    return Settings(**{name: value for name, value in document.items() if name in names})
+
+
+# ---------------------------------------------------------------- runs and the GPU queue
+
+
+@st.cache_resource(show_spinner=False)
+def job_queue() -> JobQueue:
+    """The one queue of this server process: every session's GPU work goes through it, in order."""
+    return JobQueue()
+
+
+def run_store() -> RunStore:
+    return RunStore(runs_dir())
+
+
+EXPECTED_ERRORS = (ValueError, WeightsUnavailable, BackendUnavailable)  # PluginError is a ValueError
+
+
+def failure_message(error: BaseException) -> str:
+    """What the page shows for a failed job: user errors as they are, anything else with its type."""
+    if isinstance(error, EXPECTED_ERRORS):
+        return f"Cannot run: {error}"
+    return f"Run failed: {type(error).__name__}: {error}"
+
+
+@dataclass
+class Outcome:
+    """What a finished run job leaves in memory: its input and settings, and the embeddings only
+    when they could not be saved (``save_error`` says why); otherwise the store holds them."""
+
+    parsed: ParsedInput
+    settings: Settings
+    run: EmbeddingRun | None = None
+    save_error: str | None = None
+
+
+def analyse_as_submitted(run: EmbeddingRun, settings: Settings, parsed: ParsedInput):
+    """core.report.analyse at the submitted layer (last if out of range), seed, thresholds and sweep."""
+    layer = settings.layer if settings.layer in run.layers else max(run.layers)
+    return analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds)
+
+
+def execute_run(store: RunStore, run_id: str, settings: Settings, parsed: ParsedInput, progress: Progress,
+                save_error: str | None = None) -> Outcome:
+    """The job: embed, save the embeddings, analyse, save summary.json and sequences.csv, mark done.
+
+    A failure to compute marks the run failed (its message in status.json) and re-raises. A failure
+    to save keeps the embeddings in the returned Outcome so the page can still show them.
+    """
+    def saving(action, *args, **kwargs) -> None:
+        nonlocal save_error
+        try:
+            action(*args, **kwargs)
+        except RunStorageError as error:
+            save_error = save_error or str(error)
+
+    saving(store.set_status, run_id, "running")
+    records = tuple((r.id, r.sequence) for r in parsed.records)
+    try:
+        run = compute_embeddings(settings, records, progress)
+    except BaseException as error:
+        saving(store.set_status, run_id, "failed", error=failure_message(error))
+        raise
+    saving(store.save_embeddings, run_id, run)
+    analysis = analyse_as_submitted(run, settings, parsed)
+    saving(store.save_outputs, run_id, analysis.summary, analysis.table)
+    saving(store.set_status, run_id, "done", seconds=run.v1.seconds + run.v2.seconds)
+    return Outcome(parsed, settings, run if save_error else None, save_error)
+
+
+def submit_run(settings: Settings, parsed: ParsedInput) -> str:
+    """Save the run's input and settings, queue its job, and return its new id (at once)."""
+    store, run_id = run_store(), RunStore.new_id()
+    try:
+        store.create(run_id, parsed, asdict(settings))
+        save_error = None
+    except RunStorageError as error:
+        save_error = str(error)  # the job still runs; its result stays in memory
+    job_queue().submit(run_id, len(parsed.records),
+                       lambda progress: execute_run(store, run_id, settings, parsed, progress, save_error))
+    return run_id
+
+
+@dataclass
+class RunStatus:
+    """Where a run stands, for the page.
+
+    state: queued, running, done, failed, interrupted (on disk as queued/running, but no job in this
+    server process: it restarted), or missing (no such run)."""
+
+    state: str
+    error: str | None = None
+    estimate: Estimate | None = None
+    progress: tuple[str, int, int] | None = None
+    stages: tuple[str, ...] = STAGES[:2]  # the stages a running job goes through
+    outcome: Outcome | None = None  # the job's, while this process remembers it
+
+
+def run_status(run_id: str) -> RunStatus:
+    """The job's live state when this process has it, else the run's status.json."""
+    job = job_queue().get(run_id)
+    if job is not None and job.state in ("queued", "running"):
+        return RunStatus(job.state, estimate=job_queue().estimate(run_id), progress=job.progress,
+                         stages=stages_of(run_id))
+    if job is not None:
+        outcome = job.result if job.state == "done" else None
+        return RunStatus(job.state, error=job.message and failure_message(job.error), outcome=outcome)
+    status = run_store().status(run_id)
+    if status is None:
+        return RunStatus("missing")
+    state = status.get("state")
+    return RunStatus("interrupted" if state in ("queued", "running") else state, error=status.get("error"))
+
+
+def stages_of(run_id: str) -> tuple[str, ...]:
+    """v1.0, v2.0 and, when the run has a reference, the reference (read from its saved settings)."""
+    try:
+        reference = run_store().load_settings(run_id).get("reference", "none")
+    except (KeyError, OSError, ValueError):
+        reference = "none"
+    return STAGES if reference != "none" else STAGES[:2]
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the saved run…")
+def load_run(root: str, run_id: str) -> tuple[EmbeddingRun, ParsedInput, Settings]:
+    """A finished run's embeddings, input and settings from disk; cached per run id (no model involved)."""
+    store = RunStore(root)
+    return store.load_embeddings(run_id), store.load_input(run_id), settings_from_dict(store.load_settings(run_id))
+
+
+def run_contents(run_id: str, status: RunStatus) -> tuple[EmbeddingRun, ParsedInput, Settings]:
+    """A done run's embeddings, input and settings: from memory if it could not be saved, else from disk."""
+    outcome = status.outcome
+    if outcome is not None and outcome.run is not None:
+        return outcome.run, outcome.parsed, outcome.settings
+    return load_run(str(runs_dir()), run_id)
+
+
+def stored_input(run_id: str) -> ParsedInput | None:
+    """The input saved with a run (None if unreadable), to refill the text area when a run is reopened."""
+    try:
+        return run_store().load_input(run_id)
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def history(session_runs: list[str]) -> list[RunInfo]:
+    """Runs for the history list: this session's (ids are capabilities), or all with shared_history."""
+    return run_store().list_runs(None if shared_history() else session_runs)

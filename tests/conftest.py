@@ -27,3 +27,12 @@ def demo_fp64():
 def demo_fp32():
     """demo-8M in float32 on the CPU: (model, alphabet)."""
     return load_esm2_model("demo-8M", dtype="fp32", device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def runs_in_a_temporary_directory(tmp_path_factory):
+    """Dashboard runs saved by any test go to a temporary runs directory, not ./runs."""
+    import os
+
+    os.environ.setdefault("ESM2_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+    yield

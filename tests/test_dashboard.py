@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import core.compare
+import core.runs
+import dashboard.state
+from core.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 180
@@ -18,6 +25,14 @@ GOOD_AND_BAD = (
     ">good_two\nGSGSGSLLKKLLEEPEVKVNGQ\n"
     ">bad_stop\nMKT*AYIAK\n"
 )
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    """Every test saves its runs in its own temporary directory."""
+    folder = tmp_path / "runs"
+    monkeypatch.setenv(dashboard.state.RUNS_DIR_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -223,3 +238,144 @@ def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, t
     app.button(key="run").click().run()
     assert any("Cannot run" in e.value and "cannot import" in e.value for e in app.error)
     assert not app.exception
+
+
+# ---------------------------------------------------------------- runs, history, queue, allowlist
+
+
+def current_run(app: AppTest) -> str:
+    run_id = app.query_params["run"]
+    return run_id[0] if isinstance(run_id, list) else run_id
+
+
+def server_config(monkeypatch, tmp_path, text: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    monkeypatch.setattr(dashboard.state, "CONFIG_FILE", config)
+
+
+def test_a_run_is_saved_and_reopened_by_its_link_without_recomputing(run_counter, runs_dir):
+    app = run_example(new_app(seed="4"))
+    run_id = current_run(app)
+    assert RunStore.is_valid_id(run_id)
+    folder = runs_dir / run_id
+    assert {"input.fasta", "input.json", "settings.json", "status.json", "embeddings.npz", "run.json",
+            "summary.json", "sequences.csv"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "status.json").read_text())["state"] == "done"
+    assert json.loads((folder / "summary.json").read_text())["seed"] == 4
+    before = table_with(app, "label_flip")
+    assert any(b.key == f"history_{run_id}" for b in app.button), "the history lists the run"
+
+    st.cache_data.clear()  # a refresh in another server process would have nothing cached but the disk
+    reopened = new_app(run=run_id, seed="4")
+    assert not reopened.exception
+    assert "18 sequences" in verdict_html(reopened) and "seed 4" in verdict_html(reopened)
+    pd.testing.assert_frame_equal(table_with(reopened, "label_flip"), before)
+    assert reopened.text_area(key="sequences_text").value.startswith(">pattern_01")
+    assert any(b.key == f"history_{run_id}" for b in reopened.button)
+    assert run_counter == [None], "reopening reads the saved embeddings"
+
+    stranger = new_app()
+    assert not any(b.key.startswith("history_") for b in stranger.button if b.key), \
+        "another browser session does not list the run"
+
+
+def test_unknown_and_malformed_run_links_say_so(run_counter):
+    app = new_app(run=RunStore.new_id())
+    assert any("No run with this id" in e.value for e in app.error)
+    app = new_app(run="../../etc/passwd")
+    assert any("No run with this id" in e.value for e in app.error)
+    assert not any("passwd" in m.value for m in [*app.error, *app.markdown])
+    assert not app.exception
+
+
+def test_shared_history_lists_every_run(run_counter, monkeypatch, tmp_path):
+    run_id = current_run(run_example(new_app()))
+    server_config(monkeypatch, tmp_path, "[runs]\nshared_history = true\n")
+    stranger = new_app()
+    assert any(b.key == f"history_{run_id}" for b in stranger.button)
+    stranger.button(key=f"history_{run_id}").click().run()
+    assert "18 sequences" in verdict_html(stranger)
+    assert run_counter == [None]
+
+
+def test_a_failed_run_records_and_shows_its_error(run_counter, monkeypatch, tmp_path, runs_dir):
+    server_config(monkeypatch, tmp_path, '[v2_plugins]\n"Broken import" = "tests.plugins.not_there:make"\n')
+    app = new_app()
+    app.selectbox(key="v2").set_value("Broken import").run()
+    app = run_example(app)
+    assert not app.exception
+    status = json.loads((runs_dir / current_run(app) / "status.json").read_text())
+    assert status["state"] == "failed" and "cannot import" in status["error"]
+    assert any(status["error"] == e.value for e in app.error), "the recorded message, shown as it is"
+    reopened = new_app(run=current_run(app))
+    assert any("cannot import" in e.value for e in reopened.error)
+
+
+def test_a_full_disk_is_a_clear_message_and_the_results_stay(run_counter, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(core.runs.np, "savez", full)
+    app = run_example(new_app())
+    assert not app.exception
+    assert any("disk is full" in e.value for e in app.error)
+    assert "ACCEPT" in verdict_html(app) and len(table_with(app, "label_flip")) == 18
+    app.number_input(key="seed").set_value(3).run()
+    assert "seed 3" in verdict_html(app), "the in-memory run still redraws"
+    assert len(run_counter) == 1
+
+
+def test_a_waiting_page_shows_its_place_and_estimate(run_counter):
+    queue = dashboard.state.job_queue()
+    gate = threading.Event()
+    blocker = f"blocker-{RunStore.new_id()}"
+    queue.submit(blocker, 40, lambda progress: gate.wait(60))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(st, "rerun", lambda *args, **kwargs: None)  # look at one poll of the page
+            app = run_example(new_app())
+        waiting = [i.value for i in app.info if "Waiting for the GPU" in i.value]
+        assert len(waiting) == 1 and "place 1 in the queue, 1 job(s) ahead" in waiting[0]
+        assert "s per sequence" in waiting[0] and "Starts in about" in waiting[0]
+        assert not [m for m in app.markdown if "border-left: 14px" in m.value]
+    finally:
+        gate.set()
+    queue.wait(blocker, 10)
+    queue.wait(current_run(app), 120)
+    app.run()
+    assert "ACCEPT" in verdict_html(app)
+    assert run_counter == [None]
+
+
+def test_checkpoint_paths_outside_the_allowlist_are_refused_untouched(run_counter, monkeypatch, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server_config(monkeypatch, tmp_path, f'[paths]\ncheckpoint_dirs = ["{allowed}"]\n')
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"not read")
+    (allowed / "escape.pt").symlink_to(outside)
+    touched = []
+    monkeypatch.setattr(dashboard.state, "weights_token", lambda spec: touched.append(spec) or "")
+
+    for typed in (str(outside), str(allowed / "escape.pt"), str(allowed / ".." / "outside.pt")):
+        app = new_app(model=typed, example="patterns")
+        assert not app.exception
+        refusals = [e.value for e in app.error if e.value.startswith("Cannot run:")]
+        assert len(refusals) == 1 and "not inside an allowed checkpoint directory" in refusals[0]
+        assert str(allowed) in refusals[0], "the message names the allowed directories"
+        assert any("not inside an allowed" in e.value for e in app.sidebar.error), "said as soon as it is typed"
+    assert run_counter == [] and touched == []
+
+
+def test_a_checkpoint_inside_the_allowlist_runs(run_counter, monkeypatch, tmp_path, demo_fp32):
+    from core.model import save_checkpoint
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server_config(monkeypatch, tmp_path, f'[paths]\ncheckpoint_dirs = ["{allowed}"]\n')
+    save_checkpoint(demo_fp32[0], allowed / "mine.pt")
+    app = new_app(model=str(allowed / "mine.pt"), example="patterns", dtype="fp32", device="cpu", seeds="0")
+    assert not app.exception
+    assert "checkpoint weights" in verdict_html(app) and "18 sequences" in verdict_html(app)
+    assert run_counter == [None]
