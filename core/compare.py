@@ -74,6 +74,7 @@ class PathEmbeddings:
     seconds: float
     implementation: str = ""  # what produced them, for reports (impl_v1 / impl_v2)
     oom_splits: int = 0  # batches split in two after running out of GPU memory
+    host_wait_seconds: float = 0.0  # time the loop waited for tokenisation (the GPU may have idled)
 
 
 @dataclass(frozen=True)
@@ -196,14 +197,17 @@ def host_batch(alphabet: esm.data.Alphabet, sequences: Sequence[str], indices: n
     return HostBatch(np.asarray(indices), lengths, None if packed else tokens, pack)
 
 
-def prefetched(make: Callable[[np.ndarray], HostBatch], batches: Sequence[np.ndarray], depth: int = 2) -> Iterator[HostBatch]:
+def prefetched(make: Callable[[np.ndarray], HostBatch], batches: Sequence[np.ndarray], waited: list[float],
+               depth: int = 2) -> Iterator[HostBatch]:
     """``make(batch)`` for each batch, computed ``depth`` batches ahead in a worker thread,
-    so the GPU does not wait on tokenisation."""
+    so the GPU does not wait on tokenisation. Seconds spent waiting for a batch are appended to ``waited``."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenise") as pool:
         pending = deque(pool.submit(make, batch) for batch in batches[:depth])
         upcoming = iter(batches[depth:])
         while pending:
+            start = time.perf_counter()
             ready = pending.popleft().result()
+            waited.append(time.perf_counter() - start)
             following = next(upcoming, None)
             if following is not None:
                 pending.append(pool.submit(make, following))
@@ -255,9 +259,9 @@ def embed_path(
     pin = model.device.type == "cuda"
     make = functools.partial(host_batch, alphabet, sequences, packed=path.packed, pin=pin)
     results: list[tuple[np.ndarray, torch.Tensor]] = []
-    splits = 0
+    splits, waited = 0, []
     start = time.perf_counter()
-    for planned in prefetched(make, plan_batches(lengths, budget, padded=path.padded_batches)):
+    for planned in prefetched(make, plan_batches(lengths, budget, padded=path.padded_batches), waited):
         todo = [planned]
         while todo:
             batch = todo.pop(0)
@@ -290,6 +294,7 @@ def embed_path(
         seconds=time.perf_counter() - start,
         implementation=path.implementation,
         oom_splits=splits,
+        host_wait_seconds=sum(waited[1:]),  # the first batch is always waited for
     )
 
 
