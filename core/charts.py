@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.metrics import format_percent
+
 VERDICT_COLOURS = {"ACCEPT": "#1a7f37", "VALIDATE": "#b35900", "FALLBACK": "#c62828"}
 V1_COLOUR, FLIP_COLOUR, AGREE_COLOUR = "#4063d8", "#c62828", "#4063d8"
 DISTANCE_FLOOR = 1e-16  # identical embeddings: log10(0) has no place on the axis
@@ -118,7 +120,7 @@ def agreement_bands(agreement: float, min_agreement: float, accept_agreement: fl
                       opacity=0.25, line_width=0, layer="below")
         fig.add_annotation(x=(start + end) / 2, y=0.85, text=verdict, showarrow=False,
                            font=dict(color=VERDICT_COLOURS[verdict]))
-    fig.add_trace(go.Scatter(x=[agreement], y=[0.4], mode="markers+text", text=[f"{agreement:.1%}"],
+    fig.add_trace(go.Scatter(x=[agreement], y=[0.4], mode="markers+text", text=[format_percent(agreement)],
                              textposition="bottom center", marker=dict(size=22, color="#111", symbol="diamond"),
                              name="label agreement", hovertemplate="label agreement %{x:.2%}<extra></extra>"))
     fig = _layout(fig, "Label agreement against the decision bands", font_size,

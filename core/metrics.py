@@ -109,9 +109,19 @@ def verdict_for(agreement: Fraction | float, thresholds: Thresholds = Thresholds
     return "FALLBACK"
 
 
+def format_percent(fraction: float, decimals: int = 1) -> str:
+    """``fraction`` as a percentage with ``decimals`` places, or more where rounding would show
+    0% or 100% for a value that is not exactly that (one flip in 10,000 is 99.99%, not 100.0%)."""
+    for places in range(decimals, 9):
+        text = f"{100 * fraction:.{places}f}"
+        if fraction in (0.0, 1.0) or float(text) not in (0.0, 100.0):
+            break
+    return f"{text}%"
+
+
 def recommendation_for(verdict: Verdict, agreement: float, failing_cosine: list[str], thresholds: Thresholds) -> str:
     """The sentence a decision meeting reads next to the verdict."""
-    pct = f"{100 * agreement:.1f}%"
+    pct = format_percent(agreement)
     if verdict == "ACCEPT":
         return f"Adopt v2.0: predictions agree on {pct} of sequences; the divergence is cosmetic."
     if verdict == "VALIDATE":

@@ -20,6 +20,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 from core import charts  # noqa: E402
+from core.metrics import format_percent  # noqa: E402
 from core.attention import available_backends  # noqa: E402
 from core.model import (  # noqa: E402
     DEMO_SIZES, DTYPES, PRETRAINED, describe_model_spec, parse_dtype,
@@ -263,7 +264,7 @@ def kpi_row(summary: dict) -> None:
     pearson = summary["pearson"]
     columns = st.columns(6)
     flips = summary["n_label_flips"]
-    columns[0].metric("Label agreement", f"{summary['label_agreement']:.1%}", f"{flips} label flip{'s' * (flips != 1)}",
+    columns[0].metric("Label agreement", format_percent(summary["label_agreement"]), f"{flips} label flip{'s' * (flips != 1)}",
                       delta_color="red" if flips else "green", delta_arrow="off")
     columns[1].metric("Min cosine", f"{summary['cosine']['min']:.6f}")
     columns[2].metric("Confidence Pearson", "n/a" if pearson is None else f"{pearson:.6f}")

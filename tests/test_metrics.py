@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from core.metrics import (
-    ProxyClassifier, Thresholds, compare_embeddings, cosine_similarity, match_fraction,
-    max_abs_diff, mean_abs_diff, pearson, verdict_at_or_below, verdict_for,
+    ProxyClassifier, Thresholds, compare_embeddings, cosine_similarity, format_percent, match_fraction,
+    max_abs_diff, mean_abs_diff, pearson, recommendation_for, verdict_at_or_below, verdict_for,
 )
 
 
@@ -159,3 +159,16 @@ def test_gating_order():
     assert verdict_at_or_below("VALIDATE", "VALIDATE")
     assert not verdict_at_or_below("ACCEPT", "VALIDATE")
     assert not verdict_at_or_below("VALIDATE", "FALLBACK")
+
+
+@pytest.mark.parametrize("fraction, expected", [
+    (1.0, "100.0%"), (0.0, "0.0%"), (0.9999, "99.99%"), (0.999999, "99.9999%"), (0.95, "95.0%"), (0.0001, "0.01%"),
+    (0.98765, "98.8%"),
+])
+def test_percent_never_rounds_to_all_or_nothing(fraction, expected):
+    assert format_percent(fraction) == expected
+
+
+def test_recommendation_with_one_flip_in_ten_thousand_does_not_say_100_percent():
+    sentence = recommendation_for("ACCEPT", 9999 / 10000, [], Thresholds())
+    assert "99.99% of sequences" in sentence
