@@ -31,13 +31,13 @@ from core.plugins import PluginError, make_plugin_path
 from core.compare import EmbeddingRun, ForwardPath, embed_v2, fallback_path, run_both_paths
 from core.metrics import Thresholds, verdict_at_or_below
 from core.model import (
-    DEMO_SIZES, DTYPES, PRETRAINED, ESM2WithFlashAttention, WeightsUnavailable, default_device, default_dtype,
+    DEMO_SIZES, DTYPES, PRETRAINED, ESM2WithFlashAttention, WeightsUnavailable, default_device, default_dtype, device_or_cpu,
     default_model_spec, layer_indices, load_esm2_model, pretrained_available, versions,
 )
 from core.report import analyse, format_summary, write_outputs
 from core.sequences import MAX_INPUT_BYTES, ParsedInput, example_sequences, read_sequences
 
-EXIT_GATE, EXIT_INPUT, EXIT_SETUP = 1, 2, 3
+EXIT_GATE, EXIT_INPUT, EXIT_SETUP = 1, 2, 3  # 3 also: --out cannot be written
 
 
 def _read_input(args: argparse.Namespace) -> ParsedInput:
@@ -116,13 +116,15 @@ def _read_checked(args: argparse.Namespace, quiet: bool = False) -> ParsedInput 
 
 
 def _single_device(args: argparse.Namespace) -> torch.device:
-    """The device of a single-process run; ValueError (one line) when it cannot be used."""
+    """The device of a single-process run (the CPU, with a warning, when CUDA is asked for but absent);
+    ValueError (one line) for a device name torch does not know."""
     try:
         device = torch.device(args.device) if args.device != "auto" else default_device()
     except RuntimeError:
         raise ValueError(f"unknown device {args.device!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available here")
+    device, notice = device_or_cpu(device)
+    if notice:
+        print(f"warning: {notice}", file=sys.stderr)
     return device
 
 
@@ -179,7 +181,12 @@ def _report(
     summary = analysis.summary
     print(format_summary(summary))
     if args.out:
-        summary_path, csv_path = write_outputs(Path(args.out), summary, analysis.table)
+        try:
+            summary_path, csv_path = write_outputs(Path(args.out), summary, analysis.table)
+        except OSError as error:
+            print(f"error: cannot write results to {args.out}: {error.strerror or error}. The summary above is "
+                  "complete; free some space or pass another --out", file=sys.stderr)
+            return EXIT_SETUP
         print(f"\n  wrote {summary_path} and {csv_path}")
 
     if parsed.errors:

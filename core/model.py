@@ -315,6 +315,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA cannot be used here, in words; None when it can."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to this process (driver missing, or CUDA_VISIBLE_DEVICES empty)"
+    return None
+
+
+def device_or_cpu(requested: torch.device) -> tuple[torch.device, str | None]:
+    """``requested``, or the CPU with a notice saying why when it is a CUDA device and CUDA is unavailable."""
+    reason = cuda_unavailable_reason() if requested.type == "cuda" else None
+    if reason is None:
+        return requested, None
+    return torch.device("cpu"), (
+        f"CUDA was asked for but is not available: {reason}. Running on the CPU instead, which is much "
+        "slower; the comparison is otherwise the same"
+    )
+
+
 def default_model_spec(device: torch.device) -> str:
     """3B on a GPU (pretrained when cached here, else demo-3B); demo-8M on a CPU so a run finishes."""
     if device.type == "cuda":

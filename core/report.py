@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -217,12 +218,23 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_outputs(out_dir: Path, summary: dict[str, Any], table: pd.DataFrame) -> tuple[Path, Path]:
-    """Write DIR/summary.json and DIR/sequences.csv; returns both paths."""
+    """Write DIR/summary.json and DIR/sequences.csv; returns both paths.
+
+    Both files are written under temporary names first and moved into place only when both are
+    complete, so a full disk or a crash never leaves a truncated file, nor a summary that belongs
+    to another run than the table beside it. Raises OSError.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "summary.json"
-    csv_path = out_dir / "sequences.csv"
-    summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    spreadsheet_safe(table).to_csv(csv_path, index=False)
+    summary_path, csv_path = out_dir / "summary.json", out_dir / "sequences.csv"
+    partial = {path: path.with_name(f".{path.name}.partial") for path in (summary_path, csv_path)}
+    try:
+        partial[summary_path].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        spreadsheet_safe(table).to_csv(partial[csv_path], index=False)
+        for final, temporary in partial.items():
+            os.replace(temporary, final)
+    finally:
+        for temporary in partial.values():
+            temporary.unlink(missing_ok=True)
     return summary_path, csv_path
 
 

@@ -23,7 +23,7 @@ from core import charts  # noqa: E402
 from core.metrics import format_percent  # noqa: E402
 from core.attention import available_backends  # noqa: E402
 from core.model import (  # noqa: E402
-    DEMO_SIZES, DTYPES, PRETRAINED, describe_model_spec, parse_dtype,
+    DEMO_SIZES, DTYPES, PRETRAINED, describe_model_spec, device_or_cpu, parse_dtype,
     pretrained_available, versions,
 )
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head  # noqa: E402
@@ -32,7 +32,7 @@ from core.sequences import ParsedInput, example_sequences, format_fasta, parse_s
 from core.paths import PathNotAllowed  # noqa: E402
 from core.runs import RunStore  # noqa: E402
 from dashboard.state import (  # noqa: E402
-    BUILTIN_V2, RunStatus, Settings, checked_model_spec, history, progress_fraction, progress_text,
+    BUILTIN_V2, RunStatus, Settings, checked_model_spec, history, live_throughput, progress_fraction, progress_text,
     residue_view, run_contents, run_status, stored_input, submit_run, v2_checks, v2_plugins,
 )
 
@@ -61,6 +61,7 @@ def init_session() -> None:
                  "accept_agreement", "present"):
         st.session_state[name] = getattr(settings, name)
     st.session_state.my_runs = []
+    st.session_state.device_notice = device_notice(st.query_params.get("device", ""))
     run_id = st.query_params.get("run")
     example = st.query_params.get("example")
     if run_id:
@@ -68,6 +69,16 @@ def init_session() -> None:
     elif example in EXAMPLES:
         load_example(example)
         st.session_state.autorun = True
+
+
+def device_notice(requested: str) -> str | None:
+    """Why a link's CUDA device became the CPU here (a link made on a GPU host, opened on one without)."""
+    if not requested.startswith("cuda"):
+        return None
+    try:
+        return device_or_cpu(torch.device(requested))[1]
+    except RuntimeError:
+        return None
 
 
 def remember_run(run_id: str) -> None:
@@ -403,7 +414,7 @@ def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
         return
     st.session_state.checks_layer = layer
     records = tuple((record.id, record.sequence) for record in parsed.records)
-    for check in v2_checks(used.model, used.dtype, used.device, used.backend, records, layer, run.v2.layers[layer]):
+    for check in v2_checks(used.model, used.dtype, used.device, used.backend, records, layer, run.v2.layers[layer], used.v2):
         badge = st.success if check.passed else st.error
         badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "
               f"min cosine {check.min_cosine:.10f} over {check.n_sequences} sequences. {check.detail}.")
@@ -457,7 +468,8 @@ def show_waiting(status: RunStatus) -> None:
                 f"Starts in about {estimate.wait_seconds:.0f} s, done in about {estimate.total_seconds:.0f} s ({speed}).")
     elif status.progress is not None:
         stage, done, total = status.progress
-        left = f" · about {estimate.total_seconds:.0f} s left ({speed})" if estimate is not None else ""
+        live = live_throughput(stage, done, total, status.stages, status.elapsed or 0.0)
+        left = live or (f" · about {estimate.total_seconds:.0f} s left ({speed})" if estimate is not None else "")
         st.progress(progress_fraction(stage, done, total, status.stages), text=progress_text(stage, done, total) + left)
     else:
         st.progress(0.0, text="Starting: loading the model…")
@@ -519,6 +531,8 @@ def main() -> None:
         st.title("ESM-2 attention divergence")
         st.caption("Does the packed FlashAttention path (v2.0) change ESM-2 predictions compared with the "
                    "standard path (v1.0)? Paste sequences, choose a model, run.")
+    if st.session_state.get("device_notice"):
+        st.warning(st.session_state.device_notice, icon="⚠️")
 
     parsed = None if settings.present and current else input_section()
     run_clicked = False

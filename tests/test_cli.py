@@ -417,3 +417,30 @@ def test_stdin_cannot_be_shared_by_torchrun_ranks(capsys, monkeypatch):
     assert code == 2
     assert "stdin cannot be shared by torchrun ranks" in err
     assert out == ""
+
+
+def test_cuda_asked_for_without_cuda_runs_on_the_cpu_with_a_warning(capsys, tmp_path, two_good, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--device", "cuda", "--out", str(tmp_path))
+    assert code == 0
+    assert "warning: CUDA was asked for but is not available" in err and "Running on the CPU instead" in err
+    assert json.loads((tmp_path / "summary.json").read_text())["device"] == "cpu"
+
+
+def test_full_disk_keeps_the_printed_summary_and_earlier_files(capsys, tmp_path, two_good, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    out = tmp_path / "out"
+    assert run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--out", str(out))[0] == 0
+    before = {name: (out / name).read_text() for name in ("summary.json", "sequences.csv")}
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    code, stdout, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--seed", "3", "--out", str(out))
+    assert code == 3 and "VERDICT" in stdout
+    assert f"error: cannot write results to {out}: No space left on device. The summary above is complete" in err
+    assert {name: (out / name).read_text() for name in before} == before and not list(out.glob(".*partial"))

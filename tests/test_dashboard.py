@@ -379,3 +379,11 @@ def test_a_checkpoint_inside_the_allowlist_runs(run_counter, monkeypatch, tmp_pa
     assert not app.exception
     assert "checkpoint weights" in verdict_html(app) and "18 sequences" in verdict_html(app)
     assert run_counter == [None]
+
+
+def test_a_cuda_link_on_a_host_without_cuda_runs_on_the_cpu_with_a_notice(run_counter):
+    app = new_app(device="cuda")
+    assert not app.exception
+    notices = [w.value for w in app.warning if "CUDA was asked for but is not available" in w.value]
+    assert notices and "Running on the CPU instead" in notices[0]
+    assert app.session_state["settings"].device == "cpu"

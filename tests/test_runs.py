@@ -242,3 +242,13 @@ def test_a_failing_job_is_recorded_and_the_worker_goes_on():
     with pytest.raises(ValueError):
         queue.submit("after", 1, lambda progress: None)  # ids are unique
     assert queue.seconds_per_sequence()[1], "the successful job was measured"
+
+
+def test_live_throughput_from_the_running_job():
+    from dashboard.state import live_throughput
+
+    stages = ("v1.0", "v2.0")
+    # Half of v1.0 done after 10 s: a quarter of the job, 100 of 200 sequences through one path.
+    assert live_throughput("v1.0", 100, 200, stages, 10.0) == " · 10 sequences/s per path · about 30 s left"
+    assert live_throughput("v2.0", 200, 200, stages, 40.0) == " · 10 sequences/s per path · about 0 s left"
+    assert live_throughput("v1.0", 0, 200, stages, 5.0) == ""
