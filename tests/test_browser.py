@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -104,3 +105,12 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
     assert list(csv["id"]) == ["ubiquitin", "trp_cage", "villin_hp35"]
     assert (csv["cosine"] > 0.99).all()
     assert screenshot.stat().st_size > 50_000
+
+
+def test_uploads_without_the_xsrf_token_are_refused(server):
+    """XSRF protection stays on: a cross-site upload (no token) is refused by the running server."""
+    request = urllib.request.Request(f"{server}/_stcore/upload_file/any-session/any-file", method="PUT",
+                                     data=b"--x\r\n\r\n--x--\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403 and b"XSRF" in refused.value.read()
