@@ -8,6 +8,7 @@
 - ``status.json``: ``state`` (queued, running, done, failed), ``error``, timestamps, sequence count;
 - ``embeddings.npz`` + ``run.json``: the pooled embeddings of every layer for v1.0, v2.0 and the
   reference (when there is one), and what produced them, enough to rebuild the EmbeddingRun;
+  run.json's ``cache`` is the embedding cache's summary object (null when the cache was off);
 - ``summary.json`` and ``sequences.csv`` once analysed (core.report.write_outputs).
 
 Every file is written to a temporary name in the same directory and moved into place with
@@ -154,9 +155,10 @@ class RunStore:
             self._write_json(folder / "status.json", document)
         return document
 
-    def save_embeddings(self, run_id: str, run: EmbeddingRun) -> None:
+    def save_embeddings(self, run_id: str, run: EmbeddingRun, cache: dict[str, Any] | None = None) -> None:
         """embeddings.npz (``<path>_layer<L>``: (n_sequences, embed_dim) float32/float64, and
-        ``lengths``: (n_sequences,) int64) plus run.json with everything else in the EmbeddingRun."""
+        ``lengths``: (n_sequences,) int64) plus run.json with everything else in the EmbeddingRun and
+        ``cache``, the embedding cache's ``{"dir", "hits", "computed"[, "warning"]}`` (None: off)."""
         arrays = {"lengths": np.asarray(run.lengths, dtype=np.int64)}
         paths = {}
         for name in PATH_NAMES:
@@ -167,7 +169,8 @@ class RunStore:
                            "implementation": embeddings.implementation, "layers": sorted(embeddings.layers)}
             arrays |= {f"{name}_layer{layer}": values for layer, values in embeddings.layers.items()}
         meta = {"ids": list(run.ids), "model": run.model, "weights": run.weights, "dtype": run.dtype,
-                "device": run.device, "layers": list(run.layers), "reference_dtype": run.reference_dtype, "paths": paths}
+                "device": run.device, "layers": list(run.layers), "reference_dtype": run.reference_dtype, "paths": paths,
+                "cache": cache}
 
         def write_npz(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
@@ -230,6 +233,12 @@ class RunStore:
             weights=meta["weights"], dtype=meta["dtype"], device=meta["device"], layers=meta["layers"],
             reference=paths.get("reference"), reference_dtype=meta["reference_dtype"],
         )
+
+    def load_cache_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The embedding cache summary saved with the embeddings; None when the cache was off (or the
+        run predates it)."""
+        cache = self._read_json(run_id, "run.json").get("cache")
+        return dict(cache) if isinstance(cache, dict) else None
 
     def load_summary(self, run_id: str) -> dict[str, Any]:
         return self._read_json(run_id, "summary.json")

@@ -284,6 +284,24 @@ def kpi_row(summary: dict) -> None:
     columns[5].metric("Values within 1e-2", f"{summary['embedding_match']['atol_0.01']:.1%}")
 
 
+def cache_caption(cache: dict | None) -> str | None:
+    """'Embedding cache: 27 of 27 sequences from the cache, 0 computed', or None when the cache was off."""
+    if not cache:
+        return None
+    total = cache["hits"] + cache["computed"]
+    return f"Embedding cache: {cache['hits']} of {total} sequences from the cache, {cache['computed']} computed"
+
+
+def cache_notice(cache: dict | None) -> None:
+    """The cache caption under the KPIs, and its warning when the cache could not be used (nothing when off)."""
+    caption = cache_caption(cache)
+    if caption is None:
+        return
+    if cache.get("warning"):
+        st.warning(f"Embedding cache: {cache['warning']}", icon="⚠️")
+    st.caption(caption, help=f"Cache directory: {cache['dir']}")
+
+
 def head_section(ids: list[str]) -> tuple[HeadClassifier | None, str | None]:
     """The user's own classification head from the sidebar uploads: (classifier, None) or (None, problem)."""
     with st.sidebar.expander("Your classification head (optional)"):
@@ -309,8 +327,9 @@ def _saved(folder: str, upload) -> Path:
     return path
 
 
-def results(run, settings: Settings, parsed: ParsedInput, used: Settings) -> None:
-    """The analysis of ``run`` at the view's layer, seed and thresholds; ``used``: the settings it ran with."""
+def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache: dict | None = None) -> None:
+    """The analysis of ``run`` at the view's layer, seed and thresholds; ``used``: the settings it ran with;
+    ``cache``: the embedding cache's summary object for the run (None when the cache was off)."""
     layer = settings.layer if settings.layer >= 0 else max(run.layers)
     head, head_problem = head_section(run.ids) if not settings.present else (None, None)
     if head_problem:
@@ -318,11 +337,12 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings) -> Non
     try:
         analysis = analyse(
             run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
-            classifier=head, classifier_name=head.describe() if head is not None else None,
+            classifier=head, classifier_name=head.describe() if head is not None else None, cache=cache,
         )
     except HeadError as error:
         st.error(f"Your head cannot be used, so the proxy classifier is shown: {error}")
-        analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds)
+        analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
+                           cache=cache)
     summary, table = analysis.summary, analysis.table
     font_size = 22 if settings.present else 14
     if run.is_demo:
@@ -330,6 +350,7 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings) -> Non
     verdict_card(summary, 1.4 if settings.present else 1.0)
     st.write("")
     kpi_row(summary)
+    cache_notice(cache)
     if settings.present:
         overview_tab(table, summary, font_size)
         return
@@ -346,7 +367,7 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings) -> Non
     with tabs[4]:
         seeds_tab(analysis, run.ids)
     with tabs[5]:
-        checks_tab(run, parsed, used, layer)
+        checks_tab(run, parsed, used, layer, fresh_baseline=bool(cache and cache["hits"]))
     with tabs[6]:
         share_tab(summary, table)
 
@@ -407,14 +428,17 @@ def seeds_tab(analysis, ids: list[str]) -> None:
     right.plotly_chart(charts.flips_vs_margin(sweep.margin_table(ids)), key="chart_margins")
 
 
-def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
+def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_baseline: bool = False) -> None:
+    """Packing invariance and determinism on demand; ``fresh_baseline``: some embeddings came from the
+    cache (packed with other batch-mates), so the checks compare against a fresh v2.0 run instead."""
     st.caption("Packing invariance: each sequence run alone must match itself packed with others. "
                "Determinism: v2.0 run twice must give bit-identical embeddings. Both cost extra v2.0 passes.")
     if not (st.button("Run the checks", key="checks_go") or st.session_state.get("checks_layer") == layer):
         return
     st.session_state.checks_layer = layer
     records = tuple((record.id, record.sequence) for record in parsed.records)
-    for check in v2_checks(used.model, used.dtype, used.device, used.backend, records, layer, run.v2.layers[layer], used.v2):
+    packed = None if fresh_baseline else run.v2.layers[layer]
+    for check in v2_checks(used.model, used.dtype, used.device, used.backend, records, layer, packed, used.v2):
         badge = st.success if check.passed else st.error
         badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "
               f"min cosine {check.min_cosine:.10f} over {check.n_sequences} sequences. {check.detail}.")
@@ -495,7 +519,7 @@ def show_run(run_id: str, settings: Settings) -> None:
                    "Press **Run comparison** to run it again.")
         return
     try:
-        run, parsed, used = run_contents(run_id, status)
+        run, parsed, used, cache = run_contents(run_id, status)
     except (KeyError, OSError, ValueError) as error:
         st.error(f"This run's saved files cannot be read: {error}")
         return
@@ -509,7 +533,7 @@ def show_run(run_id: str, settings: Settings) -> None:
         typed_model(settings.model), settings.dtype, settings.device, settings.backend, settings.v2, settings.reference
     ):
         st.caption("Showing the last run; model, dtype, device, backend or reference changed since — press Run to use them.")
-    results(run, view, parsed, used)
+    results(run, view, parsed, used, cache)
 
 
 def typed_model(spec: str) -> str:

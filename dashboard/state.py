@@ -7,7 +7,7 @@
   by run id, so changing layer, seed or thresholds afterwards redraws without touching the model.
 - ``Settings``: what the sidebar chooses, read from and written to the URL query string.
 - Server settings from dashboard/config.toml: v2.0 plug-ins, the runs directory and history
-  sharing, the directories a typed checkpoint path may point into.
+  sharing, the directories a typed checkpoint path may point into, the embedding cache directory.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import torch
 
 from core import compare
 from core.attention import BackendUnavailable
+from core.cache import CACHE_ENV, open_cache, run_both_paths_cached
 from core.checks import CheckResult, determinism, packing_invariance
-from core.compare import EmbeddingRun, Progress
+from core.compare import EmbeddingRun, Progress, embed_v2
 from core.jobs import Estimate, JobQueue
 from core.layers import residue_divergence
 from core.plugins import PluginError, make_plugin_path
@@ -90,6 +91,13 @@ def shared_history() -> bool:
     return bool(server_config().get("runs", {}).get("shared_history", False))
 
 
+def cache_dir() -> Path | None:
+    """The embedding cache directory: $ESM2_DIVERGENCE_CACHE, else [cache] dir (relative to the
+    repository); None (the cache is off) when both are empty."""
+    configured = os.environ.get(CACHE_ENV) or server_config().get("cache", {}).get("dir", "")
+    return resolve_dirs([configured])[0] if configured else None
+
+
 def checkpoint_dirs() -> list[Path]:
     """[paths] checkpoint_dirs (relative ones from the repository root), else the torch hub
     checkpoint cache and ./checkpoints."""
@@ -117,17 +125,31 @@ def v2_path_for(choice: str, model, backend: str):
     return make_plugin_path(plugins[choice], model)
 
 
-def compute_embeddings(settings: "Settings", records: tuple[tuple[str, str], ...], progress: Progress) -> EmbeddingRun:
+def compute_embeddings(settings: "Settings", records: tuple[tuple[str, str], ...],
+                       progress: Progress) -> tuple[EmbeddingRun, dict[str, Any] | None]:
     """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs), plus the
     reference set when ``settings.reference`` is 'fp32' or 'fp64'; ``settings.v2`` picks the v2.0 side.
-    GPU work: call it only from the job queue's worker."""
+
+    Goes through the embedding cache (:func:`cache_dir`) when it is on, and returns with the run
+    summary.json's ``"cache"`` object (``{"dir", "hits", "computed"[, "warning"]}``), None when the
+    cache is off. GPU work: call it only from the job queue's worker."""
     model, alphabet = get_model(settings.model, settings.dtype, settings.device, weights_token(settings.model))
     ids, sequences = zip(*records)
-    return compare.run_both_paths(
-        model, alphabet, ids, sequences, layers=None, backend=settings.backend, progress=progress,
-        reference_dtype=None if settings.reference == "none" else settings.reference,
-        v2_path=v2_path_for(settings.v2, model, settings.backend),
-    )
+    directory = cache_dir()
+    cache, open_warning = open_cache(directory)
+    try:
+        run, stats = run_both_paths_cached(
+            cache, model, alphabet, ids, sequences, layers=None, backend=settings.backend, progress=progress,
+            reference_dtype=None if settings.reference == "none" else settings.reference,
+            v2_path=v2_path_for(settings.v2, model, settings.backend),
+        )
+    finally:
+        if cache is not None:
+            cache.close()
+    if directory is None:
+        return run, None
+    stats.dir, stats.warning = str(directory), open_warning or stats.warning
+    return run, stats.to_summary()
 
 
 @st.cache_data(max_entries=64, show_spinner="Waiting for the GPU, then running both paths on this sequence alone…")
@@ -144,14 +166,19 @@ def residue_view(spec: str, dtype: str, device: str, backend: str, sequence: str
 def v2_checks(spec: str, dtype: str, device: str, backend: str, records: tuple[tuple[str, str], ...],
               layer: int, _packed: Any, v2: str = "packed") -> list[CheckResult]:
     """Packing invariance and determinism of v2.0 at ``layer`` against the stored packed embeddings
-    ((n_sequences, embed_dim)); runs in the GPU queue."""
+    ((n_sequences, embed_dim)), or against a fresh v2.0 run over exactly these sequences when
+    ``_packed`` is None (some came from the embedding cache, packed with other batch-mates); runs in
+    the GPU queue."""
     def work(progress: Progress) -> list[CheckResult]:
         model, alphabet = get_model(spec, dtype, device, weights_token(spec))
         sequences = [sequence for _, sequence in records]
         path = v2_path_for(v2, model, backend)  # re-run the v2.0 that was compared
+        packed = _packed
+        if packed is None:
+            packed = embed_v2(model, alphabet, sequences, [layer], backend, path=path).layers[layer]
         return [
-            packing_invariance(model, alphabet, sequences, _packed, layer, backend, path=path),
-            determinism(model, alphabet, sequences, _packed, layer, backend, path=path),
+            packing_invariance(model, alphabet, sequences, packed, layer, backend, path=path),
+            determinism(model, alphabet, sequences, packed, layer, backend, path=path),
         ]
 
     return job_queue().call(f"checks-{RunStore.new_id()}", 2 * len(records), work)
@@ -267,19 +294,24 @@ def failure_message(error: BaseException) -> str:
 
 @dataclass
 class Outcome:
-    """What a finished run job leaves in memory: its input and settings, and the embeddings only
-    when they could not be saved (``save_error`` says why); otherwise the store holds them."""
+    """What a finished run job leaves in memory: its input and settings, the embedding cache's
+    summary (None when off), and the embeddings only when they could not be saved (``save_error``
+    says why); otherwise the store holds them."""
 
     parsed: ParsedInput
     settings: Settings
     run: EmbeddingRun | None = None
     save_error: str | None = None
+    cache: dict[str, Any] | None = None
 
 
-def analyse_as_submitted(run: EmbeddingRun, settings: Settings, parsed: ParsedInput):
-    """core.report.analyse at the submitted layer (last if out of range), seed, thresholds and sweep."""
+def analyse_as_submitted(run: EmbeddingRun, settings: Settings, parsed: ParsedInput,
+                         cache: dict[str, Any] | None = None):
+    """core.report.analyse at the submitted layer (last if out of range), seed, thresholds and sweep;
+    ``cache``: the embedding cache's summary object (None when off)."""
     layer = settings.layer if settings.layer in run.layers else max(run.layers)
-    return analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds)
+    return analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
+                   cache=cache)
 
 
 def execute_run(store: RunStore, run_id: str, settings: Settings, parsed: ParsedInput, progress: Progress,
@@ -299,15 +331,15 @@ def execute_run(store: RunStore, run_id: str, settings: Settings, parsed: Parsed
     saving(store.set_status, run_id, "running")
     records = tuple((r.id, r.sequence) for r in parsed.records)
     try:
-        run = compute_embeddings(settings, records, progress)
+        run, cache = compute_embeddings(settings, records, progress)
     except BaseException as error:
         saving(store.set_status, run_id, "failed", error=failure_message(error))
         raise
-    saving(store.save_embeddings, run_id, run)
-    analysis = analyse_as_submitted(run, settings, parsed)
+    saving(store.save_embeddings, run_id, run, cache=cache)
+    analysis = analyse_as_submitted(run, settings, parsed, cache)
     saving(store.save_outputs, run_id, analysis.summary, analysis.table)
     saving(store.set_status, run_id, "done", seconds=run.v1.seconds + run.v2.seconds)
-    return Outcome(parsed, settings, run if save_error else None, save_error)
+    return Outcome(parsed, settings, run if save_error else None, save_error, cache)
 
 
 def submit_run(settings: Settings, parsed: ParsedInput) -> str:
@@ -366,17 +398,20 @@ def stages_of(run_id: str) -> tuple[str, ...]:
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the saved run…")
-def load_run(root: str, run_id: str) -> tuple[EmbeddingRun, ParsedInput, Settings]:
-    """A finished run's embeddings, input and settings from disk; cached per run id (no model involved)."""
+def load_run(root: str, run_id: str) -> tuple[EmbeddingRun, ParsedInput, Settings, dict[str, Any] | None]:
+    """A finished run's embeddings, input, settings and embedding cache summary (None: cache off) from
+    disk; cached per run id (no model involved)."""
     store = RunStore(root)
-    return store.load_embeddings(run_id), store.load_input(run_id), settings_from_dict(store.load_settings(run_id))
+    return (store.load_embeddings(run_id), store.load_input(run_id), settings_from_dict(store.load_settings(run_id)),
+            store.load_cache_summary(run_id))
 
 
-def run_contents(run_id: str, status: RunStatus) -> tuple[EmbeddingRun, ParsedInput, Settings]:
-    """A done run's embeddings, input and settings: from memory if it could not be saved, else from disk."""
+def run_contents(run_id: str, status: RunStatus) -> tuple[EmbeddingRun, ParsedInput, Settings, dict[str, Any] | None]:
+    """A done run's embeddings, input, settings and cache summary: from memory if it could not be
+    saved, else from disk."""
     outcome = status.outcome
     if outcome is not None and outcome.run is not None:
-        return outcome.run, outcome.parsed, outcome.settings
+        return outcome.run, outcome.parsed, outcome.settings, outcome.cache
     return load_run(str(runs_dir()), run_id)
 
 

@@ -12,9 +12,12 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+import core.cache
 import core.compare
+import core.report
 import core.runs
 import dashboard.state
+from core.model import layer_indices
 from core.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -37,16 +40,19 @@ def runs_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def run_counter(monkeypatch):
-    """Counts how often the page makes the model embed anything (fresh caches per test)."""
+    """Counts how often the page makes the model embed anything (fresh caches per test): one entry per
+    run_both_paths call, its ``layers`` (None: every layer). The page calls it through core.cache."""
     st.cache_data.clear()
     calls = []
     original = core.compare.run_both_paths
 
     def counting(*args, **kwargs):
-        calls.append(kwargs.get("layers"))
+        layers = kwargs.get("layers")
+        calls.append(None if layers is not None and list(layers) == layer_indices(args[0]) else layers)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(core.compare, "run_both_paths", counting)
+    monkeypatch.setattr(core.cache, "run_both_paths", counting)
     return calls
 
 
@@ -387,3 +393,92 @@ def test_a_cuda_link_on_a_host_without_cuda_runs_on_the_cpu_with_a_notice(run_co
     notices = [w.value for w in app.warning if "CUDA was asked for but is not available" in w.value]
     assert notices and "Running on the CPU instead" in notices[0]
     assert app.session_state["settings"].device == "cpu"
+
+
+# ---------------------------------------------------------------- embedding cache
+
+
+def cache_captions(app: AppTest) -> list[str]:
+    return [c.value for c in app.caption if c.value.startswith("Embedding cache:")]
+
+
+def offered_summaries(monkeypatch) -> list[dict]:
+    """The summary documents the page offers for download (html_report gets the same dict as summary.json)."""
+    seen: list[dict] = []
+    original = core.report.html_report
+
+    def recording(summary, *args, **kwargs):
+        seen.append(json.loads(json.dumps(summary)))
+        return original(summary, *args, **kwargs)
+
+    monkeypatch.setattr(core.report, "html_report", recording)
+    return seen
+
+
+def test_a_second_run_comes_from_the_embedding_cache_and_says_so(run_counter, monkeypatch, tmp_path, runs_dir):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(core.cache.CACHE_ENV, str(cache))
+    offered = offered_summaries(monkeypatch)
+
+    first = run_example(new_app())
+    assert not first.exception
+    assert cache_captions(first) == ["Embedding cache: 0 of 18 sequences from the cache, 18 computed"]
+    assert run_counter == [None]
+
+    st.cache_data.clear()
+    offered.clear()
+    second = run_example(new_app())
+    assert not second.exception
+    assert cache_captions(second) == ["Embedding cache: 18 of 18 sequences from the cache, 0 computed"]
+    assert run_counter == [None], "the second run embeds nothing"
+    pd.testing.assert_frame_equal(table_with(second, "label_flip"), table_with(first, "label_flip"))
+    expected = {"dir": str(cache), "hits": 18, "computed": 0}
+    assert offered and offered[-1]["cache"] == expected, "the summary.json download carries the cache"
+    run_id = current_run(second)
+    assert json.loads((runs_dir / run_id / "summary.json").read_text())["cache"] == expected
+    assert not any("Embedding cache" in w.value for w in second.warning)
+    second.button(key="checks_go").click().run()  # against a fresh v2.0 run: the cached rows had other batch-mates
+    badges = [s.value for s in second.success if "PASS" in s.value]
+    assert any(b.startswith("packing invariance: PASS") for b in badges)
+    assert any(b.startswith("determinism: PASS") for b in badges)
+
+    st.cache_data.clear()
+    reopened = new_app(run=run_id)
+    assert cache_captions(reopened) == ["Embedding cache: 18 of 18 sequences from the cache, 0 computed"]
+    assert run_counter == [None]
+
+
+def test_an_unusable_cache_is_a_warning_and_the_run_computes_everything(run_counter, monkeypatch, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv(core.cache.CACHE_ENV, str(not_a_dir))
+    app = run_example(new_app())
+    assert not app.exception and "ACCEPT" in verdict_html(app)
+    assert cache_captions(app) == ["Embedding cache: 0 of 18 sequences from the cache, 18 computed"]
+    assert any(w.value.startswith("Embedding cache: cannot use the embedding cache") for w in app.warning)
+    assert run_counter == [None]
+
+
+def test_with_the_cache_off_nothing_about_it_is_shown(run_counter, monkeypatch, runs_dir):
+    monkeypatch.delenv(core.cache.CACHE_ENV, raising=False)
+    offered = offered_summaries(monkeypatch)
+    app = run_example(new_app())
+    assert not app.exception
+    assert not [element for element in [*app.caption, *app.warning, *app.markdown] if "embedding cache" in element.value.lower()]
+    assert offered and offered[-1]["cache"] is None
+    folder = runs_dir / current_run(app)
+    assert json.loads((folder / "summary.json").read_text())["cache"] is None
+    assert json.loads((folder / "run.json").read_text())["cache"] is None
+
+
+def test_the_cache_directory_comes_from_the_environment_else_the_server_config(monkeypatch, tmp_path):
+    monkeypatch.delenv(core.cache.CACHE_ENV, raising=False)
+    server_config(monkeypatch, tmp_path, '[cache]\ndir = ""\n')
+    assert dashboard.state.cache_dir() is None
+    server_config(monkeypatch, tmp_path, '[cache]\ndir = "relative/cache"\n')
+    assert dashboard.state.cache_dir() == Path(__file__).resolve().parents[1] / "relative" / "cache"
+    monkeypatch.setenv(core.cache.CACHE_ENV, str(tmp_path / "from_env"))
+    assert dashboard.state.cache_dir() == tmp_path / "from_env"
+    monkeypatch.setattr(dashboard.state, "CONFIG_FILE", tmp_path / "absent.toml")
+    monkeypatch.delenv(core.cache.CACHE_ENV)
+    assert dashboard.state.cache_dir() is None

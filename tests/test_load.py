@@ -23,6 +23,7 @@ from streamlit.runtime.scriptrunner.script_cache import ScriptCache
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test
 
+import core.cache
 import core.compare
 import dashboard.state
 from core.report import analyse
@@ -111,6 +112,7 @@ def gpu_monitor(monkeypatch, tmp_path):
                 stats["now"] -= 1
 
     monkeypatch.setattr(core.compare, "run_both_paths", monitored)
+    monkeypatch.setattr(core.cache, "run_both_paths", monitored)  # the page calls it through the embedding cache
     return stats
 
 

@@ -95,6 +95,25 @@ def test_round_trip_rebuilds_the_embedding_run(store, embedding_run, parsed):
     assert store.load_settings(run_id) == {"model": "demo-8M", "seed": 3}
 
 
+def test_the_embedding_cache_summary_is_saved_with_the_embeddings(store, embedding_run, parsed):
+    cached, off, older = store.new_id(), store.new_id(), store.new_id()
+    summary = {"dir": "/tmp/cache", "hits": 2, "computed": 1, "warning": "could not write"}
+    for run_id in (cached, off, older):
+        store.create(run_id, parsed, {})
+    store.save_embeddings(cached, embedding_run, cache=summary)
+    store.save_embeddings(off, embedding_run)
+    store.save_embeddings(older, embedding_run)
+    meta = json.loads((store.run_dir(older) / "run.json").read_text())
+    del meta["cache"]  # a run saved before the cache existed
+    (store.run_dir(older) / "run.json").write_text(json.dumps(meta))
+
+    assert store.load_cache_summary(cached) == summary
+    assert store.load_cache_summary(off) is None and store.load_cache_summary(older) is None
+    assert_same(store.load_embeddings(cached), embedding_run)
+    with pytest.raises(UnknownRun):
+        store.load_cache_summary(store.new_id())
+
+
 def test_outputs_are_written_by_write_outputs(store, embedding_run, parsed):
     run_id = store.new_id()
     store.create(run_id, parsed, {})
