@@ -546,6 +546,10 @@ def typed_model(spec: str) -> str:
 
 def main() -> None:
     init_session()
+    if "sequences_text" in st.session_state:
+        # Streamlit drops the state of a widget that a run does not draw; presentation mode hides
+        # the text area, and the pasted input must survive it.
+        st.session_state.sequences_text = st.session_state.sequences_text
     settings = sidebar(st.session_state.get("run_layers"))
     current = st.session_state.get("current_run")
     if settings.present:

@@ -482,3 +482,13 @@ def test_the_cache_directory_comes_from_the_environment_else_the_server_config(m
     monkeypatch.setattr(dashboard.state, "CONFIG_FILE", tmp_path / "absent.toml")
     monkeypatch.delenv(core.cache.CACHE_ENV)
     assert dashboard.state.cache_dir() is None
+
+
+def test_pasted_text_survives_presentation_mode(run_counter):
+    app = new_app()
+    app.text_area(key="sequences_text").set_value(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nGSWQGSWQGSWQ\n").run()
+    app.button(key="run").click().run()
+    app.toggle(key="present").set_value(True).run()
+    app.button(key="exit_present").click().run()
+    assert not app.exception
+    assert app.text_area(key="sequences_text").value.startswith(">a\nMKTAYIAKQRQISFVKSHFSRQ")
