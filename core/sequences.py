@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -108,6 +109,18 @@ class ParsedInput:
     def ok(self) -> bool:
         """True when nothing was refused."""
         return not self.errors
+
+
+def printable_id(raw_id: str) -> tuple[str, bool]:
+    """``raw_id`` with control and format characters written as escapes (``\\x1b``), and whether any were.
+
+    An id is printed to terminals and logs; an escape sequence in it must not act there.
+    """
+    if all(unicodedata.category(char)[0] != "C" for char in raw_id):
+        return raw_id, False
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char)[0] == "C" else char for char in raw_id
+    ), True
 
 
 @dataclass(frozen=True)
@@ -316,7 +329,13 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[_RawRecord | InputPr
     for number, seq_record in enumerate(parsed, start=1):
         line_no = header_lines[number - 1] if number <= len(header_lines) else None
         where = f"line {line_no}" if line_no is not None else f"record {number}"
-        record_id = seq_record.id
+        record_id, had_controls = printable_id(seq_record.id)
+        if had_controls:
+            items.append(InputProblem(
+                record_id,
+                f"{record_id}: the id held control characters (terminal escapes, tabs, …); they are shown escaped",
+                "warning",
+            ))
         if not record_id:
             items.append(
                 InputProblem(

@@ -559,3 +559,10 @@ def test_read_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     assert parsed.records or parsed.errors
     assume(not data.startswith(b"\x1f\x8b"))  # only one gzip layer is unwrapped
     assert read_sequences(gzip.compress(data)).problems == parsed.problems
+
+
+def test_control_characters_in_ids_are_escaped_with_a_warning():
+    parsed = parse_sequences(">evil\x1b[2J\x07name\nMKTAYIAKQR\n>plain\nGSWQGSWQ\n")
+    assert [r.id for r in parsed.records] == ["evil\\x1b[2J\\x07name", "plain"]
+    assert [(p.severity, p.record_id) for p in parsed.problems] == [("warning", "evil\\x1b[2J\\x07name")]
+    assert not any(ord(c) < 32 for p in parsed.problems for c in p.message)
