@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from core.compare import (
-    EmbeddingRun, ForwardPath, PathEmbeddings, Progress, device_description, packed_path, pool_dtype, run_both_paths,
-    standard_path,
+    EmbeddingRun, ForwardPath, PathEmbeddings, Progress, device_description, packed_path, pool_dtype,
+    require_one_id_per_sequence, run_both_paths, standard_path,
 )
 from core.model import DEMO_SEED, ESM2WithFlashAttention, dtype_name, layer_indices, versions
 
@@ -467,8 +467,7 @@ def run_both_paths_cached(
     rounding, ~1e-3) on its batch-mates, so a cached embedding is the one from the run that first
     computed it.
     """
-    if len(ids) != len(sequences) or not sequences:
-        raise ValueError("need one id per sequence and at least one sequence")
+    require_one_id_per_sequence(ids, sequences)
     stats = CacheStats(dir=str(cache.directory) if cache is not None else None)
     try:
         plan = plan_lookup(cache, model, sequences, layers, backend, reference_dtype, v2_path)

@@ -2,7 +2,7 @@
 
 Pooling averages each sequence's residue positions only (BOS, EOS and padding excluded) and
 returns float32 (float64 for a float64 model). The sums are accumulated in float64 so the two
-paths' different reduction orders (a padded sum vs a packed index_add) add no error of their own.
+paths' different reduction orders (a padded batch vs a packed one) add no error of their own.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def embed_path(
     pin = model.device.type == "cuda"
     make = functools.partial(host_batch, alphabet, sequences, packed=path.packed, pin=pin)
     results: list[tuple[np.ndarray, torch.Tensor]] = []
-    splits, waited = 0, []
+    done, splits, waited = 0, 0, []
     start = time.perf_counter()
     for planned in prefetched(make, plan_batches(lengths, budget, padded=path.padded_batches), waited):
         todo = [planned]
@@ -281,8 +281,9 @@ def embed_path(
                 todo[:0] = [make(batch.indices[:half]), make(batch.indices[half:])]
                 continue
             results.append((batch.indices, to_host(pooled, pin)))
+            done += len(batch.indices)
             if progress is not None:
-                progress(stage, sum(len(indices) for indices, _ in results), len(sequences))
+                progress(stage, done, len(sequences))
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     pooled_all = torch.empty(len(layers), len(sequences), model.embed_dim, dtype=out_dtype)
@@ -341,6 +342,12 @@ class EmbeddingRun:
         return self.weights == "demo"
 
 
+def require_one_id_per_sequence(ids: Sequence[str], sequences: Sequence[str]) -> None:
+    """ValueError unless there is at least one sequence and exactly one id for each."""
+    if len(ids) != len(sequences) or not sequences:
+        raise ValueError("need one id per sequence and at least one sequence")
+
+
 def run_both_paths(
     model: ESM2WithFlashAttention,
     alphabet: esm.data.Alphabet,
@@ -359,8 +366,7 @@ def run_both_paths(
     same weights in that dtype (see core.attribution). The copy is freed afterwards.
     ``v2_path`` replaces the built-in packed path (the v1-compatible fallback, or a plug-in).
     """
-    if len(ids) != len(sequences) or not sequences:
-        raise ValueError("need one id per sequence and at least one sequence")
+    require_one_id_per_sequence(ids, sequences)
     layers = layer_indices(model, layers)
     v1 = embed_v1(model, alphabet, sequences, layers, max_tokens, progress)
     v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress, path=v2_path)
