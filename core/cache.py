@@ -44,7 +44,7 @@ from core.compare import (
     EmbeddingRun, ForwardPath, PathEmbeddings, Progress, device_description, packed_path, pool_dtype,
     require_one_id_per_sequence, run_both_paths, standard_path,
 )
-from core.model import DEMO_SEED, ESM2WithFlashAttention, dtype_name, layer_indices, versions
+from core.model import DEMO_SEED, ESM2WithFlashAttention, dtype_name, hub_checkpoint, layer_indices, versions
 
 CACHE_ENV = "ESM2_DIVERGENCE_CACHE"
 DB_NAME = "embeddings.sqlite3"
@@ -119,10 +119,6 @@ def _probe_sha256(model: ESM2WithFlashAttention) -> str:
     return hashlib.sha256(weight.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
 
 
-def _pretrained_file(name: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
-
-
 def fingerprint(model: ESM2WithFlashAttention, cache: "EmbeddingCache | None" = None) -> str:
     """A cheap, stable identity of the model's weights.
 
@@ -133,7 +129,7 @@ def fingerprint(model: ESM2WithFlashAttention, cache: "EmbeddingCache | None" = 
     fair_esm = versions().get("fair-esm", "?")
     if model.weights == "demo":
         return f"{model.name}-seed{DEMO_SEED}-fair-esm{fair_esm}-emb{_probe_sha256(model)}"
-    source = Path(model.name) if model.weights == "checkpoint" else _pretrained_file(model.name)
+    source = Path(model.name) if model.weights == "checkpoint" else hub_checkpoint(model.name)
     if source.is_file():
         return f"{model.weights}-sha256:{file_sha256(source, cache)}"
     return f"{model.weights}-params-sha256:{parameters_sha256(model)}"
@@ -410,15 +406,21 @@ def merge_run(
     else from the cached rows.
     """
     n, width = len(sequences), model.embed_dim
-    position = {index: row for row, index in enumerate(plan.missing)}
+    missing = np.asarray(plan.missing, dtype=np.int64)
     merged: dict[str, PathEmbeddings] = {}
     for p in plan.paths:
         fresh = _path_of(computed, p.role)
         out_dtype = _np_pool(model, p.role, reference_dtype)
-        layers = {layer: np.empty((n, width), dtype=out_dtype) for layer in plan.layers}
-        for i in range(n):
-            for j, layer in enumerate(plan.layers):
-                layers[layer][i] = fresh.layers[layer][position[i]] if i in position else plan.found[p.role][i].layers[j]
+        hits = sorted(plan.found[p.role].keys() - set(plan.missing))
+        cached = np.stack([plan.found[p.role][i].layers for i in hits]) if hits else None  # (n_hits, n_layers, width)
+        layers = {}
+        for j, layer in enumerate(plan.layers):
+            values = np.empty((n, width), dtype=out_dtype)
+            if fresh is not None:
+                values[missing] = fresh.layers[layer]
+            if cached is not None:
+                values[hits] = cached[:, j]
+            layers[layer] = values
         if fresh is not None:
             backend, implementation, seconds = fresh.backend, fresh.implementation, fresh.seconds
         else:
@@ -483,7 +485,8 @@ def run_both_paths_cached(
             reference_dtype=reference_dtype, v2_path=v2_path,
         )
     stats.hits, stats.computed = len(sequences) - len(plan.missing), len(plan.missing)
-    run = merge_run(plan, model, ids, sequences, computed, reference_dtype)
+    # Nothing from the cache: the computed run already is the whole run, in input order.
+    run = computed if stats.hits == 0 else merge_run(plan, model, ids, sequences, computed, reference_dtype)
     try:
         store_computed(cache, plan, computed)
     except (sqlite3.Error, OSError) as error:

@@ -454,17 +454,23 @@ def save_checkpoint(model: ESM2WithFlashAttention | ESM2, path: str | Path) -> P
     return path
 
 
-def _hub_checkpoint(name: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+def hub_checkpoint_dir() -> Path:
+    """The torch hub checkpoint cache, where fair-esm keeps downloaded pretrained weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def hub_checkpoint(name: str) -> Path:
+    """Where fair-esm keeps (or would download) the pretrained weights called ``name``."""
+    return hub_checkpoint_dir() / f"{name}.pt"
 
 
 def pretrained_available(name: str) -> bool:
     """Whether a pretrained model's weights are already in the local torch hub cache."""
-    return _hub_checkpoint(name).is_file()
+    return hub_checkpoint(name).is_file()
 
 
 def _load_pretrained(name: str) -> ESM2:
-    local = _hub_checkpoint(name)
+    local = hub_checkpoint(name)
     if local.is_file():
         regression = local.with_name(f"{name}-contact-regression.pt")
         regression_data = _safe_torch_load(regression) if regression.is_file() else None

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from core.model import hub_checkpoint_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ class PathNotAllowed(ValueError):
 
 def default_checkpoint_dirs() -> list[Path]:
     """The torch hub checkpoint cache (where fair-esm keeps pretrained weights) and ./checkpoints of the repo."""
-    return [Path(torch.hub.get_dir()) / "checkpoints", REPO_ROOT / "checkpoints"]
+    return [hub_checkpoint_dir(), REPO_ROOT / "checkpoints"]
 
 
 def resolve_dirs(entries: Sequence[str | Path], base: Path = REPO_ROOT) -> list[Path]:

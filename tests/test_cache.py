@@ -161,7 +161,7 @@ def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(demo_fp32,
 def test_fingerprint_falls_back_to_parameter_bytes(demo_fp32, monkeypatch):
     model = demo_fp32[0]
     monkeypatch.setattr(model, "weights", "pretrained")  # no such file in the hub cache
-    monkeypatch.setattr(cache_module, "_pretrained_file", lambda name: Path("/nonexistent/weights.pt"))
+    monkeypatch.setattr(cache_module, "hub_checkpoint", lambda name: Path("/nonexistent/weights.pt"))
     assert fingerprint(model).startswith("pretrained-params-sha256:")
 
 
