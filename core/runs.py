@@ -23,7 +23,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,14 +180,9 @@ class RunStore:
             self._write_json(folder / "run.json", meta)
 
     def save_outputs(self, run_id: str, summary: dict[str, Any], table: pd.DataFrame) -> None:
-        """summary.json and sequences.csv, written by core.report.write_outputs and moved in atomically."""
+        """summary.json and sequences.csv (core.report.write_outputs writes the pair atomically)."""
         with self._writing(run_id) as folder:
-            staging = Path(tempfile.mkdtemp(dir=folder, prefix=".outputs."))
-            try:
-                for written in write_outputs(staging, summary, table):
-                    os.replace(written, folder / written.name)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            write_outputs(folder, summary, table)
 
     # ------------------------------------------------------------ reading
 
