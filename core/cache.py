@@ -290,6 +290,16 @@ class CacheStats:
         return out
 
 
+def cache_summary(directory: str | Path | None, stats: CacheStats, open_warning: str | None) -> dict | None:
+    """summary.json's ``"cache"`` object for a run with the cache at ``directory`` (None when it was off),
+    carrying the warning from opening it, else from using it."""
+    if directory is None:
+        return None
+    stats.dir = str(directory)
+    stats.warning = open_warning or stats.warning
+    return stats.to_summary()
+
+
 @dataclass(frozen=True)
 class PathIdentity:
     """One path as the cache keys it (``role`` is 'v1', 'v2' or 'reference')."""

@@ -92,3 +92,28 @@ def determinism(
         n_sequences=len(sequences),
         detail="v2.0 run twice on the same batches; pass when bit-identical",
     )
+
+
+def v2_checks(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layer: int,
+    baseline: np.ndarray | None = None,
+    backend: str | None = None,
+    max_tokens: int | None = None,
+    path: ForwardPath | None = None,
+    limit: int = 32,
+) -> list[CheckResult]:
+    """Packing invariance and determinism of the v2.0 ``path`` (None: the built-in packed path with ``backend``).
+
+    ``baseline``: v2.0's pooled (n, embed_dim) at ``layer`` from one run over exactly ``sequences``;
+    None (some came from the embedding cache, or from other shards) runs v2.0 over them afresh first,
+    so the determinism check compares like batches with like.
+    """
+    if baseline is None:
+        baseline = embed_v2(model, alphabet, sequences, [layer], backend, max_tokens, path=path).layers[layer]
+    return [
+        packing_invariance(model, alphabet, sequences, baseline, layer, backend, limit, path),
+        determinism(model, alphabet, sequences, baseline, layer, backend, max_tokens, path),
+    ]

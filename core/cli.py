@@ -22,13 +22,13 @@ from core import distributed
 from core.attention import BACKENDS, BackendUnavailable, available_backends
 from core.attribution import DEFAULT_K
 from core.cache import (
-    CACHE_ENV, CacheStats, CachePlan, EmbeddingCache, cache_dir_from_env, merge_run, open_cache, plan_lookup,
-    run_both_paths_cached, store_computed,
+    CACHE_ENV, CacheStats, CachePlan, EmbeddingCache, cache_dir_from_env, cache_summary, merge_run, open_cache,
+    plan_lookup, run_both_paths_cached, store_computed,
 )
-from core.checks import CheckResult, determinism, packing_invariance
+from core.checks import CheckResult, v2_checks
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head
 from core.plugins import PluginError, make_plugin_path
-from core.compare import EmbeddingRun, ForwardPath, embed_v2, fallback_path, run_both_paths
+from core.compare import EmbeddingRun, ForwardPath, fallback_path, run_both_paths
 from core.metrics import Thresholds, verdict_at_or_below
 from core.model import (
     DEMO_SIZES, DTYPES, PRETRAINED, ESM2WithFlashAttention, WeightsUnavailable, default_device, default_dtype, device_or_cpu,
@@ -146,19 +146,11 @@ def _setup(args: argparse.Namespace, device: torch.device, ids: list[str], annou
 def _run_checks(
     args: argparse.Namespace, setup: Setup, sequences: list[str], baseline: np.ndarray | None, limit: int = 32
 ) -> list[CheckResult]:
-    """--checks on ``sequences``: ``baseline`` is v2.0's (n, embed_dim) at the layer from one run over exactly
-    these sequences; None (cache hits, other shards) runs v2.0 over them afresh so batches match."""
+    """--checks on ``sequences`` (core.checks.v2_checks; ``baseline`` None runs v2.0 over them afresh)."""
     if not args.checks:
         return []
-    if baseline is None:
-        baseline = embed_v2(setup.model, setup.alphabet, sequences, [setup.layer], args.backend, args.max_tokens,
-                            path=setup.v2_path).layers[setup.layer]
-    return [
-        packing_invariance(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, limit=limit,
-                           path=setup.v2_path),
-        determinism(setup.model, setup.alphabet, sequences, baseline, setup.layer, args.backend, args.max_tokens,
-                    path=setup.v2_path),
-    ]
+    return v2_checks(setup.model, setup.alphabet, sequences, setup.layer, baseline, args.backend, args.max_tokens,
+                     setup.v2_path, limit)
 
 
 def _open_cache(args: argparse.Namespace) -> tuple[str | None, EmbeddingCache | None, str | None]:
@@ -200,13 +192,10 @@ def _report(
 
 def _cache_summary(directory: str | None, stats: CacheStats, open_warning: str | None) -> dict | None:
     """summary.json's "cache" object (None when the cache was off); prints its warning once."""
-    if directory is None:
-        return None
-    stats.dir = directory
-    stats.warning = open_warning or stats.warning
-    if stats.warning:
-        print(f"warning: {stats.warning}", file=sys.stderr)
-    return stats.to_summary()
+    summary = cache_summary(directory, stats, open_warning)
+    if summary and summary.get("warning"):
+        print(f"warning: {summary['warning']}", file=sys.stderr)
+    return summary
 
 
 def compare_command(args: argparse.Namespace) -> int:

@@ -23,11 +23,11 @@ from typing import Any
 import streamlit as st
 import torch
 
-from core import compare
+from core import checks, compare
 from core.attention import BackendUnavailable
-from core.cache import CACHE_ENV, open_cache, run_both_paths_cached
-from core.checks import CheckResult, determinism, packing_invariance
-from core.compare import EmbeddingRun, Progress, embed_v2
+from core.cache import CACHE_ENV, cache_summary, open_cache, run_both_paths_cached
+from core.checks import CheckResult
+from core.compare import EmbeddingRun, Progress
 from core.jobs import Estimate, JobQueue
 from core.layers import residue_divergence
 from core.plugins import PluginError, make_plugin_path
@@ -146,10 +146,7 @@ def compute_embeddings(settings: "Settings", records: tuple[tuple[str, str], ...
     finally:
         if cache is not None:
             cache.close()
-    if directory is None:
-        return run, None
-    stats.dir, stats.warning = str(directory), open_warning or stats.warning
-    return run, stats.to_summary()
+    return run, cache_summary(directory, stats, open_warning)
 
 
 @st.cache_data(max_entries=64, show_spinner="Waiting for the GPU, then running both paths on this sequence alone…")
@@ -173,13 +170,7 @@ def v2_checks(spec: str, dtype: str, device: str, backend: str, records: tuple[t
         model, alphabet = get_model(spec, dtype, device, weights_token(spec))
         sequences = [sequence for _, sequence in records]
         path = v2_path_for(v2, model, backend)  # re-run the v2.0 that was compared
-        packed = _packed
-        if packed is None:
-            packed = embed_v2(model, alphabet, sequences, [layer], backend, path=path).layers[layer]
-        return [
-            packing_invariance(model, alphabet, sequences, packed, layer, backend, path=path),
-            determinism(model, alphabet, sequences, packed, layer, backend, path=path),
-        ]
+        return checks.v2_checks(model, alphabet, sequences, layer, _packed, backend, path=path)
 
     return job_queue().call(f"checks-{RunStore.new_id()}", 2 * len(records), work)
 
