@@ -457,6 +457,33 @@ def store_computed(cache: EmbeddingCache | None, plan: CachePlan, computed: Embe
     cache.put_many(entries)
 
 
+def lookup_or_none(
+    cache: EmbeddingCache | None,
+    model: ESM2WithFlashAttention,
+    sequences: Sequence[str],
+    layers: Sequence[int] | None = None,
+    backend: str | None = None,
+    reference_dtype: str | None = None,
+    v2_path: ForwardPath | None = None,
+) -> tuple[CachePlan, EmbeddingCache | None, str | None]:
+    """:func:`plan_lookup`, or, when the cache cannot be read, a plan that computes everything:
+    ``(plan, the cache or None when unreadable, one-line warning or None)``."""
+    try:
+        return plan_lookup(cache, model, sequences, layers, backend, reference_dtype, v2_path), cache, None
+    except (sqlite3.Error, OSError) as error:
+        plan = plan_lookup(None, model, sequences, layers, backend, reference_dtype, v2_path)
+        return plan, None, f"embedding cache unreadable ({error}); computing without it"
+
+
+def store_or_warn(cache: EmbeddingCache | None, plan: CachePlan, computed: EmbeddingRun | None) -> str | None:
+    """:func:`store_computed`; a failure (disk full, locked or corrupt file) is a one-line warning, not an error."""
+    try:
+        store_computed(cache, plan, computed)
+    except (sqlite3.Error, OSError) as error:
+        return f"could not write to the embedding cache ({error}); results are unaffected"
+    return None
+
+
 def run_both_paths_cached(
     cache: EmbeddingCache | None,
     model: ESM2WithFlashAttention,
@@ -481,12 +508,7 @@ def run_both_paths_cached(
     """
     require_one_id_per_sequence(ids, sequences)
     stats = CacheStats(dir=str(cache.directory) if cache is not None else None)
-    try:
-        plan = plan_lookup(cache, model, sequences, layers, backend, reference_dtype, v2_path)
-    except (sqlite3.Error, OSError) as error:
-        stats.warning = f"embedding cache unreadable ({error}); computing without it"
-        cache = None
-        plan = plan_lookup(None, model, sequences, layers, backend, reference_dtype, v2_path)
+    plan, cache, stats.warning = lookup_or_none(cache, model, sequences, layers, backend, reference_dtype, v2_path)
     computed = None
     if plan.missing:
         computed = run_both_paths(
@@ -497,8 +519,5 @@ def run_both_paths_cached(
     stats.hits, stats.computed = len(sequences) - len(plan.missing), len(plan.missing)
     # Nothing from the cache: the computed run already is the whole run, in input order.
     run = computed if stats.hits == 0 else merge_run(plan, model, ids, sequences, computed, reference_dtype)
-    try:
-        store_computed(cache, plan, computed)
-    except (sqlite3.Error, OSError) as error:
-        stats.warning = f"could not write to the embedding cache ({error}); results are unaffected"
+    stats.warning = store_or_warn(cache, plan, computed) or stats.warning
     return run, stats

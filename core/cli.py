@@ -8,7 +8,6 @@ attention backend cannot be set up.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ from core import distributed
 from core.attention import BACKENDS, BackendUnavailable, available_backends
 from core.attribution import DEFAULT_K
 from core.cache import (
-    CACHE_ENV, CacheStats, CachePlan, EmbeddingCache, cache_dir_from_env, cache_summary, merge_run, open_cache,
-    plan_lookup, run_both_paths_cached, store_computed,
+    CACHE_ENV, CacheStats, CachePlan, EmbeddingCache, cache_dir_from_env, cache_summary, lookup_or_none, merge_run,
+    open_cache, run_both_paths_cached, store_or_warn,
 )
 from core.checks import CheckResult, v2_checks
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head
@@ -280,8 +279,8 @@ def _compare_ranks(
     directory, cache, open_warning, plan = None, None, None, None
     if env.is_root:
         directory, cache, open_warning = _open_cache(args)
-        plan, lookup_warning = _lookup(cache, setup, sequences, reference)
-        cache = None if lookup_warning else cache
+        plan, cache, lookup_warning = lookup_or_none(cache, setup.model, sequences, setup.layers, None, reference,
+                                                     setup.v2_path)
         open_warning = open_warning or lookup_warning
     missing: list[int] = comm.broadcast(plan.missing if plan is not None else None)
 
@@ -320,17 +319,6 @@ def _leave_together(comm: distributed.Communicator, code: int) -> int:
     return comm.broadcast(code)
 
 
-def _lookup(
-    cache: EmbeddingCache | None, setup: Setup, sequences: list[str], reference: str | None
-) -> tuple[CachePlan, str | None]:
-    """Rank 0's cache lookup; an unreadable cache falls back to computing everything, with a warning."""
-    try:
-        return plan_lookup(cache, setup.model, sequences, setup.layers, None, reference, setup.v2_path), None
-    except (sqlite3.Error, OSError) as error:
-        plan = plan_lookup(None, setup.model, sequences, setup.layers, None, reference, setup.v2_path)
-        return plan, f"embedding cache unreadable ({error}); computing without it"
-
-
 def _finish_root(
     args: argparse.Namespace, parsed: ParsedInput, setup: Setup, plan: CachePlan, cache: EmbeddingCache | None,
     gathered: list[tuple], directory: str | None, open_warning: str | None, reference: str | None,
@@ -344,10 +332,7 @@ def _finish_root(
         computed = distributed.assemble_runs(shards, [r[1] for r in gathered], [ids[i] for i in plan.missing])
     run = merge_run(plan, setup.model, ids, sequences, computed, reference)
     stats = CacheStats(dir=directory, hits=len(sequences) - len(plan.missing), computed=len(plan.missing))
-    try:
-        store_computed(cache, plan, computed)
-    except (sqlite3.Error, OSError) as error:
-        stats.warning = f"could not write to the embedding cache ({error}); results are unaffected"
+    stats.warning = store_or_warn(cache, plan, computed)
     checks = distributed.merge_checks([r[2] for r in gathered])
     return _report(args, parsed, setup, run, checks, _cache_summary(directory, stats, open_warning), env.world_size)
 
