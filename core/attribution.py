@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from core.metrics import ProxyClassifier, cosine_similarity, max_abs_diff, mean_abs_diff
+from core.metrics import Classifier, ProxyClassifier, cosine_similarity, max_abs_diff, mean_abs_diff
 
 Closer = Literal["v1", "v2", "tie"]
 DEFAULT_K = 2.0
@@ -32,7 +32,7 @@ class PathError:
     labels_agree: np.ndarray  # bool: the proxy label equals the reference's
 
     @classmethod
-    def measure(cls, embeddings: np.ndarray, reference: np.ndarray, classifier: ProxyClassifier) -> "PathError":
+    def measure(cls, embeddings: np.ndarray, reference: np.ndarray, classifier: Classifier) -> "PathError":
         labels = classifier.probabilities(embeddings).argmax(axis=1)
         reference_labels = classifier.probabilities(reference).argmax(axis=1)
         return cls(
@@ -111,10 +111,12 @@ class Attribution:
 
 
 def attribute(
-    v1: np.ndarray, v2: np.ndarray, reference: np.ndarray, seed: int = 0, k: float = DEFAULT_K, reference_dtype: str = "fp64"
+    v1: np.ndarray, v2: np.ndarray, reference: np.ndarray, classifier: Classifier | None = None, k: float = DEFAULT_K,
+    reference_dtype: str = "fp64",
 ) -> Attribution:
-    """Errors of v1.0 and v2.0 pooled embeddings (n, embed_dim) against the reference's."""
-    classifier = ProxyClassifier.from_seed(reference.shape[1], seed)
+    """Errors of v1.0 and v2.0 pooled embeddings (m, embed_dim) against the reference's, labels by
+    ``classifier`` (default: the uncentred proxy head of seed 0)."""
+    classifier = classifier or ProxyClassifier.from_seed(reference.shape[1], 0)
     return Attribution(
         reference_dtype=reference_dtype,
         v1=PathError.measure(v1, reference, classifier),

@@ -16,6 +16,7 @@ v1.0's padding overhead shows up as a lower fraction. The comparison counts both
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 import tempfile
@@ -28,28 +29,14 @@ import numpy as np
 import torch
 
 from core.attention import available_backends
-from core.compare import PathEmbeddings, embed_path, packed_path, run_both_paths, standard_path
+from core.compare import (
+    DEFAULT_REFERENCE_SAMPLE, PathEmbeddings, embed_path, packed_path, plan_yardstick, run_both_paths, standard_path,
+)
 from core.model import ESM2WithFlashAttention, load_esm2_model, parse_dtype, save_checkpoint, versions
 from core.report import analyse
-from core.sequences import MAX_RESIDUES, ProteinRecord, example_sequences, format_fasta
-
-# Amino-acid background frequencies (UniProtKB/Swiss-Prot release statistics), in percent.
-AMINO_ACID_PERCENT = {
-    "A": 8.25, "R": 5.53, "N": 4.06, "D": 5.45, "C": 1.37, "Q": 3.93, "E": 6.75, "G": 7.07, "H": 2.27, "I": 5.96,
-    "L": 9.66, "K": 5.84, "M": 2.42, "F": 3.86, "P": 4.70, "S": 6.56, "T": 5.34, "W": 1.08, "Y": 2.92, "V": 6.87,
-}
-REALISTIC_MEDIAN, REALISTIC_SIGMA, REALISTIC_MIN = 300, 0.6, 20
-
-
-def realistic_sequences(n: int, seed: int = 0) -> list[str]:
-    """``n`` random proteins with log-normal lengths (median 300, clipped to 20 … 1022) and
-    Swiss-Prot residue frequencies; the same seed gives the same set on any machine."""
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(np.rint(rng.lognormal(np.log(REALISTIC_MEDIAN), REALISTIC_SIGMA, n)), REALISTIC_MIN, MAX_RESIDUES)
-    letters = np.array(list(AMINO_ACID_PERCENT))
-    weights = np.array(list(AMINO_ACID_PERCENT.values()))
-    return ["".join(rng.choice(letters, int(length), p=weights / weights.sum())) for length in lengths]
-
+from core.sequences import (
+    MAX_RESIDUES, REALISTIC_MEDIAN, REALISTIC_MIN, ProteinRecord, example_sequences, format_fasta, realistic_sequences,
+)
 
 def workload(name: str, n: int, seed: int) -> list[str]:
     if name == "examples":
@@ -165,12 +152,23 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
 
         reset_peak(device)
         start = time.perf_counter()
-        run = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens)
-        analyse(run, model.num_layers, seed=0)
+        plan = plan_yardstick("auto", DEFAULT_REFERENCE_SAMPLE, model.dtype, model.device)
+        run = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens, yardstick=plan)
+        analysis_start = time.perf_counter()
+        analyse(run, model.num_layers, seed=0)  # the defaults: 100 balanced heads, the numerics gate
+        analysis = time.perf_counter() - analysis_start
         total = time.perf_counter() - start
+        bare_start = time.perf_counter()
+        analyse(dataclasses.replace(run, yardstick=None), model.num_layers, seed=0, n_heads=0)  # one head, no gate
+        gate = run.yardstick.seconds + analysis - (time.perf_counter() - bare_start)
+        both = run.v1.seconds + run.v2.seconds
         rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, path_note(run.v1)))
         rows.append(row(f"v2.0 {run.v2.backend}", run.v2.seconds, 1, path_note(run.v2)))
-        rows.append(row("comparison (both + metrics)", total, 2, f"metrics {total - run.v1.seconds - run.v2.seconds:.2f} s"))
+        rows.append(row(f"numerics sample ({plan.dtype} reference)", run.yardstick.seconds, 0,
+                        f"{run.yardstick.size} sequences: v1.0, v2.0 deep pack, reference"))
+        rows.append(row("comparison (both + sample + metrics)", total, 2,
+                        f"metrics {analysis:.2f} s; sample + heads + gate add {gate:.2f} s = "
+                        f"{100 * gate / both:.1f}% of v1.0 + v2.0"))
         for backend in available_backends(device, parse_dtype(dtype)):
             if backend == run.v2.backend or (backend == "reference" and name != "examples"):
                 continue

@@ -1,7 +1,7 @@
 """An on-disk cache of pooled embeddings, so re-running a set (or a superset) computes only what is new.
 
 One SQLite file (``embeddings.sqlite3``) in the cache directory. Each row is one sequence on one
-path: a float32 (float64 for a float64 model) array of shape (n_layers, embed_dim), the pooled
+path (v1.0 or v2.0; the numerics sample is small and always measured afresh): a float32 (float64 for a float64 model) array of shape (n_layers, embed_dim), the pooled
 embedding of every layer in the run's layer set, plus the backend and implementation strings
 that produced it. A row's key is the sha256 of
 
@@ -9,7 +9,7 @@ that produced it. A row's key is the sha256 of
 - the model dtype, the device kind ('cpu' or 'cuda <GPU name>'), the torch / flash-attn versions
   (kernels differ in rounding) and a hash of this tool's numerics source (``code_fingerprint``),
 - the path identity: v1.0 = fair-esm's forward and version; v2.0 = its backend and implementation
-  string (a plug-in's name and version); reference = its dtype,
+  string (a plug-in's name and version),
 - the layer set,
 - the sha256 of the residue string.
 
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from core.compare import (
-    EmbeddingRun, ForwardPath, PathEmbeddings, Progress, device_description, packed_path, pool_dtype,
-    require_one_id_per_sequence, run_both_paths, standard_path,
+    EmbeddingRun, ForwardPath, PathEmbeddings, Progress, YardstickPlan, device_description, measure_yardstick,
+    packed_path, pool_dtype, require_one_id_per_sequence, run_both_paths, standard_path,
 )
 from core.model import DEMO_SEED, ESM2WithFlashAttention, dtype_name, hub_checkpoint, layer_indices, versions
 
@@ -302,7 +302,7 @@ def cache_summary(directory: str | Path | None, stats: CacheStats, open_warning:
 
 @dataclass(frozen=True)
 class PathIdentity:
-    """One path as the cache keys it (``role`` is 'v1', 'v2' or 'reference')."""
+    """One path as the cache keys it (``role`` is 'v1' or 'v2')."""
 
     role: str
     identity: str
@@ -320,21 +320,15 @@ class CachePlan:
 
 
 def path_identities(
-    model: ESM2WithFlashAttention,
-    backend: str | None = None,
-    reference_dtype: str | None = None,
-    v2_path: ForwardPath | None = None,
+    model: ESM2WithFlashAttention, backend: str | None = None, v2_path: ForwardPath | None = None
 ) -> list[PathIdentity]:
-    """The identities of the paths a run_both_paths call with these arguments would run."""
+    """The identities of the two paths a run_both_paths call with these arguments would run."""
     v1 = standard_path(model)
     v2 = v2_path or packed_path(model, backend)
-    paths = [
+    return [
         PathIdentity("v1", f"{v1.implementation} | {v1.backend}"),
         PathIdentity("v2", f"{v2.implementation} | {v2.backend}"),
     ]
-    if reference_dtype is not None:
-        paths.append(PathIdentity("reference", f"{v1.implementation} | reference {reference_dtype}"))
-    return paths
 
 
 NUMERICS_MODULES = ("core/compare.py", "core/model.py", "core/attention.py", "core/batching.py")
@@ -365,12 +359,11 @@ def plan_lookup(
     sequences: Sequence[str],
     layers: Sequence[int] | None = None,
     backend: str | None = None,
-    reference_dtype: str | None = None,
     v2_path: ForwardPath | None = None,
 ) -> CachePlan:
-    """Look every sequence up on every path; a sequence missing on any path is in ``plan.missing``."""
+    """Look every sequence up on both paths; a sequence missing on either is in ``plan.missing``."""
     layers = layer_indices(model, layers)
-    paths = path_identities(model, backend, reference_dtype, v2_path)
+    paths = path_identities(model, backend, v2_path)
     if cache is None:
         return CachePlan(layers, paths, {}, {p.role: {} for p in paths}, list(range(len(sequences))))
     weights = fingerprint(model, cache)
@@ -380,7 +373,7 @@ def plan_lookup(
     found: dict[str, dict[int, CachedEmbedding]] = {}
     for p in paths:
         rows = cache.get_many(keys[p.role])
-        shape, out_dtype = (len(layers), model.embed_dim), _np_pool(model, p.role, reference_dtype)
+        shape, out_dtype = (len(layers), model.embed_dim), _np_pool(model)
         found[p.role] = {
             i: rows[key] for i, key in enumerate(keys[p.role])
             if key in rows and rows[key].layers.shape == shape and rows[key].layers.dtype == out_dtype
@@ -389,16 +382,15 @@ def plan_lookup(
     return CachePlan(layers, paths, keys, found, missing)
 
 
-def _np_pool(model: ESM2WithFlashAttention, role: str = "v1", reference_dtype: str | None = None) -> np.dtype:
-    """The numpy dtype of a path's pooled embeddings: float64 for a float64 model (or an fp64 reference), else float32."""
-    wide = reference_dtype == "fp64" if role == "reference" else pool_dtype(model.dtype) == torch.float64
-    return np.dtype(np.float64) if wide else np.dtype(np.float32)
+def _np_pool(model: ESM2WithFlashAttention) -> np.dtype:
+    """The numpy dtype of both paths' pooled embeddings: float64 for a float64 model, else float32."""
+    return np.dtype(np.float64) if pool_dtype(model.dtype) == torch.float64 else np.dtype(np.float32)
 
 
 def _path_of(run: EmbeddingRun | None, role: str) -> PathEmbeddings | None:
     if run is None:
         return None
-    return {"v1": run.v1, "v2": run.v2, "reference": run.reference}[role]
+    return {"v1": run.v1, "v2": run.v2}[role]
 
 
 def merge_run(
@@ -407,7 +399,6 @@ def merge_run(
     ids: Sequence[str],
     sequences: Sequence[str],
     computed: EmbeddingRun | None,
-    reference_dtype: str | None = None,
 ) -> EmbeddingRun:
     """Cached rows and ``computed`` (a run over ``plan.missing``, in that order) into one run in input order.
 
@@ -420,7 +411,7 @@ def merge_run(
     merged: dict[str, PathEmbeddings] = {}
     for p in plan.paths:
         fresh = _path_of(computed, p.role)
-        out_dtype = _np_pool(model, p.role, reference_dtype)
+        out_dtype = _np_pool(model)
         hits = sorted(plan.found[p.role].keys() - set(plan.missing))
         cached = np.stack([plan.found[p.role][i].layers for i in hits]) if hits else None  # (n_hits, n_layers, width)
         layers = {}
@@ -440,7 +431,7 @@ def merge_run(
     return EmbeddingRun(
         ids=list(ids), lengths=np.array([len(seq) for seq in sequences]), v1=merged["v1"], v2=merged["v2"],
         model=model.name, weights=model.weights, dtype=dtype_name(model.dtype), device=device_description(model.device),
-        layers=list(plan.layers), reference=merged.get("reference"), reference_dtype=reference_dtype,
+        layers=list(plan.layers),
     )
 
 
@@ -463,15 +454,14 @@ def lookup_or_none(
     sequences: Sequence[str],
     layers: Sequence[int] | None = None,
     backend: str | None = None,
-    reference_dtype: str | None = None,
     v2_path: ForwardPath | None = None,
 ) -> tuple[CachePlan, EmbeddingCache | None, str | None]:
     """:func:`plan_lookup`, or, when the cache cannot be read, a plan that computes everything:
     ``(plan, the cache or None when unreadable, one-line warning or None)``."""
     try:
-        return plan_lookup(cache, model, sequences, layers, backend, reference_dtype, v2_path), cache, None
+        return plan_lookup(cache, model, sequences, layers, backend, v2_path), cache, None
     except (sqlite3.Error, OSError) as error:
-        plan = plan_lookup(None, model, sequences, layers, backend, reference_dtype, v2_path)
+        plan = plan_lookup(None, model, sequences, layers, backend, v2_path)
         return plan, None, f"embedding cache unreadable ({error}); computing without it"
 
 
@@ -494,11 +484,12 @@ def run_both_paths_cached(
     backend: str | None = None,
     max_tokens: int | None = None,
     progress: Progress | None = None,
-    reference_dtype: str | None = None,
+    yardstick: YardstickPlan | None = None,
     v2_path: ForwardPath | None = None,
 ) -> tuple[EmbeddingRun, CacheStats]:
     """:func:`core.compare.run_both_paths` through the cache: computes only the sequences missing on
-    any needed path (by calling ``run_both_paths`` on that subset), merges in input order, stores them.
+    either path (by calling ``run_both_paths`` on that subset), merges in input order, stores them,
+    then measures the ``yardstick`` sample on the whole set (never cached: it is small).
 
     The arguments after ``sequences`` are ``run_both_paths``'s. ``cache=None`` computes everything.
     A cache that fails mid-run (disk full, corrupt file) is reported in ``stats.warning`` and the
@@ -508,16 +499,18 @@ def run_both_paths_cached(
     """
     require_one_id_per_sequence(ids, sequences)
     stats = CacheStats(dir=str(cache.directory) if cache is not None else None)
-    plan, cache, stats.warning = lookup_or_none(cache, model, sequences, layers, backend, reference_dtype, v2_path)
+    plan, cache, stats.warning = lookup_or_none(cache, model, sequences, layers, backend, v2_path)
     computed = None
     if plan.missing:
         computed = run_both_paths(
             model, alphabet, [ids[i] for i in plan.missing], [sequences[i] for i in plan.missing],
-            layers=plan.layers, backend=backend, max_tokens=max_tokens, progress=progress,
-            reference_dtype=reference_dtype, v2_path=v2_path,
+            layers=plan.layers, backend=backend, max_tokens=max_tokens, progress=progress, v2_path=v2_path,
         )
     stats.hits, stats.computed = len(sequences) - len(plan.missing), len(plan.missing)
     # Nothing from the cache: the computed run already is the whole run, in input order.
-    run = computed if stats.hits == 0 else merge_run(plan, model, ids, sequences, computed, reference_dtype)
+    run = computed if stats.hits == 0 else merge_run(plan, model, ids, sequences, computed)
     stats.warning = store_or_warn(cache, plan, computed) or stats.warning
+    if yardstick is not None:
+        run.yardstick = measure_yardstick(model, alphabet, sequences, plan.layers, yardstick,
+                                          v2_path or packed_path(model, backend), max_tokens, progress)
     return run, stats

@@ -179,31 +179,76 @@ def residue_track(residues: pd.DataFrame, sequence_id: str, font_size: int = 14)
     return _layout(fig, f"Residue track: {sequence_id}", font_size, xaxis_title="residue position", yaxis_title="log10")
 
 
-def seed_agreement_histogram(agreement: np.ndarray, low: float, high: float, font_size: int = 14) -> go.Figure:
-    """Label agreement of each proxy seed, with the mean and the 95% interval."""
-    fig = go.Figure(go.Histogram(x=agreement, marker_color=V1_COLOUR, name="seeds",
-                                 hovertemplate="agreement %{x:.2%}<br>%{y} seeds<extra></extra>"))
-    fig.add_vrect(x0=low, x1=high, fillcolor="#4063d8", opacity=0.12, line_width=0,
-                  annotation_text="95% of seeds", annotation_position="top left")
-    fig.add_vline(x=float(np.mean(agreement)), line=dict(color="#111", dash="dash"), annotation_text="mean")
-    return _layout(fig, f"Label agreement over {agreement.size} proxy classifiers", font_size,
-                   xaxis=dict(tickformat=".1%", title="label agreement"), yaxis_title="seeds")
+def head_agreement_histogram(agreement: np.ndarray, lower: float, kind: str, font_size: int = 14) -> go.Figure:
+    """Label agreement of each proxy head (flips within the rounding floor left out), with the lower
+    quantile the prediction verdict is judged on."""
+    fig = go.Figure(go.Histogram(x=agreement, marker_color=V1_COLOUR, name="heads",
+                                 hovertemplate="agreement %{x:.2%}<br>%{y} heads<extra></extra>"))
+    fig.add_vline(x=lower, line=dict(color="#111", dash="dash"), annotation_text="judged (lower 2.5%)")
+    return _layout(fig, f"Label agreement over {agreement.size} {kind} proxy heads", font_size,
+                   xaxis=dict(tickformat=".1%", title="label agreement (flips beyond the rounding floor)"),
+                   yaxis_title="heads")
 
 
 def flips_vs_margin(margins: pd.DataFrame, font_size: int = 14) -> go.Figure:
-    """Every (seed, sequence): the v1.0 logit margin, flips in red: flips sit at small margins."""
+    """Every (head, sequence): v1.0's margin from the head's boundary in rounding floors (log10). Flips left
+    of 0 lie within the floor (rounding can cause them) and do not count; flips right of it do."""
     fig = go.Figure()
-    agree = margins[~margins["flip"]]
-    flips = margins[margins["flip"]]
-    fig.add_trace(go.Histogram(x=np.log10(np.maximum(agree["margin_v1"], DISTANCE_FLOOR)), name="labels agree",
-                               marker_color=AGREE_COLOUR, opacity=0.6, hovertemplate="%{y} pairs<extra></extra>"))
-    if len(flips):
-        fig.add_trace(go.Scatter(x=np.log10(np.maximum(flips["margin_v1"], DISTANCE_FLOOR)), y=np.zeros(len(flips)),
-                                 mode="markers", name="label flip", marker=dict(color=FLIP_COLOUR, size=12, symbol="x"),
-                                 text=flips["id"], customdata=flips["seed"],
-                                 hovertemplate="%{text}, seed %{customdata}<br>log10 margin %{x:.2f}<extra></extra>"))
-    return _layout(fig, "Flips against the v1.0 logit margin (all seeds × sequences)", font_size,
-                   xaxis_title="log10 |logit₁ − logit₀| of v1.0", yaxis_title="(seed, sequence) pairs", barmode="overlay")
+    x = np.log10(np.maximum(margins["margin_over_floor"], DISTANCE_FLOOR))
+    agree, flips = ~margins["flip"].to_numpy(), margins["flip"].to_numpy()
+    fig.add_trace(go.Histogram(x=x[agree], name="labels agree", marker_color=AGREE_COLOUR, opacity=0.6,
+                               hovertemplate="%{y} pairs<extra></extra>"))
+    for name, chosen, colour in (("flip within the rounding floor", flips & ~margins["counted"].to_numpy(), "#888"),
+                                 ("flip beyond it (counts)", margins["counted"].to_numpy(), FLIP_COLOUR)):
+        if chosen.any():
+            fig.add_trace(go.Scatter(x=x[chosen], y=np.zeros(int(chosen.sum())), mode="markers", name=name,
+                                     marker=dict(color=colour, size=12, symbol="x"), text=margins["id"][chosen],
+                                     customdata=margins["seed"][chosen],
+                                     hovertemplate="%{text}, head %{customdata}<br>log10 margin/floor %{x:.2f}<extra></extra>"))
+    fig.add_vline(x=0.0, line=dict(color="#111", dash="dash"), annotation_text="rounding floor")
+    return _layout(fig, "Flips against v1.0's margin, in rounding floors (all heads × sequences)", font_size,
+                   xaxis_title="log10 (|v1.0 logit gap| / rounding floor)", yaxis_title="(head, sequence) pairs",
+                   barmode="overlay")
+
+
+def numerics_layers(numerics: dict, font_size: int = 14) -> go.Figure:
+    """Per layer: v1.0's and v2.0's max error against the reference (floor mode: the rounding floor and
+    v2.0's distance from v1.0), log10; departing layers marked."""
+    frame = pd.DataFrame(numerics["layers"])
+    reference = numerics["kind"] == "reference"
+    names = (("max |v1.0 − reference|", "max |v2.0 − reference|") if reference
+             else ("rounding floor: max |v1.0 re-batched − v1.0|", "max |v2.0 − v1.0|"))
+    fig = go.Figure()
+    for column, name, colour in (("baseline_error", names[0], V1_COLOUR), ("candidate_error", names[1], "#b35900")):
+        fig.add_trace(go.Scatter(x=frame["layer"], y=np.log10(np.maximum(frame[column], DISTANCE_FLOOR)), name=name,
+                                 mode="lines+markers", line_color=colour, customdata=frame[column],
+                                 hovertemplate="layer %{x}<br>%{customdata:.3e}<extra></extra>"))
+    departs = frame[frame["departs"]]
+    if len(departs):
+        fig.add_trace(go.Scatter(x=departs["layer"], y=np.log10(np.maximum(departs["candidate_error"], DISTANCE_FLOOR)),
+                                 mode="markers", name="departs", marker=dict(color=FLIP_COLOUR, size=14, symbol="x"),
+                                 hovertemplate="layer %{x} departs<extra></extra>"))
+    where = f"{numerics['dtype']} reference" if reference else "rounding floor"
+    return _layout(fig, f"Each layer against the {where} ({numerics['n_sample']} sequences)", font_size,
+                   xaxis_title="layer", yaxis_title="log10 max |error|")
+
+
+def sign_test_layers(numerics: dict, font_size: int = 14) -> go.Figure:
+    """Per layer: how many sequences have v1.0 or v2.0 closer to the reference, and the sign test's
+    −log10 p against its per-layer level."""
+    frame = pd.DataFrame(numerics["layers"])
+    fig = go.Figure()
+    for column, name, colour in (("closer_v1", "v1.0 closer", V1_COLOUR), ("closer_v2", "v2.0 closer", "#b35900")):
+        fig.add_trace(go.Bar(x=frame["layer"], y=frame[column], name=name, marker_color=colour,
+                             hovertemplate="layer %{x}<br>%{y} sequences<extra></extra>"))
+    fig.add_trace(go.Scatter(x=frame["layer"], y=-np.log10(np.maximum(frame["sign_p"].astype(float), 1e-300)),
+                             name="−log10 p (sign test)", mode="lines+markers", yaxis="y2", line_color="#111",
+                             hovertemplate="layer %{x}<br>p = %{customdata:.2g}<extra></extra>", customdata=frame["sign_p"]))
+    level = -np.log10(float(frame["alpha"].iloc[0]))
+    fig.add_hline(y=level, yref="y2", line=dict(color=FLIP_COLOUR, dash="dash"), annotation_text="systematic beyond")
+    return _layout(fig, "Which path is closer to the reference, sequence by sequence", font_size, barmode="group",
+                   xaxis_title="layer", yaxis_title="sequences",
+                   yaxis2=dict(title="−log10 p", overlaying="y", side="right", rangemode="tozero"))
 
 
 def reference_errors(table: pd.DataFrame, reference_dtype: str, font_size: int = 14) -> go.Figure:
@@ -213,7 +258,7 @@ def reference_errors(table: pd.DataFrame, reference_dtype: str, font_size: int =
     fig = go.Figure(go.Scatter(x=x, y=y, mode="markers", text=table["id"], customdata=table["closer_to_ref"],
                                marker=dict(size=10, color=V1_COLOUR), name="sequences",
                                hovertemplate="%{text}<br>closer: %{customdata}<extra></extra>"))
-    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    low, high = float(np.nanmin([x.min(), y.min()])), float(np.nanmax([x.max(), y.max()]))
     fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(color="#888", dash="dot"),
                              name="equal error", hoverinfo="skip"))
     return _layout(fig, f"Error against the {reference_dtype} reference, per sequence", font_size,

@@ -27,8 +27,12 @@ from core.cache import (
 from core.checks import CheckResult, v2_checks
 from core.heads import HeadClassifier, HeadError, load_extra_features, load_head
 from core.plugins import PluginError, make_plugin_path
-from core.compare import EmbeddingRun, ForwardPath, fallback_path, run_both_paths
+from core.compare import (
+    DEFAULT_REFERENCE_SAMPLE, EmbeddingRun, ForwardPath, YardstickPlan, fallback_path, measure_yardstick, packed_path,
+    plan_yardstick, run_both_paths,
+)
 from core.metrics import Thresholds, verdict_at_or_below
+from core.proxies import DEFAULT_HEADS, PROXY_KINDS
 from core.model import (
     DEMO_SIZES, DTYPES, PRETRAINED, ESM2WithFlashAttention, WeightsUnavailable, default_device, default_dtype, device_or_cpu,
     default_model_spec, layer_indices, load_esm2_model, pretrained_available, versions,
@@ -88,6 +92,7 @@ class Setup:
     thresholds: Thresholds
     head: HeadClassifier | None
     v2_path: ForwardPath | None
+    yardstick: YardstickPlan
     only_layer: bool = False
 
     @property
@@ -139,7 +144,8 @@ def _setup(args: argparse.Namespace, device: torch.device, ids: list[str], annou
     layer = layer_indices(model, [args.layer if args.layer is not None else model.num_layers])[0]
     head = _load_head(args, model.embed_dim, ids)
     v2_path = v2_path_from_args(args, model)
-    return Setup(model, alphabet, device, layer, thresholds, head, v2_path, only_layer=args.only_layer)
+    yardstick = plan_yardstick(args.reference, args.reference_sample, model.dtype, model.device)
+    return Setup(model, alphabet, device, layer, thresholds, head, v2_path, yardstick, only_layer=args.only_layer)
 
 
 def _run_checks(
@@ -165,8 +171,8 @@ def _report(
 ) -> int:
     """Analyse, print the table and verdict, write the files; returns the exit code."""
     analysis = analyse(
-        run, setup.layer, args.seed, setup.thresholds, parsed, versions(), n_seeds=args.seeds, k=args.rule_k,
-        checks=checks, classifier=setup.head, classifier_name=setup.head.describe() if setup.head is not None else None,
+        run, setup.layer, args.seed, setup.thresholds, parsed, versions(), proxy=args.proxy, n_heads=args.seeds,
+        k=args.rule_k, checks=checks, classifier=setup.head, classifier_name=setup.head.describe() if setup.head is not None else None,
         cache=cache, world_size=world_size,
     )
     summary = analysis.summary
@@ -215,7 +221,7 @@ def compare_command(args: argparse.Namespace) -> int:
         directory, cache, open_warning = _open_cache(args)
         run, stats = run_both_paths_cached(
             cache, setup.model, setup.alphabet, ids, sequences, layers=setup.layers, max_tokens=args.max_tokens,
-            reference_dtype=None if args.reference == "none" else args.reference, v2_path=setup.v2_path,
+            yardstick=setup.yardstick, v2_path=setup.v2_path,
         )
         checks = _run_checks(args, setup, sequences, run.v2.layers[setup.layer] if stats.hits == 0 else None)
     except SETUP_ERRORS as error:
@@ -267,7 +273,6 @@ def _compare_ranks(
     compute), gather(shard results), broadcast(exit code). Handled errors travel through them.
     """
     ids, sequences = [r.id for r in parsed.records], [r.sequence for r in parsed.records]
-    reference = None if args.reference == "none" else args.reference
     setup, error = None, None
     try:
         setup = _setup(args, device, ids, announce=env.is_root)
@@ -279,8 +284,7 @@ def _compare_ranks(
     directory, cache, open_warning, plan = None, None, None, None
     if env.is_root:
         directory, cache, open_warning = _open_cache(args)
-        plan, cache, lookup_warning = lookup_or_none(cache, setup.model, sequences, setup.layers, None, reference,
-                                                     setup.v2_path)
+        plan, cache, lookup_warning = lookup_or_none(cache, setup.model, sequences, setup.layers, None, setup.v2_path)
         open_warning = open_warning or lookup_warning
     missing: list[int] = comm.broadcast(plan.missing if plan is not None else None)
 
@@ -290,7 +294,7 @@ def _compare_ranks(
     try:
         part = run_both_paths(
             setup.model, setup.alphabet, [ids[missing[p]] for p in shard], [sequences[missing[p]] for p in shard],
-            layers=setup.layers, max_tokens=args.max_tokens, reference_dtype=reference, v2_path=setup.v2_path,
+            layers=setup.layers, max_tokens=args.max_tokens, v2_path=setup.v2_path,
         ) if shard else None
         fresh = part is not None and len(missing) == len(sequences)  # then shard == check_shard
         checks = _run_checks(
@@ -306,7 +310,7 @@ def _compare_ranks(
         if _report_rank_errors([r[1] if r[0] == "error" else None for r in gathered], env):
             code = EXIT_SETUP
         else:
-            code = _finish_root(args, parsed, setup, plan, cache, gathered, directory, open_warning, reference, env)
+            code = _finish_root(args, parsed, setup, plan, cache, gathered, directory, open_warning, env)
     return _leave_together(comm, code)
 
 
@@ -321,19 +325,26 @@ def _leave_together(comm: distributed.Communicator, code: int) -> int:
 
 def _finish_root(
     args: argparse.Namespace, parsed: ParsedInput, setup: Setup, plan: CachePlan, cache: EmbeddingCache | None,
-    gathered: list[tuple], directory: str | None, open_warning: str | None, reference: str | None,
-    env: distributed.DistEnv,
+    gathered: list[tuple], directory: str | None, open_warning: str | None, env: distributed.DistEnv,
 ) -> int:
-    """Rank 0: reassemble the shards in input order, merge cached rows, store new ones, report."""
+    """Rank 0: reassemble the shards in input order, merge cached rows, store new ones, measure the
+    numerics sample over the whole set, report."""
     ids, sequences = [r.id for r in parsed.records], [r.sequence for r in parsed.records]
     computed = None
     if plan.missing:
         shards = distributed.shard_indices([len(sequences[i]) for i in plan.missing], env.world_size)
         computed = distributed.assemble_runs(shards, [r[1] for r in gathered], [ids[i] for i in plan.missing])
-    run = merge_run(plan, setup.model, ids, sequences, computed, reference)
+    run = merge_run(plan, setup.model, ids, sequences, computed)
     stats = CacheStats(dir=directory, hits=len(sequences) - len(plan.missing), computed=len(plan.missing))
     stats.warning = store_or_warn(cache, plan, computed)
     checks = distributed.merge_checks([r[2] for r in gathered])
+    try:
+        v2_path = setup.v2_path or packed_path(setup.model, args.backend)
+        run.yardstick = measure_yardstick(setup.model, setup.alphabet, sequences, run.layers, setup.yardstick,
+                                          v2_path, args.max_tokens)
+    except SETUP_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SETUP
     return _report(args, parsed, setup, run, checks, _cache_summary(directory, stats, open_warning), env.world_size)
 
 
@@ -347,6 +358,19 @@ def models_command(args: argparse.Namespace) -> int:
     for dtype_label, dtype in DTYPES.items():
         print(f"v2.0 attention backends in {dtype_label}: {', '.join(available_backends(device, dtype))}")
     return 0
+
+
+def _sample_size(text: str) -> int | None:
+    """--reference-sample: a count >= 0, or 'all' (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 or 'all', got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,11 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="v2.0 = the v1-compatible fallback: fair-esm's attention behind the packed API")
     compare.add_argument("--v2", metavar="MODULE:FACTORY",
                          help="v2.0 = your implementation; the factory receives the loaded fair-esm model")
-    compare.add_argument("--reference", choices=["none", "fp32", "fp64"], default="none",
-                         help="add the standard path on the same weights in this dtype and attribute the error")
+    compare.add_argument("--reference", choices=["auto", "none", "fp32", "fp64"], default="auto",
+                         help="the numerics gate's yardstick: the standard path on the same weights in a wider dtype "
+                              "(auto: fp32 with TF32 off on a GPU, fp64 on a CPU), or none: v1.0's rounding floor")
+    compare.add_argument("--reference-sample", type=_sample_size, default=DEFAULT_REFERENCE_SAMPLE, metavar="N|all|0",
+                         help=f"sequences in the numerics sample, chosen to span the lengths (default "
+                              f"{DEFAULT_REFERENCE_SAMPLE}; 0: no reference, the rounding floor instead)")
     compare.add_argument("--rule-k", type=float, default=DEFAULT_K, help="FlashAttention rule: v2.0 error <= k x v1.0 error")
-    compare.add_argument("--seeds", type=int, default=0, metavar="N",
-                         help="label agreement over N proxy seeds (0 = off; 100 is a good choice)")
+    compare.add_argument("--proxy", choices=PROXY_KINDS, default="balanced",
+                         help="proxy heads: balanced (centred, boundary at v1.0's median; default) or seed (uncentred)")
+    compare.add_argument("--seeds", type=int, default=DEFAULT_HEADS, metavar="K",
+                         help=f"proxy heads that decide the prediction verdict (default {DEFAULT_HEADS}; 0: the --seed "
+                              "head alone)")
     compare.add_argument("--head", help="your classification head (.safetensors, or a state_dict loaded weights_only)")
     compare.add_argument("--extra-features", help="per-sequence features for the head (CSV with an id column, or .npy)")
     compare.add_argument("--checks", action="store_true", help="also run packing-invariance and determinism checks on v2.0")

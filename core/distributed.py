@@ -176,7 +176,8 @@ def assemble_runs(shards: Sequence[Sequence[int]], runs: Sequence[EmbeddingRun |
     """Ranks' runs into one run over ``ids`` (their order): ``shards[r]`` are the positions rank r embedded.
 
     Ranks with an empty shard pass None. Each path's layers become (len(ids), embed_dim);
-    seconds are the slowest rank's (the wall time of the parallel run).
+    seconds are the slowest rank's (the wall time of the parallel run). Shards carry no numerics
+    sample: rank 0 measures it on the whole set afterwards.
     """
     present = [(list(shard), run) for shard, run in zip(shards, runs) if run is not None and len(shard)]
     if not present or sum(len(shard) for shard, _ in present) != len(ids):
@@ -185,14 +186,11 @@ def assemble_runs(shards: Sequence[Sequence[int]], runs: Sequence[EmbeddingRun |
     lengths = np.empty(len(ids), dtype=np.asarray(base.lengths).dtype)
     for shard, run in present:
         lengths[shard] = run.lengths
-    reference = None
-    if base.reference is not None:
-        reference = _assemble_path([(shard, run.reference) for shard, run in present], len(ids))
     return replace(
         base, ids=list(ids), lengths=lengths,
         v1=_assemble_path([(shard, run.v1) for shard, run in present], len(ids)),
         v2=_assemble_path([(shard, run.v2) for shard, run in present], len(ids)),
-        reference=reference,
+        yardstick=None,
     )
 
 

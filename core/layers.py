@@ -9,17 +9,20 @@ import torch
 
 from core.batching import pack_tokens, padded_tokens
 from core.compare import EmbeddingRun
-from core.metrics import ProxyClassifier, cosine_similarity, max_abs_diff, mean_abs_diff
+from core.metrics import cosine_similarity, max_abs_diff, mean_abs_diff
 from core.model import ESM2WithFlashAttention
+from core.proxies import ProxyKind, proxy_head
 
 
-def layer_profile(run: EmbeddingRun, seed: int = 0) -> list[dict[str, float | int]]:
-    """One entry per pooled layer: v1.0-vs-v2.0 cosine (min, mean), mean/max abs diff, label agreement;
-    with a reference in the run, each path's mean abs error against it too."""
+def layer_profile(run: EmbeddingRun, seed: int = 0, proxy: ProxyKind = "balanced") -> list[dict[str, float | int]]:
+    """One entry per pooled layer: v1.0-vs-v2.0 cosine (min, mean), mean/max abs diff, label agreement of
+    the ``proxy`` head of ``seed`` (fitted at that layer); with a reference in the run, each path's mean
+    abs error against it on the sample too."""
     profile = []
+    sample = run.reference_sample
     for layer in run.layers:
         v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
-        classifier = ProxyClassifier.from_seed(v1.shape[1], seed)
+        classifier = proxy_head(proxy, seed, v1)
         cosine = cosine_similarity(v1, v2)
         abs_diff = np.abs(v1 - v2)
         entry = {
@@ -32,10 +35,10 @@ def layer_profile(run: EmbeddingRun, seed: int = 0) -> list[dict[str, float | in
                 (classifier.probabilities(v1).argmax(1) == classifier.probabilities(v2).argmax(1)).mean()
             ),
         }
-        if run.reference is not None:
-            reference = run.reference.layers[layer]
-            entry["v1_mean_abs_error"] = float(mean_abs_diff(v1, reference).mean())
-            entry["v2_mean_abs_error"] = float(mean_abs_diff(v2, reference).mean())
+        if sample is not None:
+            rows, wide = sample.indices, sample.reference_rows(layer)
+            entry["v1_mean_abs_error"] = float(mean_abs_diff(v1[rows], wide).mean())
+            entry["v2_mean_abs_error"] = float(mean_abs_diff(v2[rows], wide).mean())
         profile.append(entry)
     return profile
 

@@ -67,7 +67,9 @@ class ProxyClassifier:
     """A seeded random linear head embed_dim -> 2 with softmax, standing in for a real one.
 
     The weights come from numpy's PCG64 generator, so the same seed gives the same head on
-    any machine. weight: (embed_dim, 2) float64, N(0, 1/embed_dim); bias: (2,) zeros.
+    any machine. weight: (embed_dim, 2) float64, N(0, 1/embed_dim); bias: (2,) float64.
+    ``from_seed`` is the seed's uncentred head (bias zero); ``balanced`` is the same head with its
+    boundary moved to the middle of the baseline's sequences.
     """
 
     weight: np.ndarray
@@ -79,6 +81,23 @@ class ProxyClassifier:
         rng = np.random.Generator(np.random.PCG64(seed))
         weight = rng.standard_normal((embed_dim, 2)) / math.sqrt(embed_dim)
         return cls(weight=weight, bias=np.zeros(2), seed=seed)
+
+    @classmethod
+    def balanced(cls, baseline: np.ndarray, seed: int) -> "ProxyClassifier":
+        """The seed's head, centred on ``baseline`` (n, embed_dim) and thresholded at its median logit gap.
+
+        Centring on the baseline's mean and thresholding at the median of the centred gaps is the same
+        boundary as thresholding the raw gap (logit 1 − logit 0) at its median, which is what the bias
+        does; half the baseline's sequences fall on each side (the median one in class 0).
+        """
+        head = cls.from_seed(baseline.shape[1], seed)
+        gap = np.asarray(baseline, np.float64) @ head.direction
+        return cls(weight=head.weight, bias=np.array([0.0, -float(np.median(gap))]), seed=seed)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(embed_dim,): the logit gap (class 1 − class 0) per unit of embedding."""
+        return self.weight[:, 1] - self.weight[:, 0]
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Softmax class probabilities, (n, 2) float64."""
@@ -117,27 +136,6 @@ def format_percent(fraction: float, decimals: int = 1) -> str:
         if fraction in (0.0, 1.0) or float(text) not in (0.0, 100.0):
             break
     return f"{text}%"
-
-
-def recommendation_for(verdict: Verdict, agreement: float, failing_cosine: list[str], thresholds: Thresholds) -> str:
-    """The sentence a decision meeting reads next to the verdict."""
-    pct = format_percent(agreement)
-    if verdict == "ACCEPT":
-        return f"Adopt v2.0: predictions agree on {pct} of sequences; the divergence is cosmetic."
-    if verdict == "VALIDATE":
-        reasons = []
-        if agreement <= thresholds.accept_agreement:
-            reasons.append(
-                f"label agreement {pct} is between {100 * thresholds.min_agreement:g}% and {100 * thresholds.accept_agreement:g}%"
-            )
-        if failing_cosine:
-            named = ", ".join(failing_cosine[:5]) + (" …" if len(failing_cosine) > 5 else "")
-            reasons.append(f"{len(failing_cosine)} sequence(s) are at or below cosine {thresholds.min_cosine:g} ({named})")
-        return f"Validate v2.0 on a production dataset before adopting it: {' and '.join(reasons)}."
-    return (
-        f"Fall back to a v1.0-compatible path: label agreement {pct} is below "
-        f"{100 * thresholds.min_agreement:g}%, so v2.0 changes predictions."
-    )
 
 
 @dataclass
@@ -193,14 +191,12 @@ class Comparison:
 
     @property
     def verdict(self) -> Verdict:
-        """The decision tree on agreement; a failed cosine check caps ACCEPT at VALIDATE."""
+        """The seed's decision tree on this head's agreement; a failed cosine check caps ACCEPT at VALIDATE.
+        (The product's verdict is core.verdict.Headline's; this is its "seed rule" on the seed's head.)"""
         verdict = verdict_for(Fraction(self.n_agree, self.n), self.thresholds)
         if verdict == "ACCEPT" and not self.checks["cosine_all_above_threshold"]:
             return "VALIDATE"
         return verdict
-
-    def recommendation(self, failing_ids: list[str]) -> str:
-        return recommendation_for(self.verdict, self.agreement, failing_ids, self.thresholds)
 
     def distribution(self, values: np.ndarray) -> dict[str, float]:
         return {
@@ -242,6 +238,16 @@ def compare_embeddings(
         match={atol: match_fraction(v1, v2, atol) for atol in MATCH_TOLERANCES},
         thresholds=thresholds,
     )
+
+
+def binomial_interval(agree: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval for one classifier's agreement over n sequences (sampling of sequences)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = agree / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def verdict_at_or_below(verdict: Verdict, level: Verdict) -> bool:

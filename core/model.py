@@ -219,13 +219,7 @@ class ESM2WithFlashAttention(nn.Module):
         backend = self.resolved_backend(backend)
         model = self.esm2
         input_ids = input_ids.reshape(-1)
-        total_tokens = input_ids.numel()
-        cu_seqlens_long = cu_seqlens.long()
-        seq_lengths = cu_seqlens_long[1:] - cu_seqlens_long[:-1]
-        seq_index = torch.repeat_interleave(
-            torch.arange(seq_lengths.numel(), device=input_ids.device), seq_lengths, output_size=total_tokens
-        )
-        positions = torch.arange(total_tokens, device=input_ids.device) - cu_seqlens_long[seq_index]
+        seq_index, seq_lengths, positions = self._packed_positions(cu_seqlens, input_ids.numel())
 
         x = self._packed_embeddings(input_ids, seq_index, seq_lengths)
         wanted = set(repr_layers)
@@ -239,6 +233,19 @@ class ESM2WithFlashAttention(nn.Module):
         if model.num_layers in wanted:
             representations[model.num_layers] = model.emb_layer_norm_after(x)
         return {"representations": representations, "backend": backend}
+
+    @staticmethod
+    def _packed_positions(cu_seqlens: torch.Tensor, total_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(seq_index, seq_lengths, positions): for each token its sequence, (total_tokens,) int64; each
+        sequence's token count, (batch,) int64; and its position within its sequence, (total_tokens,) int64,
+        restarting at 0 for every sequence as v1.0's padded rows do."""
+        cu_seqlens_long = cu_seqlens.long()
+        seq_lengths = cu_seqlens_long[1:] - cu_seqlens_long[:-1]
+        seq_index = torch.repeat_interleave(
+            torch.arange(seq_lengths.numel(), device=cu_seqlens.device), seq_lengths, output_size=total_tokens
+        )
+        positions = torch.arange(total_tokens, device=cu_seqlens.device) - cu_seqlens_long[seq_index]
+        return seq_index, seq_lengths, positions
 
     def _forward_packed_via_v1(
         self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, repr_layers: Sequence[int]
@@ -301,11 +308,21 @@ class ESM2WithFlashAttention(nn.Module):
         q = (attn.q_proj(x) * attn.scaling).view(shape)
         k = attn.k_proj(x).view(shape)
         v = attn.v_proj(x).view(shape)
-        cos, sin = rotary_tables(attn.rot_emb.inv_freq, max_seqlen, self.rotary_precision)
-        cos, sin = cos[positions], sin[positions]
+        cos, sin = self._rotary(attn.rot_emb.inv_freq, positions, max_seqlen)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=1.0, backend=backend)
+        out = self._attend(q, k, v, cu_seqlens, max_seqlen, backend)
         return attn.out_proj(out.reshape(total_tokens, attn.embed_dim))
+
+    def _rotary(self, inv_freq: torch.Tensor, positions: torch.Tensor, max_seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for each token's position, each (total_tokens, head_dim)."""
+        cos, sin = rotary_tables(inv_freq, max_seqlen, self.rotary_precision)
+        return cos[positions], sin[positions]
+
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                backend: str) -> torch.Tensor:
+        """Attention within each packed sequence; q (already scaled), k, v: (total_tokens, heads, head_dim)."""
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=1.0, backend=backend)
 
 
 # ---------------------------------------------------------------- loading

@@ -7,7 +7,8 @@
 - ``settings.json``: what the page chose (a plain JSON object);
 - ``status.json``: ``state`` (queued, running, done, failed), ``error``, timestamps, sequence count;
 - ``embeddings.npz`` + ``run.json``: the pooled embeddings of every layer for v1.0, v2.0 and the
-  reference (when there is one), and what produced them, enough to rebuild the EmbeddingRun;
+  numerics sample (its v1.0, v2.0 and reference or floor, row indices and probes), and what produced
+  them, enough to rebuild the EmbeddingRun;
   run.json's ``cache`` is the embedding cache's summary object (null when the cache was off);
 - ``summary.json`` and ``sequences.csv`` once analysed (core.report.write_outputs).
 
@@ -33,13 +34,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from core.compare import EmbeddingRun, PathEmbeddings
+from core.compare import EmbeddingRun, PathEmbeddings, Yardstick
 from core.report import write_outputs
 from core.sequences import InputProblem, ParsedInput, ProteinRecord, format_fasta
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 STATES = ("queued", "running", "done", "failed")
-PATH_NAMES = ("v1", "v2", "reference")
 
 
 class RunStorageError(RuntimeError):
@@ -159,17 +159,25 @@ class RunStore:
         ``lengths``: (n_sequences,) int64) plus run.json with everything else in the EmbeddingRun and
         ``cache``, the embedding cache's ``{"dir", "hits", "computed"[, "warning"]}`` (None: off)."""
         arrays = {"lengths": np.asarray(run.lengths, dtype=np.int64)}
+        yardstick = run.yardstick
+        named = {"v1": run.v1, "v2": run.v2} | ({
+            "sample_v1": yardstick.baseline, "sample_v2": yardstick.candidate, "sample_reference": yardstick.reference,
+            "sample_v2_deep": yardstick.deep,
+        } if yardstick is not None else {})
         paths = {}
-        for name in PATH_NAMES:
-            embeddings: PathEmbeddings | None = getattr(run, name)
+        for name, embeddings in named.items():
             if embeddings is None:
                 continue
             paths[name] = {"backend": embeddings.backend, "seconds": embeddings.seconds,
-                           "implementation": embeddings.implementation, "layers": sorted(embeddings.layers)}
+                           "implementation": embeddings.implementation, "layers": sorted(embeddings.layers),
+                           "oom_splits": embeddings.oom_splits, "host_wait_seconds": embeddings.host_wait_seconds}
             arrays |= {f"{name}_layer{layer}": values for layer, values in embeddings.layers.items()}
+        if yardstick is not None:
+            arrays["yardstick_indices"] = np.asarray(yardstick.indices, dtype=np.int64)
         meta = {"ids": list(run.ids), "model": run.model, "weights": run.weights, "dtype": run.dtype,
-                "device": run.device, "layers": list(run.layers), "reference_dtype": run.reference_dtype, "paths": paths,
-                "cache": cache}
+                "device": run.device, "layers": list(run.layers), "paths": paths, "cache": cache,
+                "yardstick": None if yardstick is None else {"kind": yardstick.kind, "dtype": yardstick.dtype,
+                                                             "probes": list(yardstick.probes)}}
 
         def write_npz(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
@@ -218,14 +226,21 @@ class RunStore:
                 name: PathEmbeddings(
                     layers={layer: arrays[f"{name}_layer{layer}"] for layer in info["layers"]},
                     backend=info["backend"], seconds=info["seconds"], implementation=info["implementation"],
+                    oom_splits=info.get("oom_splits", 0), host_wait_seconds=info.get("host_wait_seconds", 0.0),
                 )
                 for name, info in meta["paths"].items()
             }
             lengths = arrays["lengths"]
+            described = meta.get("yardstick")
+            yardstick = None
+            if described is not None:
+                yardstick = Yardstick(described["kind"], described["dtype"], arrays["yardstick_indices"],
+                                      tuple(described["probes"]), paths["sample_v1"], paths["sample_v2"],
+                                      paths["sample_reference"], paths.get("sample_v2_deep"))
         return EmbeddingRun(
             ids=meta["ids"], lengths=lengths, v1=paths["v1"], v2=paths["v2"], model=meta["model"],
             weights=meta["weights"], dtype=meta["dtype"], device=meta["device"], layers=meta["layers"],
-            reference=paths.get("reference"), reference_dtype=meta["reference_dtype"],
+            yardstick=yardstick,
         )
 
     def load_cache_summary(self, run_id: str) -> dict[str, Any] | None:

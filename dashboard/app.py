@@ -20,7 +20,9 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 from core import charts  # noqa: E402
+from core.compare import DEFAULT_REFERENCE_SAMPLE  # noqa: E402
 from core.metrics import format_percent  # noqa: E402
+from core.proxies import UNINFORMATIVE_SHARE  # noqa: E402
 from core.attention import available_backends  # noqa: E402
 from core.model import (  # noqa: E402
     DEMO_SIZES, DTYPES, PRETRAINED, describe_model_spec, device_or_cpu, parse_dtype,
@@ -32,11 +34,14 @@ from core.sequences import ParsedInput, example_sequences, format_fasta, parse_s
 from core.paths import PathNotAllowed  # noqa: E402
 from core.runs import RunStore  # noqa: E402
 from dashboard.state import (  # noqa: E402
-    BUILTIN_V2, RunStatus, Settings, checked_model_spec, history, live_throughput, progress_fraction, progress_text,
+    BUILTIN_V2, RunStatus, Settings, checked_model_spec, parse_sample, history, live_throughput, progress_fraction, progress_text,
     residue_view, run_contents, run_status, stored_input, submit_run, v2_checks, v2_plugins,
 )
 
 CHECKPOINT = "Local checkpoint file…"
+REFERENCES = {"auto": "auto (fp32 on a GPU, fp64 on a CPU)", "fp32": "fp32 (TF32 off)", "fp64": "fp64",
+              "none": "none: v1.0's rounding floor"}
+PROXIES = {"balanced": "balanced (centred on v1.0)", "seed": "the seed's uncentred heads"}
 EXAMPLES = {"patterns": "Repeat patterns (18)", "real": "Real proteins (9)", "all": "All examples (27)"}
 UPLOAD_TYPES = ["fasta", "fa", "faa", "txt", "gz"]
 POLL_SECONDS = 1.0  # how often a waiting page looks at its job again
@@ -57,8 +62,8 @@ def init_session() -> None:
     is_named = settings.model in PRETRAINED or settings.model.lower().startswith("demo-")
     st.session_state.model_choice = settings.model if is_named else CHECKPOINT
     st.session_state.checkpoint_path = "" if is_named else settings.model
-    for name in ("dtype", "device", "backend", "v2", "reference", "seed", "seeds", "min_cosine", "min_agreement",
-                 "accept_agreement", "present"):
+    for name in ("dtype", "device", "backend", "v2", "reference", "reference_sample", "seed", "proxy", "seeds",
+                 "min_cosine", "min_agreement", "accept_agreement", "present"):
         st.session_state[name] = getattr(settings, name)
     st.session_state.my_runs = []
     st.session_state.device_notice = device_notice(st.query_params.get("device", ""))
@@ -167,12 +172,25 @@ def sidebar(run_layers: list[int] | None) -> Settings:
             st.session_state.layer = last if settings.layer < 0 or settings.layer > last else settings.layer
             st.session_state.layer_model = spec
         layer = st.sidebar.slider("Layer (0 = embeddings, last = after final layer norm)", 0, last, key="layer")
-    st.sidebar.selectbox("Reference for attribution", ["none", "fp32", "fp64"], key="reference",
-                         help="A third embedding set: the standard path on the same weights in a wider dtype, "
-                              "to tell which path is closer to the truth. Recomputes on Run.")
-    st.sidebar.number_input("Proxy classifier seed", min_value=0, step=1, key="seed")
-    st.sidebar.number_input("Seed sweep: proxy classifiers", min_value=0, max_value=10_000, step=10, key="seeds",
-                            help="Agreement over this many seeds gives the verdict's uncertainty (0 = off).")
+    st.sidebar.selectbox("Numerics gate: reference", REFERENCES, key="reference", format_func=REFERENCES.get,
+                         help="The yardstick the numerics gate measures both paths against, on a sample of the "
+                              "sequences at every layer. Recomputes on Run.")
+    st.sidebar.text_input("Numerics sample (sequences, or all)", key="reference_sample",
+                          help=f"Sequences chosen to span the lengths (default {DEFAULT_REFERENCE_SAMPLE}; 0: the "
+                               "rounding floor instead of a reference). Small sets are topped up with probe proteins.")
+    try:
+        parse_sample(st.session_state.reference_sample)
+    except ValueError:
+        st.sidebar.error(f"Numerics sample {st.session_state.reference_sample!r} is not a count or 'all': "
+                         f"using {DEFAULT_REFERENCE_SAMPLE}.")
+        st.session_state.reference_sample = str(DEFAULT_REFERENCE_SAMPLE)
+    st.sidebar.number_input("Proxy classifier seed (the view drawn)", min_value=0, step=1, key="seed")
+    st.sidebar.selectbox("Proxy heads", PROXIES, key="proxy", format_func=PROXIES.get,
+                         help="Balanced heads put half the sequences on each side of every boundary, so agreement "
+                              "can fall; the seed's uncentred head often puts every sequence in one class.")
+    st.sidebar.number_input("Proxy heads that decide", min_value=0, max_value=10_000, step=10, key="seeds",
+                            help="Label agreement over this many heads decides the prediction verdict, judged on its "
+                                 "lower 2.5% (0: the chosen seed's head alone).")
     with st.sidebar.expander("Advanced: thresholds"):
         st.number_input("Cosine must exceed", 0.0, 1.0, step=0.001, format="%.4f", key="min_cosine")
         st.number_input("Agreement at least (else FALLBACK)", 0.0, 1.0, step=0.01, format="%.3f", key="min_agreement")
@@ -183,7 +201,7 @@ def sidebar(run_layers: list[int] | None) -> Settings:
     ss = st.session_state
     settings = Settings(
         model=spec or "", dtype=ss.dtype, device=ss.device, backend=ss.backend, v2=ss.v2, reference=ss.reference,
-        layer=layer, seed=int(ss.seed), seeds=int(ss.seeds),
+        reference_sample=ss.reference_sample, layer=layer, seed=int(ss.seed), proxy=ss.proxy, seeds=int(ss.seeds),
         min_cosine=ss.min_cosine, min_agreement=ss.min_agreement, accept_agreement=ss.accept_agreement,
         present=ss.present,
     )
@@ -262,10 +280,18 @@ def verdict_card(summary: dict, font_scale: float) -> None:
     compared = (f"{summary['model']} ({summary['weights']} weights) · {summary['dtype']} · layer {summary['layer']} · "
                 f"v1.0 {summary['impl_v1']} ({summary['backend_v1']}) vs v2.0 {summary['impl_v2']} · {summary['device']} · "
                 f"{summary['n_sequences']} sequences · classifier: {summary['classifier']}")
+    headline = summary["headline"]
+    lines = "".join(
+        f'<div style="font-size: {1.05 * font_scale}rem; margin-top: 0.25rem;"><b>{html.escape(label)}</b> '
+        f"{html.escape(text.split(': ', 1)[1])}</div>"
+        for label, text in (("Predictions:", headline["predictions"]), ("Numerics:", headline["numerics"]))
+    )
     st.markdown(
         f"""<div style="border-left: 14px solid {colour}; background: #f6f7f9; padding: 0.8rem 1.2rem; border-radius: 6px;">
 <div style="color: {colour}; font-size: {3.2 * font_scale}rem; font-weight: 800; line-height: 1.1;">{html.escape(summary['verdict'])}</div>
 <div style="font-size: {1.25 * font_scale}rem; margin-top: 0.3rem;">{html.escape(summary['recommendation'])}</div>
+{lines}
+<div style="color: #555; font-size: {0.95 * font_scale}rem; margin-top: 0.3rem;">{html.escape(headline['seed_rule'])}</div>
 <div style="color: #555; font-size: {0.9 * font_scale}rem; margin-top: 0.4rem;">{html.escape(compared)}</div></div>""",
         unsafe_allow_html=True,  # every interpolated value is escaped above
     )
@@ -275,13 +301,23 @@ def kpi_row(summary: dict) -> None:
     pearson = summary["pearson"]
     columns = st.columns(6)
     flips = summary["n_label_flips"]
-    columns[0].metric("Label agreement", format_percent(summary["label_agreement"]), f"{flips} label flip{'s' * (flips != 1)}",
-                      delta_color="red" if flips else "green", delta_arrow="off")
-    columns[1].metric("Min cosine", f"{summary['cosine']['min']:.6f}")
-    columns[2].metric("Confidence Pearson", "n/a" if pearson is None else f"{pearson:.6f}")
-    columns[3].metric("Max confidence diff", f"{summary['max_confidence_diff']:.2e}")
-    columns[4].metric("Values within 1e-3", f"{summary['embedding_match']['atol_0.001']:.1%}")
-    columns[5].metric("Values within 1e-2", f"{summary['embedding_match']['atol_0.01']:.1%}")
+    balance = summary["proxy_balance"]["chosen_head"]["majority_share"]
+    columns[0].metric("Label agreement", format_percent(summary["label_agreement"]),
+                      f"{flips} flip{'s' * (flips != 1)} · {balance:.0%} in the larger class",
+                      delta_color="red" if flips or balance > UNINFORMATIVE_SHARE else "green", delta_arrow="off",
+                      help="The chosen seed's head. Above 90% in one class its agreement cannot fall (uninformative).")
+    heads = summary["predictions"]["heads"]
+    if heads:
+        columns[1].metric(f"Agreement, {heads['n_heads']} heads", format_percent(heads["agreement_lower"]),
+                          f"lower 2.5% · {heads['counted_flips']} flips count", delta_arrow="off",
+                          delta_color="red" if heads["counted_flips"] else "green")
+    columns[2].metric("Min cosine", f"{summary['cosine']['min']:.6f}")
+    columns[3].metric("Confidence Pearson", "n/a" if pearson is None else f"{pearson:.6f}")
+    columns[4].metric("Max confidence diff", f"{summary['max_confidence_diff']:.2e}")
+    columns[5].metric("Values within 1e-3 / 1e-2", f"{summary['embedding_match']['atol_0.001']:.1%}",
+                      f"{summary['embedding_match']['atol_0.01']:.1%} within 1e-2", delta_arrow="off", delta_color="off")
+    for warning in summary["proxy_balance"]["warnings"]:
+        st.warning(warning, icon="⚠️")
 
 
 def cache_caption(cache: dict | None) -> str | None:
@@ -336,13 +372,14 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
         st.error(f"Your head cannot be used, so the proxy classifier is shown: {head_problem}")
     try:
         analysis = analyse(
-            run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
-            classifier=head, classifier_name=head.describe() if head is not None else None, cache=cache,
+            run, layer, settings.seed, settings.thresholds, parsed, versions(), proxy=settings.proxy,
+            n_heads=settings.seeds, classifier=head, classifier_name=head.describe() if head is not None else None,
+            cache=cache,
         )
     except HeadError as error:
         st.error(f"Your head cannot be used, so the proxy classifier is shown: {error}")
-        analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
-                           cache=cache)
+        analysis = analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), proxy=settings.proxy,
+                           n_heads=settings.seeds, cache=cache)
     summary, table = analysis.summary, analysis.table
     font_size = 22 if settings.present else 14
     if run.is_demo:
@@ -354,21 +391,23 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
     if settings.present:
         overview_tab(table, summary, font_size)
         return
-    tabs = st.tabs(["Overview", "Reference", "Layers", "Residues", "Seeds", "Checks", "Table & share"])
+    tabs = st.tabs(["Overview", "Numerics", "Reference", "Layers", "Residues", "Heads", "Checks", "Table & share"])
     with tabs[0]:
         overview_tab(table, summary, font_size)
     with tabs[1]:
-        reference_tab(analysis, table)
+        numerics_tab(summary)
     with tabs[2]:
+        reference_tab(analysis, table)
+    with tabs[3]:
         st.plotly_chart(charts.layer_curve(summary["layers"]), key="chart_layers")
         st.dataframe(pd.DataFrame(summary["layers"]), hide_index=True, width="stretch", key="layer_table")
-    with tabs[3]:
-        residue_tab(run, parsed, used, layer)
     with tabs[4]:
-        seeds_tab(analysis, run.ids)
+        residue_tab(run, parsed, used, layer)
     with tabs[5]:
-        checks_tab(run, parsed, used, layer, fresh_baseline=bool(cache and cache["hits"]))
+        heads_tab(analysis, run.ids)
     with tabs[6]:
+        checks_tab(run, parsed, used, layer, fresh_baseline=bool(cache and cache["hits"]))
+    with tabs[7]:
         share_tab(summary, table)
 
 
@@ -381,11 +420,30 @@ def overview_tab(table: pd.DataFrame, summary: dict, font_size: int) -> None:
         right.plotly_chart(figures[right_name], key=f"chart_{right_name}")
 
 
+def numerics_tab(summary: dict) -> None:
+    """The numerics gate: per-layer error of both paths against the yardstick, the sign test, the first departure."""
+    numerics = summary["numerics"]
+    if numerics is None:
+        st.info("This run has no numerics sample (it was saved before the gate existed): press Run again.")
+        return
+    (st.success if numerics["passed"] else st.error)(summary["headline"]["numerics"])
+    st.plotly_chart(charts.numerics_layers(numerics), key="chart_numerics")
+    if numerics["kind"] == "reference":
+        st.plotly_chart(charts.sign_test_layers(numerics), key="chart_sign_test")
+    st.caption(f"A layer departs when v2.0's max error exceeds {numerics['layers'][0]['bound']:g}× v1.0's "
+               "(FlashAttention's rule; without a reference, that many rounding floors) or when one path is closer "
+               f"to the reference on too many sequences to be chance (two-sided sign test, family-wise level "
+               f"{numerics['alpha']:g} over the layers). v2.0 runs the sample in a deep pack, so a result that depends "
+               "on where a sequence sits in its pack shows.")
+    st.dataframe(pd.DataFrame(numerics["layers"]), hide_index=True, width="stretch", key="numerics_table")
+
+
 def reference_tab(analysis, table: pd.DataFrame) -> None:
     attribution = analysis.attribution
     if attribution is None:
-        st.info("Choose a reference (fp32 or fp64) in the sidebar and press Run: both paths are then measured "
-                "against the standard path on the same weights in that dtype, to tell which one is wrong.")
+        st.info("The numerics gate ran against v1.0's rounding floor, not a reference: choose a reference "
+                "(auto, fp32 or fp64) in the sidebar and press Run to measure both paths against the standard path "
+                "on the same weights in a wider dtype, to tell which one is wrong.")
         return
     reference = analysis.summary["reference"]
     (st.success if attribution.rule_passed else st.error)(reference["verdict_line"])
@@ -394,7 +452,8 @@ def reference_tab(analysis, table: pd.DataFrame) -> None:
         hide_index=True, width="stretch", key="reference_table",
     )
     counts = reference["closer_counts"]
-    st.caption(f"Closer to the reference, per sequence: v1.0 {counts['v1']}, v2.0 {counts['v2']}, tie {counts['tie']}.")
+    st.caption(f"On the {sum(counts.values())} sequences of the numerics sample, closer to the reference: "
+               f"v1.0 {counts['v1']}, v2.0 {counts['v2']}, tie {counts['tie']}.")
     st.plotly_chart(charts.reference_errors(table, attribution.reference_dtype), key="chart_reference")
 
 
@@ -413,19 +472,20 @@ def residue_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
     st.dataframe(worst, hide_index=True, width="stretch", key="residue_worst")
 
 
-def seeds_tab(analysis, ids: list[str]) -> None:
-    sweep = analysis.sweep
-    if sweep is None:
-        st.info("Set the seed sweep above 0 in the sidebar to see how much the agreement depends on the proxy seed.")
-        return
-    summary = sweep.summary()
-    st.markdown(f"Agreement over **{summary['n']}** proxy classifiers: mean **{summary['agreement_mean']:.2%}**, "
-                f"95% of seeds between **{summary['agreement_low']:.2%}** and **{summary['agreement_high']:.2%}**; "
-                f"{summary['seeds_with_flips']} seed(s) flip at least one label.")
+def heads_tab(analysis, ids: list[str]) -> None:
+    """The proxy heads that decide the prediction verdict: their agreement and where their flips sit."""
+    votes = analysis.votes
+    heads = votes.to_summary()
+    if analysis.summary["predictions"]["heads"] is None:
+        st.caption("Your head decides the prediction verdict; the proxy heads are shown for comparison.")
+    st.markdown(f"{heads['n_heads']} {heads['kind']} heads: agreement judged on the lower 2.5% "
+                f"**{heads['agreement_lower']:.2%}**, mean **{heads['agreement_mean']:.2%}**; "
+                f"{heads['counted_flips']} flip(s) beyond each head's rounding floor count, "
+                f"{heads['rounding_flips']} within it do not.")
     left, right = st.columns(2)
-    left.plotly_chart(charts.seed_agreement_histogram(sweep.agreement, summary["agreement_low"], summary["agreement_high"]),
-                      key="chart_seeds")
-    right.plotly_chart(charts.flips_vs_margin(sweep.margin_table(ids)), key="chart_margins")
+    left.plotly_chart(charts.head_agreement_histogram(votes.agreement, heads["agreement_lower"], heads["kind"]),
+                      key="chart_heads")
+    right.plotly_chart(charts.flips_vs_margin(votes.margin_table(ids)), key="chart_margins")
 
 
 def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_baseline: bool = False) -> None:
@@ -526,13 +586,15 @@ def show_run(run_id: str, settings: Settings) -> None:
     if status.outcome is not None and status.outcome.save_error:
         st.error(status.outcome.save_error)
     st.session_state.run_layers = run.layers
-    view = dataclasses.replace(used, layer=settings.layer, seed=settings.seed, seeds=settings.seeds,
+    view = dataclasses.replace(used, layer=settings.layer, seed=settings.seed, proxy=settings.proxy, seeds=settings.seeds,
                                min_cosine=settings.min_cosine, min_agreement=settings.min_agreement,
                                accept_agreement=settings.accept_agreement, present=settings.present)
-    if (used.model, used.dtype, used.device, used.backend, used.v2, used.reference) != (
-        typed_model(settings.model), settings.dtype, settings.device, settings.backend, settings.v2, settings.reference
+    if (used.model, used.dtype, used.device, used.backend, used.v2, used.reference, used.reference_sample) != (
+        typed_model(settings.model), settings.dtype, settings.device, settings.backend, settings.v2, settings.reference,
+        settings.reference_sample,
     ):
-        st.caption("Showing the last run; model, dtype, device, backend or reference changed since — press Run to use them.")
+        st.caption("Showing the last run; model, dtype, device, backend or numerics sample changed since — press Run "
+                   "to use them.")
     results(run, view, parsed, used, cache)
 
 

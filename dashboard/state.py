@@ -27,7 +27,7 @@ from core import checks, compare
 from core.attention import BackendUnavailable
 from core.cache import CACHE_ENV, cache_summary, open_cache, run_both_paths_cached
 from core.checks import CheckResult
-from core.compare import EmbeddingRun, Progress
+from core.compare import DEFAULT_REFERENCE_SAMPLE, EmbeddingRun, Progress, plan_yardstick
 from core.jobs import Estimate, JobQueue
 from core.layers import residue_divergence
 from core.plugins import PluginError, make_plugin_path
@@ -128,7 +128,8 @@ def v2_path_for(choice: str, model, backend: str):
 def compute_embeddings(settings: "Settings", records: tuple[tuple[str, str], ...],
                        progress: Progress) -> tuple[EmbeddingRun, dict[str, Any] | None]:
     """Both paths' pooled embeddings at every layer for ``records`` ((id, sequence) pairs), plus the
-    reference set when ``settings.reference`` is 'fp32' or 'fp64'; ``settings.v2`` picks the v2.0 side.
+    numerics sample that ``settings.reference`` and ``settings.reference_sample`` ask for; ``settings.v2``
+    picks the v2.0 side.
 
     Goes through the embedding cache (:func:`cache_dir`) when it is on, and returns with the run
     summary.json's ``"cache"`` object (``{"dir", "hits", "computed"[, "warning"]}``), None when the
@@ -136,12 +137,12 @@ def compute_embeddings(settings: "Settings", records: tuple[tuple[str, str], ...
     model, alphabet = get_model(settings.model, settings.dtype, settings.device, weights_token(settings.model))
     ids, sequences = zip(*records)
     directory = cache_dir()
+    yardstick = plan_yardstick(settings.reference, parse_sample(settings.reference_sample), model.dtype, model.device)
     cache, open_warning = open_cache(directory)
     try:
         run, stats = run_both_paths_cached(
             cache, model, alphabet, ids, sequences, layers=None, backend=settings.backend, progress=progress,
-            reference_dtype=None if settings.reference == "none" else settings.reference,
-            v2_path=v2_path_for(settings.v2, model, settings.backend),
+            yardstick=yardstick, v2_path=v2_path_for(settings.v2, model, settings.backend),
         )
     finally:
         if cache is not None:
@@ -175,7 +176,8 @@ def v2_checks(spec: str, dtype: str, device: str, backend: str, records: tuple[t
     return job_queue().call(f"checks-{RunStore.new_id()}", 2 * len(records), work)
 
 
-PATH_LABELS = {"v1.0": "v1.0 standard path", "v2.0": "v2.0 packed path", "reference": "reference (standard path, wide dtype)"}
+PATH_LABELS = {"v1.0": "v1.0 standard path", "v2.0": "v2.0 packed path",
+               "reference": "numerics sample (reference or rounding floor)"}
 
 
 def progress_fraction(stage: str, done: int, total: int, stages: tuple[str, ...]) -> float:
@@ -206,10 +208,12 @@ class Settings:
     device: str = ""
     backend: str = "auto"
     v2: str = "packed"  # 'packed', 'fallback', or a plug-in label from dashboard/config.toml
-    reference: str = "none"  # or 'fp32' / 'fp64': a third, wider-dtype embedding set
+    reference: str = "auto"  # the numerics gate's yardstick: 'auto', 'fp32', 'fp64' or 'none' (rounding floor)
+    reference_sample: str = str(DEFAULT_REFERENCE_SAMPLE)  # sequences in the numerics sample: a count, or 'all'
     layer: int = -1  # -1: the last layer
     seed: int = 0
-    seeds: int = 100  # proxy classifiers in the seed sweep (0: off)
+    proxy: str = "balanced"  # or 'seed': the seed's uncentred heads
+    seeds: int = 100  # proxy heads that decide the prediction verdict (0: the chosen seed's head alone)
     min_cosine: float = Thresholds.min_cosine
     min_agreement: float = Thresholds.min_agreement
     accept_agreement: float = Thresholds.accept_agreement
@@ -248,6 +252,16 @@ class Settings:
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(self.min_cosine, self.min_agreement, self.accept_agreement)
+
+
+def parse_sample(text: str) -> int | None:
+    """The numerics sample size from its text: a count >= 0, or None for 'all'; ValueError otherwise."""
+    if text.strip().lower() == "all":
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"the numerics sample must be a count >= 0 or 'all', got {value}")
+    return value
 
 
 def _parse(type_name: str, raw: str) -> Any:
@@ -301,8 +315,8 @@ def analyse_as_submitted(run: EmbeddingRun, settings: Settings, parsed: ParsedIn
     """core.report.analyse at the submitted layer (last if out of range), seed, thresholds and sweep;
     ``cache``: the embedding cache's summary object (None when off)."""
     layer = settings.layer if settings.layer in run.layers else max(run.layers)
-    return analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), n_seeds=settings.seeds,
-                   cache=cache)
+    return analyse(run, layer, settings.seed, settings.thresholds, parsed, versions(), proxy=settings.proxy,
+                   n_heads=settings.seeds, cache=cache)
 
 
 def execute_run(store: RunStore, run_id: str, settings: Settings, parsed: ParsedInput, progress: Progress,
@@ -358,7 +372,7 @@ class RunStatus:
     estimate: Estimate | None = None
     progress: tuple[str, int, int] | None = None
     elapsed: float | None = None  # seconds since the running job started
-    stages: tuple[str, ...] = STAGES[:2]  # the stages a running job goes through
+    stages: tuple[str, ...] = STAGES  # the stages a running job goes through (every run measures a numerics sample)
     outcome: Outcome | None = None  # the job's, while this process remembers it
 
 
@@ -368,7 +382,7 @@ def run_status(run_id: str) -> RunStatus:
     if job is not None and job.state in ("queued", "running"):
         elapsed = time.monotonic() - job.started_at if job.started_at is not None else None
         return RunStatus(job.state, estimate=job_queue().estimate(run_id), progress=job.progress, elapsed=elapsed,
-                         stages=stages_of(run_id))
+                         stages=STAGES)
     if job is not None:
         outcome = job.result if job.state == "done" else None
         return RunStatus(job.state, error=job.message and failure_message(job.error), outcome=outcome)
@@ -377,15 +391,6 @@ def run_status(run_id: str) -> RunStatus:
         return RunStatus("missing")
     state = status.get("state")
     return RunStatus("interrupted" if state in ("queued", "running") else state, error=status.get("error"))
-
-
-def stages_of(run_id: str) -> tuple[str, ...]:
-    """v1.0, v2.0 and, when the run has a reference, the reference (read from its saved settings)."""
-    try:
-        reference = run_store().load_settings(run_id).get("reference", "none")
-    except (KeyError, OSError, ValueError):
-        reference = "none"
-    return STAGES if reference != "none" else STAGES[:2]
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the saved run…")

@@ -11,12 +11,13 @@ import torch
 from core.attribution import attribute
 from core.checks import determinism, packing_invariance
 from core.cli import main
-from core.compare import run_both_paths
+from core.compare import YardstickPlan, run_both_paths
 from core.layers import layer_profile, residue_divergence
 from core.metrics import compare_embeddings
 from core.report import analyse
 from core.sequences import example_sequences
-from core.sweep import binomial_interval, seed_sweep
+from core.metrics import binomial_interval
+from core.proxies import HeadBank, vote
 
 SEQUENCES = [r.sequence for r in example_sequences("real")]
 IDS = [r.id for r in example_sequences("real")]
@@ -61,7 +62,7 @@ def test_a_broken_v2_path_is_caught_against_float64(demo_fp32):
     exact = model.activation
     try:
         model.activation = lambda x: torch.nn.functional.gelu(x, approximate="tanh")
-        run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=[model.num_layers], reference_dtype="fp64")
+        run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=[model.num_layers], yardstick=YardstickPlan("reference", "fp64", None))
     finally:
         model.activation = exact
     analysis = analyse(run, model.num_layers, seed=0)
@@ -73,8 +74,8 @@ def test_a_broken_v2_path_is_caught_against_float64(demo_fp32):
 
 def test_reference_run_on_healthy_paths(demo_fp32):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=None, reference_dtype="fp64")
-    assert run.reference_dtype == "fp64" and run.reference.layers[0].dtype == np.float64
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=None, yardstick=YardstickPlan("reference", "fp64", None))
+    assert run.yardstick.dtype == "fp64" and run.yardstick.reference.layers[0].dtype == np.float64
     analysis = analyse(run, model.num_layers, seed=0)
     reference = analysis.summary["reference"]
     assert reference["rule_passed"]
@@ -111,27 +112,26 @@ def test_residue_track_matches_positions(demo_fp64):
 # ---------------------------------------------------------------- seed sweep
 
 
-def test_seed_sweep_agrees_with_single_seed_comparisons_and_is_reproducible():
+def test_seed_heads_agree_with_single_seed_comparisons_and_are_reproducible():
     v1 = embeddings(40, 16)
     v2 = v1 + 0.3 * np.random.default_rng(9).standard_normal(v1.shape)
-    sweep = seed_sweep(v1, v2, n_seeds=25)
+    votes = vote(HeadBank.build("seed", range(25), v1), v1, v2, None, 2.0)
     for seed in (0, 7, 24):
-        assert sweep.agreement[seed] == compare_embeddings(v1, v2, seed).agreement
-    again = seed_sweep(v1, v2, n_seeds=25)
-    assert np.array_equal(sweep.agreement, again.agreement) and np.array_equal(sweep.flips, again.flips)
-    summary = sweep.summary()
-    assert summary["n"] == 25
-    assert summary["agreement_low"] <= summary["agreement_mean"] <= summary["agreement_high"]
-    assert summary["agreement_low"] < 1.0  # this much noise flips something
+        assert votes.raw_agreement[seed] == compare_embeddings(v1, v2, seed).agreement
+    again = vote(HeadBank.build("seed", range(25), v1), v1, v2, None, 2.0)
+    assert np.array_equal(votes.flips, again.flips)
+    summary = votes.to_summary()
+    assert summary["n_heads"] == 25
+    assert summary["agreement_lower"] <= summary["agreement_mean"]
+    assert summary["agreement_lower"] < 1.0  # this much noise flips something
 
 
 def test_flips_come_from_sequences_near_the_decision_boundary():
     v1 = embeddings(200, 32)
     v2 = v1 + 0.05 * np.random.default_rng(1).standard_normal(v1.shape)
-    sweep = seed_sweep(v1, v2, n_seeds=50)
-    table = sweep.margin_table([f"s{i}" for i in range(200)])
-    assert table["flip"].any()
-    assert table.loc[table["flip"], "margin_v1"].max() < table.loc[~table["flip"], "margin_v1"].median()
+    votes = vote(HeadBank.build("balanced", range(50), v1), v1, v2, None, 2.0)
+    assert votes.flips.any()
+    assert votes.margins[votes.flips].max() < np.median(votes.margins[~votes.flips])
 
 
 def test_wilson_interval():
@@ -167,11 +167,12 @@ def test_cli_reference_seeds_checks_and_layers(tmp_path, capsys):
                  "--seeds", "30", "--checks", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "FlashAttention rule" in out and "agreement over 30 seeds" in out and "packing invariance" in out
+    assert "FlashAttention rule" in out and "agreement over 30 balanced heads" in out and "packing invariance" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["reference"]) >= {"v1_error", "v2_error", "closer", "rule_passed"}
-    assert set(summary["seed_sweep"]) >= {"n", "agreement_mean", "agreement_low", "agreement_high"}
-    assert summary["seed_sweep"]["n"] == 30
+    heads = summary["predictions"]["heads"]
+    assert heads["n_heads"] == 30 and heads["kind"] == "balanced"
+    assert heads["agreement_lower"] <= heads["agreement_mean"]
     assert [entry["layer"] for entry in summary["layers"]] == list(range(7))
     assert [check["name"] for check in summary["checks_v2"]] == ["packing invariance", "determinism"]
     assert all(check["passed"] for check in summary["checks_v2"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.bench import main, non_embedding_parameters, pass_flops, realistic_sequences
-from core.sequences import MAX_RESIDUES
+from core.bench import main, non_embedding_parameters, pass_flops
+from core.sequences import MAX_RESIDUES, realistic_sequences
 
 
 def test_realistic_workload_is_seeded_and_protein_like():
@@ -35,7 +35,9 @@ def test_bench_prints_and_appends_a_table(tmp_path, capsys):
     text = report.read_text()
     assert text.startswith("# Benchmarks\n") and "Command: `python -m core.bench --models demo-8M" in text
     rows = [line for line in text.splitlines() if line.startswith("| demo-8M | fp32 | realistic |")]
-    assert [row.split(" | ")[3] for row in rows] == ["v1.0 fair-esm", "v2.0 reference", "comparison (both + metrics)"]
+    assert [row.split(" | ")[3] for row in rows] == ["v1.0 fair-esm", "v2.0 reference", "numerics sample (fp64 reference)",
+                                                    "comparison (both + sample + metrics)"]
+    assert "sample + heads + gate add" in rows[-1]
     assert "Load from a local checkpoint: demo-8M fp32:" in text and "| tokens/s |" in capsys.readouterr().out
 
 

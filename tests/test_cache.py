@@ -18,7 +18,7 @@ from core.cache import (
     DB_NAME, CachedEmbedding, CacheUnavailable, EmbeddingCache, fingerprint, open_cache, run_both_paths_cached,
 )
 from core.cli import main
-from core.compare import EmbeddingRun, fallback_path, run_both_paths
+from core.compare import YardstickPlan, EmbeddingRun, fallback_path, run_both_paths
 from core.model import load_esm2_model, save_checkpoint
 from core.sequences import example_sequences
 
@@ -62,8 +62,9 @@ def assert_same_run(a: EmbeddingRun, b: EmbeddingRun, atol: float = 0.0) -> None
     assert list(a.lengths) == list(b.lengths)
     assert (a.v1.backend, a.v2.backend, a.v1.implementation, a.v2.implementation) == (
         b.v1.backend, b.v2.backend, b.v1.implementation, b.v2.implementation)
-    for name in ("v1", "v2", "reference"):
-        pa, pb = getattr(a, name), getattr(b, name)
+    for name in ("v1", "v2", "baseline", "candidate", "reference"):
+        source_a, source_b = (run.yardstick if name in ("baseline", "candidate", "reference") else run for run in (a, b))
+        pa, pb = (getattr(source, name) if source is not None else None for source in (source_a, source_b))
         if pa is None or pb is None:
             assert pa is pb is None
             continue
@@ -115,14 +116,15 @@ def test_same_residues_under_another_id_are_a_hit(demo_fp32, cache, counter):
     assert renamed.ids == ["x", "y"]
 
 
-def test_only_layer_and_reference_are_cached_and_exact(demo_fp32, cache, counter):
+def test_only_layer_is_cached_and_the_numerics_sample_measured_afresh(demo_fp32, cache, counter):
     model, alphabet = demo_fp32
-    first, _ = run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], reference_dtype="fp64")
-    again, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], reference_dtype="fp64")
+    plan = YardstickPlan("reference", "fp64", None)
+    run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], yardstick=plan)
+    again, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], yardstick=plan)
     assert (stats.hits, stats.computed) == (len(SEQS), 0)
-    assert again.reference is not None and again.reference_dtype == "fp64"
-    assert again.reference.layers[3].dtype == np.float64  # the reference keeps its width
-    assert_same_run(again, run_both_paths(model, alphabet, IDS, SEQS, layers=[3], reference_dtype="fp64"))
+    assert again.yardstick is not None and again.yardstick.dtype == "fp64"
+    assert again.yardstick.reference.layers[3].dtype == np.float64  # the reference keeps its width
+    assert_same_run(again, run_both_paths(model, alphabet, IDS, SEQS, layers=[3], yardstick=plan))
 
 
 # ---------------------------------------------------------------- what must not mix
@@ -138,7 +140,8 @@ def test_key_changes_miss(demo_fp32, demo_fp64, cache, counter):
     assert _computed_after_warm_cache(cache, model, alphabet, layers=[6]) == 0
     assert _computed_after_warm_cache(cache, model, alphabet, layers=[5, 6]) == 3  # another layer set
     assert _computed_after_warm_cache(cache, model, alphabet, layers=[6], v2_path=fallback_path(model)) == 3  # v2 backend
-    assert _computed_after_warm_cache(cache, model, alphabet, layers=[6], reference_dtype="fp32") == 3  # + reference
+    with_sample = _computed_after_warm_cache(cache, model, alphabet, layers=[6], yardstick=YardstickPlan("reference", "fp64", None))
+    assert with_sample == 0  # the numerics sample is measured afresh; both paths' rows still hit
     assert _computed_after_warm_cache(cache, demo_fp64[0], demo_fp64[1], layers=[6]) == 3  # dtype
     other_seed, _ = load_esm2_model("demo-8M", dtype="fp32", device="cpu", demo_seed=7)
     assert fingerprint(other_seed) != fingerprint(model)

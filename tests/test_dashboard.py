@@ -90,7 +90,10 @@ def test_example_set_runs_to_a_verdict(run_counter):
     card = verdict_html(app)
     assert "ACCEPT" in card and "18 sequences" in card and "demo-8M" in card
     assert metrics(app)["Label agreement"] == "100.0%"
-    assert app.metric[0].delta == "0 label flips"
+    assert app.metric[0].delta == "0 flips · 50% in the larger class"  # the balanced head: half on each side
+    assert metrics(app)["Agreement, 100 heads"] == "100.0%"
+    assert "<b>Predictions:</b> agree" in card and "<b>Numerics:</b> equivalent to rounding" in card
+    assert "Seed rule (one uncentred head, seed 0)" in card
     assert len(table_with(app, "label_flip")) == 18
     assert run_counter == [None], "one embedding pass, every layer"
 
@@ -173,19 +176,20 @@ def test_user_text_is_never_rendered_as_html(run_counter):
 
 
 
-def test_reference_layers_seeds_residues_and_checks_views(run_counter):
-    app = new_app()
-    app.selectbox(key="reference").set_value("fp64").run()
-    app = run_example(app)
+def test_numerics_reference_layers_heads_residues_and_checks_views(run_counter):
+    app = run_example(new_app())  # the numerics gate is on by default: an fp64 reference on the CPU
     assert not app.exception
     assert run_counter == [None]
+    assert any(s.value.startswith("Numerics: equivalent to rounding (fp64 reference") for s in app.success)
+    numerics = table_with(app, "sign_p")
+    assert list(numerics["layer"]) == list(range(7)) and not numerics["departs"].any()
     assert any("FlashAttention's rule" in s.value and "fp64 reference" in s.value for s in app.success)
     reference = table_with(app, "path")
     assert list(reference["path"]) == ["v1.0", "v2.0"]
     assert (reference["cosine_min"] > 0.9999).all()
-    layers = table_with(app, "layer")
+    layers = table_with(app, "v2_mean_abs_error")
     assert list(layers["layer"]) == list(range(7)) and "v2_mean_abs_error" in layers.columns
-    assert any("Agreement over **100** proxy classifiers" in m.value for m in app.markdown)
+    assert any("100 balanced heads: agreement judged on the lower 2.5%" in m.value for m in app.markdown)
 
     app.selectbox(key="residue_sequence").set_value("pattern_03")
     app.button(key="residue_go").click().run()
@@ -197,6 +201,30 @@ def test_reference_layers_seeds_residues_and_checks_views(run_counter):
     assert any(b.startswith("packing invariance: PASS") for b in badges)
     assert any(b.startswith("determinism: PASS") for b in badges)
     assert run_counter == [None], "the views reuse the cached embeddings"
+
+
+def test_uncentred_proxy_is_selectable_and_its_imbalance_is_warned(run_counter):
+    app = new_app()
+    app.selectbox(key="proxy").set_value("seed").run()
+    app = run_example(app, "real")
+    assert not app.exception
+    heads = metrics(app)
+    assert "Agreement, 100 heads" in heads
+    card = verdict_html(app)
+    assert "uncentred proxy" in card
+    warnings = [w.value for w in app.warning]
+    assert all("uninformative" in w for w in warnings if "class" in w)
+
+
+def test_a_broken_plugin_is_flagged_on_the_page(run_counter, monkeypatch, tmp_path):
+    server_config(monkeypatch, tmp_path, '[v2_plugins]\n"EOS in pool" = "tests.plugins.broken_paths:make_eos_in_pool"\n')
+    app = new_app()
+    app.selectbox(key="v2").set_value("EOS in pool").run()
+    app = run_example(app)
+    card = verdict_html(app)
+    assert "ACCEPT" not in card.split("</div>")[0]
+    assert "<b>Numerics:</b> different — departs from layer 0" in card
+    assert any(e.value.startswith("Numerics: different") for e in app.error)
 
 
 def test_uploaded_head_replaces_the_proxy_and_a_wrong_width_is_refused(run_counter, tmp_path):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import core.runs
-from core.compare import run_both_paths
+from core.compare import YardstickPlan, run_both_paths
 from core.jobs import JobQueue
 from core.report import analyse
 from core.runs import RunStorageError, RunStore, UnknownRun
@@ -33,7 +33,7 @@ def embedding_run(demo_fp32, parsed):
     """demo-8M fp32 on CPU, every layer, with an fp64 reference: (n=3, 320) float32 / float64 arrays."""
     model, alphabet = demo_fp32
     records = parsed.records
-    return run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], reference_dtype="fp64")
+    return run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], yardstick=YardstickPlan("reference", "fp64", None))
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_round_trip_rebuilds_the_embedding_run(store, embedding_run, parsed):
     back = store.load_embeddings(run_id)
 
     assert_same(back, embedding_run)
-    assert back.reference.layers[6].dtype == np.float64 and back.v1.layers[0].dtype == np.float32
+    assert back.yardstick.reference.layers[6].dtype == np.float64 and back.v1.layers[0].dtype == np.float32
 
     # the rebuilt run analyses to the same numbers
     before = analyse(embedding_run, 6, 0, parsed=parsed).summary

@@ -10,7 +10,7 @@ import torch
 
 from core.batching import pack_sequences, padded_tokens
 from core.cli import main
-from core.compare import fallback_path, run_both_paths
+from core.compare import YardstickPlan, fallback_path, run_both_paths
 from core.plugins import PluginError, make_plugin_path
 from core.report import analyse
 from core.sequences import example_sequences
@@ -22,7 +22,8 @@ PLUGINS = "tests.plugins.example_v2"
 
 def test_fallback_is_exact_against_v1_in_float32(demo_fp32):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=fallback_path(model))
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=fallback_path(model),
+                         yardstick=YardstickPlan("reference", "fp64", 64))
     assert run.v2.backend == "v1-compatible (fair-esm torch.bmm)"
     for layer in run.layers:
         assert np.array_equal(run.v1.layers[layer], run.v2.layers[layer]), f"layer {layer} differs"
@@ -62,7 +63,7 @@ def test_plugin_named_module_factory_runs_end_to_end(tmp_path, capsys, factory, 
 def test_broken_plugins_are_caught(demo_fp32, factory):
     model, alphabet = demo_fp32
     run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:{factory}", model),
-                         reference_dtype="fp64")
+                         yardstick=YardstickPlan("reference", "fp64", None))
     summary = analyse(run, model.num_layers, seed=0).summary
     below = summary["cosine"]["min"] <= 0.99 or summary["label_agreement"] <= 0.99
     assert below, (summary["cosine"], summary["label_agreement"])
@@ -72,7 +73,8 @@ def test_broken_plugins_are_caught(demo_fp32, factory):
 
 def test_eos_in_pool_fails_the_cosine_check(demo_fp32):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:make_eos_in_pool", model))
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:make_eos_in_pool", model),
+                         yardstick=YardstickPlan("reference", "fp64", 64))
     summary = analyse(run, model.num_layers, seed=0).summary
     assert not summary["checks"]["cosine_all_above_threshold"]
     assert "pattern_01" in summary["cosine_failures"]  # the 10-residue sequence: EOS is a tenth of its pool

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.bench import realistic_sequences
-from core.compare import run_both_paths
+from core.sequences import realistic_sequences
+from core.compare import plan_yardstick, run_both_paths
 from core.report import analyse
 from core.sequences import MAX_RESIDUES
 
@@ -39,11 +39,14 @@ def long_sequences() -> list[str]:
 
 @pytest.mark.parametrize("max_tokens", [None, 131_072], ids=["default-budget", "budget-too-large-for-24GiB"])
 def test_3b_comparison_completes_in_24_gib(esm2_3b_fp16, gpu_capped_at_24_gib, max_tokens):
-    """Every layer pooled, sequences up to 1022 residues; a budget too large for the memory is
-    split after out-of-memory errors instead of failing the run."""
+    """Every layer pooled, sequences up to 1022 residues, the default numerics sample (an fp32 reference
+    copy of the 3B weights); a budget too large for the memory is split after out-of-memory errors
+    instead of failing the run."""
     model, alphabet = esm2_3b_fp16
     sequences = long_sequences()
-    run = run_both_paths(model, alphabet, [f"s{i}" for i in range(len(sequences))], sequences, max_tokens=max_tokens)
+    plan = plan_yardstick("auto", 64, model.dtype, model.device)
+    run = run_both_paths(model, alphabet, [f"s{i}" for i in range(len(sequences))], sequences, max_tokens=max_tokens,
+                         yardstick=plan)
     summary = analyse(run, model.num_layers, seed=0).summary
     peak = torch.cuda.max_memory_allocated(model.device) / GIB
     log.warning("24 GiB cap, max_tokens %s: peak %.1f GiB, OOM splits v1 %d / v2 %d, cosine min %.8f, verdict %s",
@@ -52,5 +55,6 @@ def test_3b_comparison_completes_in_24_gib(esm2_3b_fp16, gpu_capped_at_24_gib, m
     assert summary["n_sequences"] == len(sequences) and max(map(len, sequences)) == MAX_RESIDUES
     assert np.isfinite(run.v1.layers[model.num_layers]).all() and np.isfinite(run.v2.layers[model.num_layers]).all()
     assert summary["cosine"]["min"] > 0.99
+    assert summary["numerics"]["dtype"] == "fp32" and summary["numerics"]["passed"], summary["headline"]["numerics"]
     if max_tokens is not None:
         assert run.v1.oom_splits + run.v2.oom_splits > 0, "a 131k-token budget should not fit in 24 GiB with every layer kept"

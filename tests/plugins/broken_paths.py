@@ -1,0 +1,210 @@
+"""The catalogue of broken packed ESM-2 paths: each v2.0 plug-in carries one known packed-path bug.
+
+``CATALOGUE`` maps a short name to its factory (``tests.plugins.broken_paths:<factory>`` as a
+``--v2`` plug-in). Each mutant is this project's packed forward over the *same* fair-esm module with
+exactly one step replaced, so any departure is that bug's alone; on a GPU it keeps the FlashAttention
+backend (except the FP16 softmax, which needs its own attention loop).
+
+The verdict must never be ACCEPT for any of them with default settings (tests/test_broken_paths.py on
+the CPU, tests/integration/test_broken_paths_gpu.py and scripts/broken_paths.py on the device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import torch
+
+from core.compare import EmbeddingRun, ForwardPath, deep_pack_embeddings, embed_path, embed_v2, first_attention_layer
+from core.model import ESM2WithFlashAttention, rotary_tables
+
+
+class Mutant(ESM2WithFlashAttention):
+    """The packed forward over ``model``'s fair-esm module (no copy), to have one step overridden."""
+
+    bug = "none"
+
+    def __init__(self, model: ESM2WithFlashAttention):
+        super().__init__(model.esm2, name=model.name, weights=model.weights, backend=model.backend)
+
+
+class CrossSequenceAttention(Mutant):
+    """Attention over the whole packed batch: sequences attend to each other (a missing varlen mask)."""
+
+    bug = "attention across sequence boundaries"
+
+    @staticmethod
+    def _attend(q, k, v, cu_seqlens, max_seqlen, backend):
+        total = q.shape[0]
+        whole = torch.tensor([0, total], dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+        return ESM2WithFlashAttention._attend(q, k, v, whole, total, backend)
+
+
+class NoTokenDropoutScale(Mutant):
+    """Embeddings not multiplied by fair-esm's inference-time token-dropout factor (1 − 0.15·0.8)."""
+
+    bug = "token-dropout scale 0.88 missing"
+
+    def _packed_embeddings(self, input_ids, seq_index, seq_lengths):
+        return self.esm2.embed_scale * self.esm2.embed_tokens(input_ids)
+
+
+class TanhGelu(Mutant):
+    """GELU's tanh approximation instead of fair-esm's exact erf form."""
+
+    bug = "tanh GELU"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.activation = lambda x: torch.nn.functional.gelu(x, approximate="tanh")
+
+
+class Bf16RotaryTables(Mutant):
+    """Rotary cos/sin tables built in bfloat16 instead of the dtype of the model's ``inv_freq``."""
+
+    bug = "rotary tables in bf16"
+
+    def _rotary(self, inv_freq, positions, max_seqlen):
+        cos, sin = rotary_tables(inv_freq.to(torch.bfloat16), max_seqlen)
+        return cos[positions], sin[positions]
+
+
+class GlobalPositions(Mutant):
+    """Position ids that run on through the packed batch instead of restarting at 0 per sequence."""
+
+    bug = "position ids not restarting per sequence"
+
+    @staticmethod
+    def _packed_positions(cu_seqlens, total_tokens):
+        seq_index, seq_lengths, _ = ESM2WithFlashAttention._packed_positions(cu_seqlens, total_tokens)
+        return seq_index, seq_lengths, torch.arange(total_tokens, device=cu_seqlens.device)
+
+    def _rotary(self, inv_freq, positions, max_seqlen):
+        cos, sin = rotary_tables(inv_freq, positions.numel())
+        return cos[positions], sin[positions]
+
+
+def fp16_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension as an FP16 kernel does it: a tree of pairwise FP16 additions, each
+    partial sum rounded to FP16. (n, L) -> (n, 1)."""
+    while x.shape[-1] > 1:
+        if x.shape[-1] % 2:
+            x = torch.nn.functional.pad(x, (0, 1))
+        x = x[..., 0::2] + x[..., 1::2]
+    return x
+
+
+class Fp16Softmax(Mutant):
+    """A softmax computed in FP16 throughout — max, subtract, exp, the normalising sum and the divide
+    each rounded to FP16 — where fair-esm takes it in FP32 whatever the dtype. (``torch.softmax`` on
+    FP16 input accumulates in FP32 inside, so calling it on FP16 scores would not be this bug.)"""
+
+    bug = "softmax in FP16"
+
+    @staticmethod
+    def _attend(q, k, v, cu_seqlens, max_seqlen, backend):
+        out = torch.empty_like(q)
+        bounds = cu_seqlens.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            q_s, k_s, v_s = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, L, D)
+            scores = torch.bmm(q_s, k_s.transpose(1, 2)).to(torch.float16)
+            weights = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+            probs = (weights / fp16_sum(weights)).to(q.dtype)
+            out[start:end] = torch.bmm(probs, v_s).transpose(0, 1)
+        return out
+
+
+class EosInPool(Mutant):
+    """Rows shifted one token left within each sequence: residue positions 1 … L carry residues 2 … L
+    and the EOS — the off-by-one that puts EOS into the mean pool (and drops the first residue)."""
+
+    bug = "EOS inside the mean pool"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None, v1_compatible=False):
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers, backend)
+        bounds = cu_seqlens.tolist()
+        shifted = {}
+        for layer, rep in out["representations"].items():
+            rep = rep.clone()
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                rep[start:end] = torch.roll(rep[start:end], -1, dims=0)
+            shifted[layer] = rep
+        return {**out, "representations": shifted}
+
+
+class BosDropped(Mutant):
+    """The BOS token never reaches the model: each sequence runs as residues + EOS (its rows are put back
+    in place, with the BOS row a copy of the first residue's, so the tool pools the residues as usual)."""
+
+    bug = "BOS dropped"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None, v1_compatible=False):
+        input_ids = input_ids.reshape(-1)
+        starts = cu_seqlens[:-1].long()
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+        keep[starts] = False
+        counts = cu_seqlens[1:].long() - starts - 1
+        shorter = torch.zeros_like(cu_seqlens)
+        shorter[1:] = torch.cumsum(counts, 0).to(cu_seqlens.dtype)
+        out = super().forward_packed(input_ids[keep], shorter, max_seqlen - 1, repr_layers, backend)
+        restored = {}
+        for layer, rep in out["representations"].items():
+            full = rep.new_empty((input_ids.numel(), rep.shape[1]))
+            full[keep] = rep
+            full[starts] = rep[shorter[:-1].long()]
+            restored[layer] = full
+        return {**out, "representations": restored}
+
+
+class Plugin:
+    """A mutant as a v2.0 plug-in (``name``, ``version``, ``forward_packed``)."""
+
+    version = "catalogue"
+
+    def __init__(self, mutant: Mutant):
+        self.mutant = mutant
+        self.name = f"broken: {mutant.bug}"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        return self.mutant.forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+
+def _factory(mutant: type[Mutant]) -> Callable[[ESM2WithFlashAttention], Plugin]:
+    return lambda model: Plugin(mutant(model))
+
+
+make_cross_sequence_attention = _factory(CrossSequenceAttention)
+make_no_token_dropout_scale = _factory(NoTokenDropoutScale)
+make_eos_in_pool = _factory(EosInPool)
+make_bos_dropped = _factory(BosDropped)
+make_tanh_gelu = _factory(TanhGelu)
+make_bf16_rotary_tables = _factory(Bf16RotaryTables)
+make_fp16_softmax = _factory(Fp16Softmax)
+make_global_positions = _factory(GlobalPositions)
+
+CATALOGUE: dict[str, str] = {
+    "attention across sequences": "tests.plugins.broken_paths:make_cross_sequence_attention",
+    "token-dropout scale missing": "tests.plugins.broken_paths:make_no_token_dropout_scale",
+    "EOS in the pool": "tests.plugins.broken_paths:make_eos_in_pool",
+    "BOS dropped": "tests.plugins.broken_paths:make_bos_dropped",
+    "tanh GELU": "tests.plugins.broken_paths:make_tanh_gelu",
+    "rotary tables in bf16": "tests.plugins.broken_paths:make_bf16_rotary_tables",
+    "softmax in FP16": "tests.plugins.broken_paths:make_fp16_softmax",
+    "position ids not restarting": "tests.plugins.broken_paths:make_global_positions",
+}
+
+
+def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet, sequences: Sequence[str],
+            path: ForwardPath) -> EmbeddingRun:
+    """``run`` (over ``sequences``, with a numerics sample) with its v2.0 — on the whole set, on the sample
+    and deep in a pack — recomputed on ``path``. v1.0 and the reference do not depend on v2.0, so this is
+    what run_both_paths would compute for ``path``, without computing them again."""
+    sample = run.yardstick
+    chosen = [*(sequences[i] for i in sample.indices), *sample.probes]
+    deep_layer = first_attention_layer(run.layers)
+    deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, path)
+    return dataclasses.replace(
+        run, v2=embed_v2(model, alphabet, sequences, run.layers, path=path),
+        yardstick=dataclasses.replace(sample, candidate=embed_path(model, alphabet, chosen, run.layers, path), deep=deep),
+    )

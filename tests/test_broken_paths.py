@@ -1,0 +1,88 @@
+"""Every catalogued packed-path bug is flagged with default settings on the CPU; no faithful path is.
+
+demo-8M in float32 on the seed's 18 example sequences (the "patterns" set), with the defaults: 100
+balanced heads, the numerics gate with an fp64 reference on a sample topped up to 32 sequences, v2.0 in a
+deep pack. v1.0 and the reference do not depend on v2.0, so they are computed once and each v2.0 is
+swapped in — the same arrays the pipeline would compute for it (run_both_paths is deterministic).
+The device runs the same catalogue in FP16 (scripts/broken_paths.py, docs/gpu-runs/).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.cli import main
+from core.compare import fallback_path, packed_path, plan_yardstick, run_both_paths
+from core.plugins import make_plugin_path
+from core.report import analyse
+from core.sequences import example_sequences
+from tests.plugins.broken_paths import CATALOGUE, with_v2
+
+RECORDS = example_sequences("patterns")
+IDS, SEQUENCES = [r.id for r in RECORDS], [r.sequence for r in RECORDS]
+
+
+@pytest.fixture(scope="module")
+def faithful_run(demo_fp32):
+    model, alphabet = demo_fp32
+    plan = plan_yardstick("auto", 64, model.dtype, model.device)  # the CLI's and the page's defaults
+    return run_both_paths(model, alphabet, IDS, SEQUENCES, yardstick=plan)
+
+
+def summary_of(run, model) -> dict:
+    return analyse(run, model.num_layers, seed=0).summary
+
+
+def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_run):
+    model, alphabet = demo_fp32
+    again = with_v2(faithful_run, model, alphabet, SEQUENCES, packed_path(model))
+    assert summary_of(again, model)["numerics"] == summary_of(faithful_run, model)["numerics"]
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_each_catalogued_bug_is_never_accepted(demo_fp32, faithful_run, name):
+    model, alphabet = demo_fp32
+    summary = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model)), model)
+    assert summary["verdict"] != "ACCEPT", summary["headline"]
+    assert not summary["numerics"]["passed"]
+    assert summary["numerics"]["first_departing_layer"] in (0, 1)  # before or at the first attention
+    assert summary["recommendation"].startswith(("Validate", "Fall back"))
+
+
+@pytest.mark.parametrize("faithful", ["built-in packed", "fallback", "Hugging Face eager", "Hugging Face sdpa"])
+def test_faithful_paths_are_accepted(demo_fp32, faithful_run, faithful):
+    model, alphabet = demo_fp32
+    if faithful.startswith("Hugging Face"):
+        path = make_plugin_path(f"core.adapters.hf_esm:make_{faithful.split()[-1]}", model)
+    else:
+        path = packed_path(model) if faithful == "built-in packed" else fallback_path(model)
+    summary = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, path), model)
+    assert summary["verdict"] == "ACCEPT", summary["headline"]
+    assert summary["predictions"]["heads"]["counted_flips"] == 0
+    assert summary["numerics"]["passed"] and summary["numerics"]["first_departing_layer"] is None
+
+
+def test_the_catalogue_names_its_bug_classes(demo_fp32, faithful_run):
+    model, alphabet = demo_fp32
+    causes = {}
+    for name in ("attention across sequences", "token-dropout scale missing", "EOS in the pool", "tanh GELU"):
+        summary = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model)), model)
+        causes[name] = summary["numerics"]["likely_cause"]
+    assert "masking or packing" in causes["attention across sequences"]
+    assert "token-dropout scaling" in causes["token-dropout scale missing"]
+    assert "which positions are pooled" in causes["EOS in the pool"]
+    assert causes["tanh GELU"] is not None
+
+
+def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):
+    """The whole CLI with defaults: EOS in the pool exits 1 under --fail-on validate, and says why."""
+    code = main(["compare", "--example", "patterns", "--v2", CATALOGUE["EOS in the pool"], "--fail-on", "validate",
+                 "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"] in ("VALIDATE", "FALLBACK") and not summary["numerics"]["passed"]
+    assert "Numerics: different — departs from layer 0" in out
+    assert f"VERDICT: {summary['verdict']}" in out and "failing: verdict" in err

@@ -1,0 +1,179 @@
+"""The numerics gate: FlashAttention's rule and the sign test at every layer, the floor without a reference,
+the first departing layer and its likely cause; and the numerics sample it runs on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.compare import (
+    DEEP_PACK_OFFSET, MIN_NUMERICS_SAMPLE, YardstickPlan, packed_path, plan_yardstick, plugin_path, run_both_paths,
+    spanning_sample,
+)
+from core.numerics_gate import measure_layer, sign_test
+from core.sequences import example_sequences, probe_sequences
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+
+
+def sample(m: int = 40, dim: int = 24, seed: int = 0, scale: float = 1e-4):
+    """(reference, v1, v2): v1 and v2 each off the reference by independent noise of the same size."""
+    rng = np.random.default_rng(seed)
+    reference = rng.standard_normal((m, dim))
+    return reference, reference + scale * rng.standard_normal((m, dim)), reference + scale * rng.standard_normal((m, dim))
+
+
+def test_sign_test_is_the_exact_binomial():
+    assert sign_test(0, 18) == pytest.approx(2 * 0.5 ** 18)
+    assert sign_test(18, 0) == pytest.approx(2 * 0.5 ** 18)
+    assert sign_test(9, 9) == pytest.approx(1.0)
+    assert sign_test(0, 0) == 1.0  # every sequence tied: nothing to test
+
+
+def test_a_faithful_candidate_passes_every_test():
+    reference, v1, v2 = sample()
+    layer = measure_layer(v1, v2, reference, "reference", 3, k=2.0, alpha=1e-3, floor_multiple=4.0)
+    assert layer.within_bound and not layer.systematic and not layer.departs
+    assert layer.closer_v1 + layer.closer_v2 + layer.ties == 40
+    assert layer.ratio == pytest.approx(np.abs(v2 - reference).max() / np.abs(v1 - reference).max())
+
+
+def test_a_small_systematic_error_fails_the_sign_test_but_not_the_rule():
+    reference, v1, v2 = sample()
+    worse = v2 + 6e-5 * np.sign(v2 - reference)  # a little further on every value: within 2x, but always
+    layer = measure_layer(v1, worse, reference, "reference", 1, k=2.0, alpha=1e-3, floor_multiple=4.0)
+    assert layer.within_bound and layer.systematic and layer.departs and layer.farther
+    assert layer.closer_v1 == 40 and layer.sign_p == pytest.approx(2 * 0.5 ** 40)
+
+
+def test_a_closer_but_different_candidate_is_systematic_too():
+    """More precise than v1.0 everywhere is still not v1.0's arithmetic (e.g. rotary tables in fp32)."""
+    reference, v1, _ = sample()
+    better = reference + 0.2 * (v1 - reference) * np.random.default_rng(5).uniform(0.5, 1.0, v1.shape)
+    layer = measure_layer(v1, better, reference, "reference", 1, k=2.0, alpha=1e-3, floor_multiple=4.0)
+    assert layer.systematic and not layer.farther
+
+
+def test_a_large_error_fails_the_rule():
+    reference, v1, v2 = sample()
+    v2 = v2.copy()
+    v2[7, 3] += 1e-2
+    layer = measure_layer(v1, v2, reference, "reference", 0, k=2.0, alpha=1e-3, floor_multiple=4.0)
+    assert not layer.within_bound and layer.departs and layer.ratio > 2
+
+
+def test_an_exact_baseline_with_an_inexact_candidate_departs():
+    reference, _, v2 = sample()
+    layer = measure_layer(reference.copy(), v2, reference, "reference", 0, k=2.0, alpha=1e-3, floor_multiple=4.0)
+    assert layer.ratio == float("inf") and layer.departs
+    same = measure_layer(reference.copy(), reference.copy(), reference, "reference", 0, 2.0, 1e-3, 4.0)
+    assert same.ratio is None and not same.departs and same.ties == 40
+
+
+def test_floor_mode_measures_distance_in_floors():
+    _, v1, _ = sample(scale=1e-3)
+    again = v1 + 1e-6 * np.random.default_rng(2).standard_normal(v1.shape)
+    near = v1 + 2e-6 * np.random.default_rng(3).standard_normal(v1.shape)
+    far = v1 + 1e-4 * np.random.default_rng(4).standard_normal(v1.shape)
+    assert not measure_layer(v1, near, again, "floor", 2, 2.0, 1e-3, 4.0).departs
+    departing = measure_layer(v1, far, again, "floor", 2, 2.0, 1e-3, 4.0)
+    assert departing.departs and departing.sign_p is None and departing.ratio > 4
+
+
+def test_floor_of_bit_identical_rebatching_is_one_float32_rounding():
+    _, v1, _ = sample()
+    layer = measure_layer(v1, v1.copy(), v1.copy(), "floor", 0, 2.0, 1e-3, 4.0)
+    assert layer.baseline_error == pytest.approx(np.finfo(np.float32).eps * np.abs(v1).max())
+    assert not layer.departs
+
+
+# ---------------------------------------------------------------- which yardstick
+
+
+def test_plan_yardstick_defaults_and_refusals():
+    assert plan_yardstick("auto", 64, torch.float32, CPU) == YardstickPlan("reference", "fp64", 64)
+    assert plan_yardstick("auto", 64, torch.float16, CUDA) == YardstickPlan("reference", "fp32", 64)
+    assert plan_yardstick("auto", 64, torch.bfloat16, CUDA) == YardstickPlan("reference", "fp32", 64)
+    assert plan_yardstick("auto", 64, torch.float16, CPU) == YardstickPlan("reference", "fp64", 64)
+    assert plan_yardstick("auto", None, torch.float64, CPU) == YardstickPlan("floor", "fp64", None)
+    assert plan_yardstick("none", 10, torch.float32, CPU) == YardstickPlan("floor", "fp32", 10)
+    assert plan_yardstick("fp64", 0, torch.float32, CPU) == YardstickPlan("floor", "fp32", 64)
+    with pytest.raises(ValueError, match="not wider"):
+        plan_yardstick("fp32", 64, torch.float32, CPU)
+    with pytest.raises(ValueError, match=">= 0"):
+        plan_yardstick("auto", -1, torch.float32, CPU)
+
+
+def test_spanning_sample_keeps_the_shortest_and_the_longest():
+    lengths = [50, 10, 400, 30, 200, 20, 1000, 5]
+    chosen = spanning_sample(lengths, 3)
+    assert chosen.tolist() == sorted(chosen.tolist()) and len(chosen) == 3
+    assert {7, 6} <= set(chosen.tolist())  # 5 and 1000 residues
+    assert spanning_sample(lengths, None).tolist() == list(range(8))
+    assert spanning_sample(lengths, 100).tolist() == list(range(8))
+
+
+class PackRecorder:
+    """A faithful packed plug-in that records every pack's boundaries."""
+
+    name, version = "recorder", "1"
+
+    def __init__(self, model):
+        self.model, self.packs = model, []
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
+        self.packs.append(cu_seqlens.tolist())
+        return self.model.forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+
+def test_numerics_sample_tops_up_small_sets_and_packs_v2_deep(demo_fp32):
+    model, alphabet = demo_fp32
+    records = example_sequences("real")
+    recorder = PackRecorder(model)
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 6],
+                         v2_path=plugin_path(recorder), yardstick=YardstickPlan("reference", "fp64", None))
+    sample = run.yardstick
+    assert sample.indices.tolist() == list(range(len(records)))
+    assert sample.probes == tuple(probe_sequences(MIN_NUMERICS_SAMPLE - len(records))) and sample.size == MIN_NUMERICS_SAMPLE
+    for embeddings in (sample.baseline, sample.candidate, sample.reference):
+        assert embeddings.layers[6].shape == (MIN_NUMERICS_SAMPLE, model.embed_dim)
+    assert sample.reference.layers[6].dtype == np.float64
+    assert list(sample.deep.layers) == [6]  # the first pooled layer after an attention, alone
+    deep = max(recorder.packs, key=len)  # the deep pack: filler first, then the sample
+    starts = deep[:-1][-MIN_NUMERICS_SAMPLE:]
+    assert min(starts) >= DEEP_PACK_OFFSET
+    # v2.0 deep in a pack and in its own batches agree to float32 rounding (the path is faithful).
+    np.testing.assert_allclose(sample.deep.layers[6], sample.candidate.layers[6], atol=1e-5)
+    np.testing.assert_allclose(sample.candidate.layers[6][: len(records)], run.v2.layers[6], atol=1e-5)
+
+
+def test_floor_yardstick_runs_each_sequence_alone(demo_fp32):
+    model, alphabet = demo_fp32
+    records = example_sequences("real")
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[6],
+                         yardstick=YardstickPlan("floor", "fp32", 4))
+    sample = run.yardstick
+    assert sample.kind == "floor" and sample.indices.size == 4 and sample.size == MIN_NUMERICS_SAMPLE
+    assert sample.reference.layers[6].dtype == np.float32
+    np.testing.assert_allclose(sample.reference.layers[6], sample.baseline.layers[6], atol=1e-5)
+
+
+def test_default_path_of_the_sample_is_the_built_in_packed_path(demo_fp32):
+    model, alphabet = demo_fp32
+    records = example_sequences("real")[:3]
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 1, 6],
+                         yardstick=YardstickPlan("reference", "fp64", None))
+    assert run.yardstick.candidate.implementation == packed_path(model).implementation
+    assert list(run.yardstick.deep.layers) == [1]
+
+
+def test_padded_paths_get_no_deep_pack(demo_fp32):
+    from core.compare import fallback_path
+
+    model, alphabet = demo_fp32
+    records = example_sequences("real")[:3]
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[6],
+                         v2_path=fallback_path(model), yardstick=YardstickPlan("reference", "fp64", None))
+    assert run.yardstick.deep is None

@@ -1,0 +1,91 @@
+"""The headline: predictions and numerics together, the verdict they give, the seed rule beside them."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from core.metrics import ProxyClassifier, Thresholds, compare_embeddings
+from core.numerics_gate import LayerNumerics, NumericsGate
+from core.verdict import Headline, Predictions, SeedRule
+
+
+def layer(number: int, baseline: float = 1e-3, candidate: float = 1e-3, closer: tuple[int, int] = (16, 16),
+          p: float = 0.9, min_cosine: float = 0.9999999) -> LayerNumerics:
+    return LayerNumerics(number, baseline, candidate, 2.0, closer[0], closer[1], 0, p, 1e-3 / 4, min_cosine)
+
+
+def gate(*layers: LayerNumerics) -> NumericsGate:
+    return NumericsGate("reference", "fp32", 32, 0, 1e-3, tuple(layers))
+
+
+PASSING = gate(layer(0), layer(1), layer(2), layer(3))
+
+
+def seed_rule(share: float = 0.6) -> SeedRule:
+    v1 = np.random.default_rng(0).standard_normal((20, 8))
+    return SeedRule(compare_embeddings(v1, v1.copy(), 0, classifier=ProxyClassifier.from_seed(8, 0)), 0, share)
+
+
+def headline(verdict: str = "ACCEPT", agreement: Fraction = Fraction(1), numerics: NumericsGate | None = PASSING,
+             failing: tuple[str, ...] = (), share: float = 0.6) -> Headline:
+    predictions = Predictions(verdict, agreement, "100 balanced proxy heads", 0)
+    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share))
+
+
+def test_accept_needs_predictions_numerics_and_cosine():
+    assert headline().verdict == "ACCEPT"
+    assert "cosmetic" in headline().recommendation()
+    assert headline(numerics=gate(layer(0), layer(1, closer=(32, 0), p=4e-10))).verdict == "VALIDATE"
+    assert headline(numerics=None).verdict == "VALIDATE"
+    assert headline(failing=("seq5",)).verdict == "VALIDATE"
+
+
+def test_numerics_never_lift_a_worse_prediction_verdict():
+    assert headline("VALIDATE", Fraction(98, 100)).verdict == "VALIDATE"
+    assert headline("FALLBACK", Fraction(90, 100)).verdict == "FALLBACK"
+    departing = gate(layer(0), layer(1, candidate=1.0))
+    fallback = headline("FALLBACK", Fraction(90, 100), numerics=departing)
+    assert fallback.verdict == "FALLBACK"
+    assert "Fall back" in fallback.recommendation() and "layer 1" in fallback.recommendation()
+
+
+def test_recommendation_names_the_reasons():
+    validate = headline("VALIDATE", Fraction(98, 100)).recommendation()
+    assert "98.0%" in validate and "between 95% and 99%" in validate
+    cosine = headline(failing=("seq5",)).recommendation()
+    assert "seq5" in cosine and "cosine 0.99" in cosine and "between" not in cosine
+    numerics = headline(numerics=gate(layer(0), layer(1), layer(2, closer=(30, 2), p=1e-7))).recommendation()
+    assert "layer 2" in numerics and "Validate" in numerics
+    assert "not measured" in headline(numerics=None).recommendation().replace("were not measured", "not measured")
+
+
+def test_one_flip_in_ten_thousand_does_not_say_100_percent():
+    sentence = headline(agreement=Fraction(9999, 10000)).recommendation()
+    assert "99.99% of labels" in sentence
+
+
+@pytest.mark.parametrize("layers, cause", [
+    ((layer(0, candidate=0.5, min_cosine=1.0 - 1e-9),), "uniform scale from layer 0"),
+    ((layer(0, candidate=0.5, min_cosine=0.999),), "which positions are pooled"),
+    ((layer(0), layer(1, candidate=0.5, min_cosine=0.9)), "first attention: attention masking or packing"),
+    ((layer(0), layer(1), layer(2, candidate=0.5, min_cosine=0.9)), "large from layer 2"),
+    ((layer(0), layer(1, closer=(30, 2), p=1e-7, min_cosine=0.9999999)), "GELU form, rotary tables"),
+])
+def test_likely_cause_follows_the_first_departure(layers, cause):
+    numerics = gate(*layers)
+    assert not numerics.passed
+    assert cause in numerics.likely_cause()
+    assert f"departs from layer {numerics.first_departure.layer}" in numerics.line()
+
+
+def test_lines_and_seed_rule():
+    predictions_line, numerics_line, seed_line = headline(share=1.0).lines()
+    assert predictions_line.startswith("Predictions: agree")
+    assert numerics_line.startswith("Numerics: equivalent to rounding")
+    assert seed_line.startswith("Seed rule (one uncentred head, seed 0): ACCEPT") and "uninformative" in seed_line
+    assert "uninformative" not in headline(share=0.6).lines()[2]
+    change = headline("FALLBACK", Fraction(80, 100)).lines()[0]
+    assert change.startswith("Predictions: change (FALLBACK)")
