@@ -1,7 +1,7 @@
 """Plant each catalogued packed-path bug in turn, and the faithful paths, and print the verdict table.
 
     python scripts/broken_paths.py --model demo-650M --dtype fp16 --workload realistic --n 300
-    python scripts/broken_paths.py --model demo-8M --dtype fp32 --workload examples          # CPU
+    python scripts/broken_paths.py --model demo-8M --dtype fp32 --workload patterns          # CPU
     python scripts/broken_paths.py --model demo-650M --dtype fp16 --false-alarms 20 --n 300   # faithful only
 
 Every row is a whole comparison with the tool's default settings (balanced heads, numerics gate; v1.0 and
@@ -56,14 +56,18 @@ def row(name: str, expected: str, summary: dict) -> tuple[str, bool]:
     """A markdown row and whether the verdict is right (a bug: not ACCEPT; a faithful path: ACCEPT)."""
     numerics, predictions = summary["numerics"], summary["predictions"]
     first = numerics["first_departing_layer"]
-    layer = next((entry for entry in numerics["layers"] if entry["layer"] == first), None) or max(
-        numerics["layers"], key=lambda entry: entry["ratio"] or 0.0)
+    if numerics["departs_only_deep_in_a_pack"]:
+        layer = numerics["deep_pack"]
+    else:
+        layer = next((entry for entry in numerics["layers"] if entry["layer"] == first), None) or max(
+            numerics["layers"], key=lambda entry: entry["ratio"] or 0.0)
     ratio = layer["ratio"]
     closer = f"{layer['closer_v1']} : {layer['closer_v2']}" if layer["closer_v1"] is not None else "n/a"
     right = (summary["verdict"] == "ACCEPT") == (expected == "ACCEPT")
     cells = [name, expected, summary["verdict"] + ("" if right else " (WRONG)"),
              f"{predictions['verdict']} ({100 * predictions['agreement']:.2f}%)",
-             "pass" if numerics["passed"] else "FAIL", "—" if first is None else str(first),
+             "pass" if numerics["passed"] else "FAIL",
+             "—" if first is None else f"{first}{' (deep pack)' if numerics['departs_only_deep_in_a_pack'] else ''}",
              "n/a" if ratio is None else f"{ratio:.3g}", closer, f"{summary['cosine']['min']:.6f}",
              summary["seed_rule"]["verdict"]]
     return "| " + " | ".join(cells) + " |", right
@@ -87,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-8M")
     parser.add_argument("--dtype", default=None, help="default: fp16 on a GPU, fp32 on a CPU")
-    parser.add_argument("--workload", choices=["examples", "realistic"], default="examples")
+    parser.add_argument("--workload", choices=["patterns", "real", "all", "realistic"], default="all",
+                        help="a built-in example set, or --n random sequences of realistic lengths")
     parser.add_argument("--n", type=int, default=300, help="sequences in a realistic set")
     parser.add_argument("--false-alarms", type=int, default=0, metavar="N",
                         help="instead: the built-in v2.0 on N random realistic sets (seeds 1 … N)")
@@ -115,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'n/a' if p_min is None else f'{p_min:.2g}'} |", flush=True)
         print(f"\nflagged {wrong} of {args.false_alarms} faithful runs ({time.perf_counter() - start:.0f} s)")
         return 1 if wrong else 0
-    sequences = ([r.sequence for r in example_sequences("all")] if args.workload == "examples"
-                 else realistic_sequences(args.n, 0))
+    sequences = (realistic_sequences(args.n, 0) if args.workload == "realistic"
+                 else [r.sequence for r in example_sequences(args.workload)])
     print(f"{len(sequences)} sequences ({args.workload})\n\n{HEADER}")
     print("|" + " --- |" * (HEADER.count("|") - 1))
     cases = [(name, "ACCEPT", path) for name, path in faithful_paths(model).items()]
