@@ -165,7 +165,7 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
         rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, path_note(run.v1)))
         rows.append(row(f"v2.0 {run.v2.backend}", run.v2.seconds, 1, path_note(run.v2)))
         rows.append(row(f"numerics sample ({plan.dtype} reference)", run.yardstick.seconds, 0,
-                        f"{run.yardstick.size} sequences: v1.0, v2.0 deep pack, reference"))
+                        f"{run.yardstick.size} sequences: v1.0, v2.0, v2.0 deep in a pack, reference"))
         rows.append(row("comparison (both + sample + metrics)", total, 2,
                         f"metrics {analysis:.2f} s; sample + heads + gate add {gate:.2f} s = "
                         f"{100 * gate / both:.1f}% of v1.0 + v2.0"))

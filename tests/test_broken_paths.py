@@ -86,3 +86,18 @@ def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):
     assert summary["verdict"] in ("VALIDATE", "FALLBACK") and not summary["numerics"]["passed"]
     assert "Numerics: different — departs from layer 0" in out
     assert f"VERDICT: {summary['verdict']}" in out and "failing: verdict" in err
+
+
+def test_report_html_and_terminal_carry_the_headline(demo_fp32, faithful_run):
+    from core.report import format_summary, html_report
+
+    model, alphabet = demo_fp32
+    analysis = analyse(with_v2(faithful_run, model, alphabet, SEQUENCES,
+                               make_plugin_path(CATALOGUE["tanh GELU"], model)), model.num_layers, seed=0)
+    summary = analysis.summary
+    page = html_report(summary, analysis.table, {})
+    text = format_summary(summary)
+    for line in summary["headline"].values():
+        assert line.split(" (")[0] in text
+    assert "<h1>VALIDATE</h1>" in page and "Numerics: different — departs from layer 1" in page
+    assert "Seed rule (one uncentred head, seed 0)" in page and "Predictions: agree" in page
