@@ -28,15 +28,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from core.attention import available_backends
-from core.compare import (
-    DEFAULT_REFERENCE_SAMPLE, PathEmbeddings, embed_path, packed_path, plan_yardstick, run_both_paths, standard_path,
-)
-from core.model import ESM2WithFlashAttention, load_esm2_model, parse_dtype, save_checkpoint, versions
-from core.report import analyse
-from core.sequences import (
-    MAX_RESIDUES, REALISTIC_MEDIAN, REALISTIC_MIN, ProteinRecord, example_sequences, format_fasta, realistic_sequences,
-)
+from core.numerics.attention import available_backends
+from core.embed.passes import embed_path, PathEmbeddings
+from core.embed.paths import packed_path, standard_path
+from core.embed.run import run_both_paths
+from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, plan_yardstick
+from core.numerics.environment import versions
+from core.numerics.esm2_packed import ESM2WithFlashAttention
+from core.numerics.loading import load_esm2_model, save_checkpoint
+from core.numerics.precision import parse_dtype
+from core.analysis.analyse import AnalysisOptions, analyse
+from core.input.examples import example_sequences, REALISTIC_MEDIAN, REALISTIC_MIN, realistic_sequences
+from core.input.records import format_fasta, MAX_RESIDUES, ProteinRecord
 
 def workload(name: str, n: int, seed: int) -> list[str]:
     if name == "examples":
@@ -155,11 +158,11 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
         plan = plan_yardstick("auto", DEFAULT_REFERENCE_SAMPLE, model.dtype, model.device)
         run = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens, yardstick=plan)
         analysis_start = time.perf_counter()
-        analyse(run, model.num_layers, seed=0)  # the defaults: 100 balanced heads, the numerics gate
+        analyse(run, model.num_layers)  # the defaults: 100 balanced heads, the numerics gate
         analysis = time.perf_counter() - analysis_start
         total = time.perf_counter() - start
         bare_start = time.perf_counter()
-        analyse(dataclasses.replace(run, yardstick=None), model.num_layers, seed=0, n_heads=0)  # one head, no gate
+        analyse(dataclasses.replace(run, yardstick=None), model.num_layers, AnalysisOptions(n_heads=0))  # one head, no gate
         gate = run.yardstick.seconds + analysis - (time.perf_counter() - bare_start)
         both = run.v1.seconds + run.v2.seconds
         rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, path_note(run.v1)))
@@ -210,7 +213,7 @@ def device_label(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo-8M,demo-650M,demo-3B", help="comma-separated model specs")
     parser.add_argument("--dtypes", default="fp16,bf16", help="comma-separated dtypes")
@@ -226,8 +229,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead: write the first workload as FASTA (e.g. for torchrun scaling runs) and stop")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile each path on the first model, dtype and workload and print the top kernels")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def report_text(args: argparse.Namespace, command: str, device: torch.device, ceilings: dict[str, float],
+                load_lines: list[str], rows: list[Row]) -> str:
+    """The section appended to BENCHMARKS.md: when, where, the command, versions, the ceiling, the table."""
+    memory_cap = f", GPU memory capped at {args.gpu_memory_gib:g} GiB" if args.gpu_memory_gib else ""
+    return "\n".join([
+        f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC — {device_label(device)}{memory_cap}",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
+        "Ceiling (measured matrix product): " + ", ".join(f"{d} {c / 1e12:.0f} TFLOP/s" for d, c in ceilings.items()) + "  ",
+        f"Realistic workload: {args.n:,} sequences, log-normal lengths (median {REALISTIC_MEDIAN}, "
+        f"clipped {REALISTIC_MIN}–{MAX_RESIDUES}), seed {args.seed}  ",
+        "Load from a local checkpoint: " + "; ".join(load_lines),
+        "",
+        markdown_table(rows),
+        "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     if args.gpu_memory_gib is not None:
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -244,28 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     load_lines, ceilings = [], {}
     for dtype in args.dtypes.split(","):
-        ceilings[dtype] = matmul_ceiling(device, parse_dtype(dtype), size=8192 if device.type == "cuda" else 1024, repeats=20 if device.type == "cuda" else 2)
+        ceilings[dtype] = matmul_ceiling(device, parse_dtype(dtype), size=8192 if device.type == "cuda" else 1024,
+                                         repeats=20 if device.type == "cuda" else 2)
         for spec in args.models.split(","):
             model_rows, loaded_in = bench_model(spec, dtype, device, workloads, ceilings[dtype], args.max_tokens)
             rows += model_rows
             load_lines.append(f"{spec} {dtype}: {loaded_in:.1f} s")
             print(markdown_table(model_rows), flush=True)
-
     command = "python -m core.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    memory_cap = f", GPU memory capped at {args.gpu_memory_gib:g} GiB" if args.gpu_memory_gib else ""
-    report = "\n".join([
-        f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC — {device_label(device)}{memory_cap}",
-        "",
-        f"Command: `{command.strip()}`  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
-        "Ceiling (measured matrix product): " + ", ".join(f"{d} {c / 1e12:.0f} TFLOP/s" for d, c in ceilings.items()) + "  ",
-        f"Realistic workload: {args.n:,} sequences, log-normal lengths (median {REALISTIC_MEDIAN}, "
-        f"clipped {REALISTIC_MIN}–{MAX_RESIDUES}), seed {args.seed}  ",
-        "Load from a local checkpoint: " + "; ".join(load_lines),
-        "",
-        markdown_table(rows),
-        "",
-    ])
+    report = report_text(args, command, device, ceilings, load_lines, rows)
     print("\n" + report)
     if args.append:
         with open(args.append, "a") as handle:

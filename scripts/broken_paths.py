@@ -21,17 +21,17 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-from core.attention import available_backends  # noqa: E402
+from core.numerics.attention import available_backends  # noqa: E402
 from core.bench import device_label  # noqa: E402
-from core.compare import (  # noqa: E402
-    DEFAULT_REFERENCE_SAMPLE, fallback_path, packed_path, plan_yardstick, run_both_paths,
-)
-from core.model import default_device, load_esm2_model  # noqa: E402
-from core.plugins import make_plugin_path  # noqa: E402
-from core.report import analyse  # noqa: E402
-from core.sequences import example_sequences, realistic_sequences  # noqa: E402
+from core.embed.paths import fallback_path, packed_path
+from core.embed.run import run_both_paths
+from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, plan_yardstick
+from core.numerics.environment import default_device  # noqa: E402
+from core.numerics.loading import load_esm2_model  # noqa: E402
+from core.embed.plugins import make_plugin_path  # noqa: E402
+from core.analysis.analyse import analyse  # noqa: E402
+from core.input.examples import example_sequences, realistic_sequences  # noqa: E402
 from tests.plugins.broken_paths import CATALOGUE, with_v2  # noqa: E402
 
 HF_FACTORIES = {"Hugging Face eager": "core.adapters.hf_esm:make_eager", "Hugging Face sdpa": "core.adapters.hf_esm:make_sdpa"}
@@ -84,7 +84,7 @@ def compare(model, alphabet, sequences: Sequence[str], path, run=None) -> dict:
     """summary.json's document of the comparison with ``path`` as v2.0 and the defaults; ``run``: a
     baseline_run over ``sequences`` whose v1.0 and reference are reused."""
     run = run or baseline_run(model, alphabet, sequences)
-    return analyse(with_v2(run, model, alphabet, sequences, path), model.num_layers, 0).summary
+    return analyse(with_v2(run, model, alphabet, sequences, path), model.num_layers).summary.to_json()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| --- | --- | --- | --- | --- | --- |")
         for seed in range(1, args.false_alarms + 1):
             sequences = realistic_sequences(args.n, seed)
-            summary = analyse(baseline_run(model, alphabet, sequences), model.num_layers, 0).summary
+            summary = analyse(baseline_run(model, alphabet, sequences), model.num_layers).summary.to_json()
             layers = summary["numerics"]["layers"]
             ratio = max(entry["ratio"] or 0.0 for entry in layers)
             p_min = min((entry["sign_p"] for entry in layers if entry["sign_p"] is not None), default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.model import load_esm2_model
+from core.numerics.loading import load_esm2_model
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from core.attribution import attribute
-from core.checks import determinism, packing_invariance
+from core.analysis.attribution import attribute
+from core.analysis.checks import determinism, packing_invariance
 from core.cli import main
-from core.compare import YardstickPlan, run_both_paths
-from core.layers import layer_profile, residue_divergence
-from core.metrics import compare_embeddings
-from core.report import analyse
-from core.sequences import example_sequences
-from core.metrics import binomial_interval
-from core.proxies import HeadBank, vote
+from core.embed.run import run_both_paths
+from core.embed.yardstick import YardstickPlan
+from core.analysis.profile import layer_profile, residue_divergence
+from core.analysis.metrics import compare_embeddings
+from core.analysis.analyse import analyse
+from core.input.examples import example_sequences
+from core.analysis.metrics import binomial_interval
+from core.analysis.proxies import HeadBank, vote
 
 SEQUENCES = [r.sequence for r in example_sequences("real")]
 IDS = [r.id for r in example_sequences("real")]
@@ -40,7 +41,7 @@ def test_a_path_made_worse_is_reported_further_from_the_reference():
     assert result.overall_closer == "v1"
     assert not result.rule_passed
     assert result.error_ratio == pytest.approx(np.abs(v2 - reference).max() / np.abs(v1 - reference).max())
-    summary = result.to_summary()
+    summary = result.to_json()
     assert summary["v2_error"]["mean_abs_diff"] > summary["v1_error"]["mean_abs_diff"]
     assert summary["closer_counts"] == {"v1": 30, "v2": 0, "tie": 0}
     assert "fails" in summary["verdict_line"]
@@ -65,8 +66,8 @@ def test_a_broken_v2_path_is_caught_against_float64(demo_fp32):
         run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=[model.num_layers], yardstick=YardstickPlan("reference", "fp64", None))
     finally:
         model.activation = exact
-    analysis = analyse(run, model.num_layers, seed=0)
-    reference = analysis.summary["reference"]
+    analysis = analyse(run, model.num_layers)
+    reference = analysis.summary.to_json()["reference"]
     assert reference["closer"] == "v1" and reference["closer_counts"]["v1"] == len(SEQUENCES)
     assert not reference["rule_passed"]
     assert reference["v2_error"]["mean_abs_diff"] > 100 * reference["v1_error"]["mean_abs_diff"]
@@ -76,12 +77,12 @@ def test_reference_run_on_healthy_paths(demo_fp32):
     model, alphabet = demo_fp32
     run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=None, yardstick=YardstickPlan("reference", "fp64", None))
     assert run.yardstick.dtype == "fp64" and run.yardstick.reference.layers[0].dtype == np.float64
-    analysis = analyse(run, model.num_layers, seed=0)
-    reference = analysis.summary["reference"]
+    analysis = analyse(run, model.num_layers)
+    reference = analysis.summary.to_json()["reference"]
     assert reference["rule_passed"]
     assert reference["v1_error"]["max_abs_diff"] < 1e-5 and reference["v2_error"]["max_abs_diff"] < 1e-5
     assert {"cosine_v1_ref", "mean_abs_err_v2", "closer_to_ref"} <= set(analysis.table.columns)
-    profile = analysis.summary["layers"]
+    profile = analysis.summary.to_json()["layers"]
     assert [entry["layer"] for entry in profile] == list(range(model.num_layers + 1))
     assert all(entry["v2_mean_abs_error"] < 1e-5 for entry in profile)
 
@@ -94,10 +95,10 @@ def test_layer_profile_shows_where_divergence_appears(demo_fp32):
     run = run_both_paths(model, alphabet, IDS, SEQUENCES)
     broken = run.v2.layers[3] + 0.5  # divergence introduced at layer 3 only
     run.v2.layers[3] = broken.astype(np.float32)
-    profile = {entry["layer"]: entry for entry in layer_profile(run)}
-    assert profile[3]["mean_abs_diff"] == pytest.approx(0.5, rel=1e-3)
-    assert all(profile[layer]["mean_abs_diff"] < 1e-5 for layer in profile if layer != 3)
-    assert profile[0]["cosine_min"] > 0.999999
+    profile = {entry.layer: entry for entry in layer_profile(run)}
+    assert profile[3].mean_abs_diff == pytest.approx(0.5, rel=1e-3)
+    assert all(profile[layer].mean_abs_diff < 1e-5 for layer in profile if layer != 3)
+    assert profile[0].cosine_min > 0.999999
 
 
 def test_residue_track_matches_positions(demo_fp64):
@@ -120,7 +121,7 @@ def test_seed_heads_agree_with_single_seed_comparisons_and_are_reproducible():
         assert votes.raw_agreement[seed] == compare_embeddings(v1, v2, seed).agreement
     again = vote(HeadBank.build("seed", range(25), v1), v1, v2, None, 2.0)
     assert np.array_equal(votes.flips, again.flips)
-    summary = votes.to_summary()
+    summary = votes.to_json()
     assert summary["n_heads"] == 25
     assert summary["agreement_lower"] <= summary["agreement_mean"]
     assert summary["agreement_lower"] < 1.0  # this much noise flips something

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from core.bench import main, non_embedding_parameters, pass_flops
-from core.sequences import MAX_RESIDUES, realistic_sequences
+from core.input.examples import realistic_sequences
+from core.input.records import MAX_RESIDUES
 
 
 def test_realistic_workload_is_seeded_and_protein_like():
@@ -42,7 +43,7 @@ def test_bench_prints_and_appends_a_table(tmp_path, capsys):
 
 
 def test_workload_written_as_fasta_reads_back(tmp_path):
-    from core.sequences import read_sequences
+    from core.input.fasta import read_sequences
 
     path = tmp_path / "w.fasta"
     assert main(["--workloads", "realistic", "--n", "5", "--write-fasta", str(path)]) == 0

@@ -14,10 +14,12 @@ import json
 import pytest
 
 from core.cli import main
-from core.compare import fallback_path, packed_path, plan_yardstick, run_both_paths
-from core.plugins import make_plugin_path
-from core.report import analyse
-from core.sequences import example_sequences
+from core.embed.paths import fallback_path, packed_path
+from core.embed.run import run_both_paths
+from core.embed.yardstick import plan_yardstick
+from core.embed.plugins import make_plugin_path
+from core.analysis.analyse import analyse
+from core.input.examples import example_sequences
 from tests.plugins.broken_paths import CATALOGUE, with_v2
 
 RECORDS = example_sequences("patterns")
@@ -32,7 +34,7 @@ def faithful_run(demo_fp32):
 
 
 def summary_of(run, model) -> dict:
-    return analyse(run, model.num_layers, seed=0).summary
+    return analyse(run, model.num_layers).summary.to_json()
 
 
 def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_run):
@@ -89,15 +91,16 @@ def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):
 
 
 def test_report_html_and_terminal_carry_the_headline(demo_fp32, faithful_run):
-    from core.report import format_summary, html_report
+    from core.report.html import html_report
+    from core.report.terminal import format_summary
 
     model, alphabet = demo_fp32
     analysis = analyse(with_v2(faithful_run, model, alphabet, SEQUENCES,
-                               make_plugin_path(CATALOGUE["tanh GELU"], model)), model.num_layers, seed=0)
+                               make_plugin_path(CATALOGUE["tanh GELU"], model)), model.num_layers)
     summary = analysis.summary
     page = html_report(summary, analysis.table, {})
     text = format_summary(summary)
-    for line in summary["headline"].values():
+    for line in summary.headline.lines():
         assert line.split(" (")[0] in text
     assert "<h1>VALIDATE</h1>" in page and "Numerics: different — departs from layer 1" in page
     assert "Seed rule (one uncentred head, seed 0)" in page and "Predictions: agree" in page

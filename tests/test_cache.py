@@ -13,14 +13,16 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-import core.cache as cache_module
-from core.cache import (
-    DB_NAME, CachedEmbedding, CacheUnavailable, EmbeddingCache, fingerprint, open_cache, run_both_paths_cached,
-)
+import core.embed.cache as cache_module
+import core.embed.cache_store as store_module
+import core.pipeline
 from core.cli import main
-from core.compare import YardstickPlan, EmbeddingRun, fallback_path, run_both_paths
-from core.model import load_esm2_model, save_checkpoint
-from core.sequences import example_sequences
+from core.embed.cache_store import DB_NAME, CachedEmbedding, CacheUnavailable, EmbeddingCache, fingerprint, open_cache
+from core.embed.run import EmbeddingRun, run_both_paths
+from core.input.examples import example_sequences
+from core.numerics.loading import load_esm2_model, save_checkpoint
+from core.numerics.precision import dtype_name
+from core.pipeline import ComparisonRequest, LoadedModel, run_comparison
 
 RECORDS = example_sequences("patterns")[:8]
 IDS = [r.id for r in RECORDS]
@@ -29,7 +31,7 @@ CPU_DEMO = ["--model", "demo-8M", "--device", "cpu"]
 
 
 class Counter:
-    """Wraps core.cache's run_both_paths: how often it ran and on which ids."""
+    """Wraps the pipeline's run_both_paths: how often it ran and on which ids."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -46,15 +48,29 @@ class Counter:
 @pytest.fixture
 def counter(monkeypatch) -> Counter:
     spy = Counter()
-    monkeypatch.setattr(cache_module, "run_both_paths", spy)
+    monkeypatch.setattr(core.pipeline, "run_both_paths", spy)
     return spy
 
 
 @pytest.fixture
-def cache(tmp_path) -> Iterator[EmbeddingCache]:
-    opened = EmbeddingCache(tmp_path / "cache")
-    yield opened
-    opened.close()
+def no_sample(monkeypatch):
+    """These tests are about the cache: the numerics sample (never cached; tested in test_numerics_gate.py)
+    is left out to keep them fast."""
+    monkeypatch.setattr(core.pipeline, "sample", lambda *args: None)
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def cached(directory: Path, model, alphabet, ids, sequences, layer: int | None = None, only_layer: bool = False,
+           candidate: str = "packed"):
+    """The pipeline through the cache in ``directory``: (run, cache statistics)."""
+    request = ComparisonRequest(model=model.name, dtype=dtype_name(model.dtype), device="cpu", candidate=candidate,
+                                layer=layer, only_layer=only_layer, cache_dir=str(directory))
+    result = run_comparison(request, ids, sequences, loaded=LoadedModel(model, alphabet))
+    return result.run, result.cache
 
 
 def assert_same_run(a: EmbeddingRun, b: EmbeddingRun, atol: float = 0.0) -> None:
@@ -78,12 +94,12 @@ def assert_same_run(a: EmbeddingRun, b: EmbeddingRun, atol: float = 0.0) -> None
 # ---------------------------------------------------------------- only what is new
 
 
-def test_second_run_computes_nothing_and_equals_an_uncached_run(demo_fp32, cache, counter):
+def test_second_run_computes_nothing_and_equals_an_uncached_run(demo_fp32, cache, counter, no_sample):
     model, alphabet = demo_fp32
-    first, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    first, stats = cached(cache, model, alphabet, IDS, SEQS)
     assert (stats.hits, stats.computed) == (0, len(SEQS))
     assert counter.calls == [IDS]
-    second, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    second, stats = cached(cache, model, alphabet, IDS, SEQS)
     assert (stats.hits, stats.computed) == (len(SEQS), 0)
     assert len(counter.calls) == 1  # the model was not run again
     uncached = run_both_paths(model, alphabet, IDS, SEQS)
@@ -93,13 +109,13 @@ def test_second_run_computes_nothing_and_equals_an_uncached_run(demo_fp32, cache
     assert (second.model, second.weights, second.dtype, second.device) == ("demo-8M", "demo", "fp32", "cpu")
 
 
-def test_a_superset_computes_only_the_new_sequences(demo_fp32, cache, counter):
+def test_a_superset_computes_only_the_new_sequences(demo_fp32, cache, counter, no_sample):
     model, alphabet = demo_fp32
-    run_both_paths_cached(cache, model, alphabet, IDS[:5], SEQS[:5])
+    cached(cache, model, alphabet, IDS[:5], SEQS[:5])
     # The new ones interleaved with old ones, in another order: the merge must follow the input.
     order = [6, 0, 5, 3, 7, 1, 2, 4]
     ids, seqs = [IDS[i] for i in order], [SEQS[i] for i in order]
-    merged, stats = run_both_paths_cached(cache, model, alphabet, ids, seqs)
+    merged, stats = cached(cache, model, alphabet, ids, seqs)
     assert (stats.hits, stats.computed) == (5, 3)
     assert counter.calls[-1] == [IDS[6], IDS[5], IDS[7]]
     assert merged.ids == ids
@@ -108,50 +124,49 @@ def test_a_superset_computes_only_the_new_sequences(demo_fp32, cache, counter):
     assert_same_run(merged, run_both_paths(model, alphabet, ids, seqs), atol=1e-6)
 
 
-def test_same_residues_under_another_id_are_a_hit(demo_fp32, cache, counter):
+def test_same_residues_under_another_id_are_a_hit(demo_fp32, cache, counter, no_sample):
     model, alphabet = demo_fp32
-    run_both_paths_cached(cache, model, alphabet, IDS[:2], SEQS[:2])
-    renamed, stats = run_both_paths_cached(cache, model, alphabet, ["x", "y"], SEQS[:2])
+    cached(cache, model, alphabet, IDS[:2], SEQS[:2])
+    renamed, stats = cached(cache, model, alphabet, ["x", "y"], SEQS[:2])
     assert (stats.hits, stats.computed) == (2, 0)
     assert renamed.ids == ["x", "y"]
 
 
 def test_only_layer_is_cached_and_the_numerics_sample_measured_afresh(demo_fp32, cache, counter):
     model, alphabet = demo_fp32
-    plan = YardstickPlan("reference", "fp64", None)
-    run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], yardstick=plan)
-    again, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS, layers=[3], yardstick=plan)
-    assert (stats.hits, stats.computed) == (len(SEQS), 0)
-    assert again.yardstick is not None and again.yardstick.dtype == "fp64"
+    first, _ = cached(cache, model, alphabet, IDS, SEQS, layer=3, only_layer=True)
+    again, stats = cached(cache, model, alphabet, IDS, SEQS, layer=3, only_layer=True)
+    assert (stats.hits, stats.computed) == (len(SEQS), 0) and len(counter.calls) == 1
+    assert again.layers == [3] and again.yardstick is not None and again.yardstick.dtype == "fp64"
     assert again.yardstick.reference.layers[3].dtype == np.float64  # the reference keeps its width
-    assert_same_run(again, run_both_paths(model, alphabet, IDS, SEQS, layers=[3], yardstick=plan))
+    assert_same_run(again, first)  # the sample, measured again, is the same arithmetic
 
 
 # ---------------------------------------------------------------- what must not mix
 
 
 def _computed_after_warm_cache(cache, model, alphabet, **kwargs) -> int:
-    return run_both_paths_cached(cache, model, alphabet, IDS[:3], SEQS[:3], **kwargs)[1].computed
+    return cached(cache, model, alphabet, IDS[:3], SEQS[:3], **kwargs)[1].computed
 
 
-def test_key_changes_miss(demo_fp32, demo_fp64, cache, counter):
+def test_key_changes_miss(demo_fp32, demo_fp64, cache, counter, no_sample):
     model, alphabet = demo_fp32
-    run_both_paths_cached(cache, model, alphabet, IDS[:3], SEQS[:3], layers=[6])
-    assert _computed_after_warm_cache(cache, model, alphabet, layers=[6]) == 0
-    assert _computed_after_warm_cache(cache, model, alphabet, layers=[5, 6]) == 3  # another layer set
-    assert _computed_after_warm_cache(cache, model, alphabet, layers=[6], v2_path=fallback_path(model)) == 3  # v2 backend
-    with_sample = _computed_after_warm_cache(cache, model, alphabet, layers=[6], yardstick=YardstickPlan("reference", "fp64", None))
-    assert with_sample == 0  # the numerics sample is measured afresh; both paths' rows still hit
-    assert _computed_after_warm_cache(cache, demo_fp64[0], demo_fp64[1], layers=[6]) == 3  # dtype
+    last = {"layer": 6, "only_layer": True}
+    cached(cache, model, alphabet, IDS[:3], SEQS[:3], **last)
+    assert _computed_after_warm_cache(cache, model, alphabet, **last) == 0
+    assert _computed_after_warm_cache(cache, model, alphabet) == 3  # another layer set: every layer
+    assert _computed_after_warm_cache(cache, model, alphabet, candidate="fallback", **last) == 3  # another v2.0
+    assert _computed_after_warm_cache(cache, demo_fp64[0], demo_fp64[1], **last) == 3  # dtype
     other_seed, _ = load_esm2_model("demo-8M", dtype="fp32", device="cpu", demo_seed=7)
     assert fingerprint(other_seed) != fingerprint(model)
-    assert _computed_after_warm_cache(cache, other_seed, alphabet, layers=[6]) == 3  # other weights
+    assert _computed_after_warm_cache(cache, other_seed, alphabet, **last) == 3  # other weights
     # ... and each of those is now cached under its own key.
-    assert _computed_after_warm_cache(cache, model, alphabet, layers=[5, 6]) == 0
-    assert _computed_after_warm_cache(cache, other_seed, alphabet, layers=[6]) == 0
+    assert _computed_after_warm_cache(cache, model, alphabet) == 0
+    assert _computed_after_warm_cache(cache, other_seed, alphabet, **last) == 0
 
 
-def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(demo_fp32, tmp_path, cache):
+def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(demo_fp32, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
     path = save_checkpoint(demo_fp32[0], tmp_path / "weights.pt")
     model, _ = load_esm2_model(str(path), dtype="fp32", device="cpu")
     first = fingerprint(model, cache)
@@ -164,7 +179,7 @@ def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(demo_fp32,
 def test_fingerprint_falls_back_to_parameter_bytes(demo_fp32, monkeypatch):
     model = demo_fp32[0]
     monkeypatch.setattr(model, "weights", "pretrained")  # no such file in the hub cache
-    monkeypatch.setattr(cache_module, "hub_checkpoint", lambda name: Path("/nonexistent/weights.pt"))
+    monkeypatch.setattr(store_module, "hub_checkpoint", lambda name: Path("/nonexistent/weights.pt"))
     assert fingerprint(model).startswith("pretrained-params-sha256:")
 
 
@@ -188,10 +203,10 @@ def test_cache_path_that_is_a_file_is_refused(tmp_path):
     assert cache is None and str(not_a_dir) in warning
 
 
-def test_damaged_rows_are_recomputed_never_returned(demo_fp32, cache, counter):
+def test_damaged_rows_are_recomputed_never_returned(demo_fp32, cache, counter, no_sample):
     model, alphabet = demo_fp32
-    good, _ = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
-    connection = sqlite3.connect(str(cache.path))
+    good, _ = cached(cache, model, alphabet, IDS, SEQS)
+    connection = sqlite3.connect(str(cache / DB_NAME))
     keys = [row[0] for row in connection.execute("SELECT key FROM embeddings ORDER BY key LIMIT 3")]
     connection.execute("UPDATE embeddings SET data = x'00ff' WHERE key = ?", (keys[0],))  # truncated blob
     nan = np.full((7, 320), np.nan, dtype=np.float32).tobytes()
@@ -199,21 +214,21 @@ def test_damaged_rows_are_recomputed_never_returned(demo_fp32, cache, counter):
     connection.execute("UPDATE embeddings SET array_dtype = 'garbage' WHERE key = ?", (keys[2],))
     connection.commit()
     connection.close()
-    again, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)
+    again, stats = cached(cache, model, alphabet, IDS, SEQS)
     assert 1 <= stats.computed <= 3 and stats.hits == len(SEQS) - stats.computed
     assert_same_run(again, good, atol=1e-6)
-    third, stats = run_both_paths_cached(cache, model, alphabet, IDS, SEQS)  # the damaged rows were rewritten
+    third, stats = cached(cache, model, alphabet, IDS, SEQS)  # the damaged rows were rewritten
     assert stats.computed == 0
 
 
-def test_a_cache_that_fails_mid_run_still_gives_the_computed_answer(demo_fp32, cache, counter, monkeypatch):
+def test_a_cache_that_fails_mid_run_still_gives_the_computed_answer(demo_fp32, cache, counter, monkeypatch, no_sample):
     model, alphabet = demo_fp32
 
     def broken(*args, **kwargs):
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    monkeypatch.setattr(cache, "get_many", broken)
-    run, stats = run_both_paths_cached(cache, model, alphabet, IDS[:3], SEQS[:3])
+    monkeypatch.setattr(EmbeddingCache, "get_many", broken)
+    run, stats = cached(cache, model, alphabet, IDS[:3], SEQS[:3])
     assert stats.computed == 3 and "unreadable" in stats.warning
     assert_same_run(run, run_both_paths(model, alphabet, IDS[:3], SEQS[:3]))
 
@@ -292,8 +307,8 @@ def test_cli_with_a_corrupt_cache_warns_and_computes(capsys, tmp_path):
     assert summary["verdict"] == "ACCEPT"
 
 
-def test_a_change_to_the_numerics_code_misses(demo_fp32, cache, counter, monkeypatch):
+def test_a_change_to_the_numerics_code_misses(demo_fp32, cache, counter, monkeypatch, no_sample):
     model, alphabet = demo_fp32
-    run_both_paths_cached(cache, model, alphabet, IDS[:2], SEQS[:2], layers=[6])
+    cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=6, only_layer=True)
     monkeypatch.setattr(cache_module, "code_fingerprint", lambda: "edited-pooling")
-    assert run_both_paths_cached(cache, model, alphabet, IDS[:2], SEQS[:2], layers=[6])[1].computed == 2
+    assert cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=6, only_layer=True)[1].computed == 2

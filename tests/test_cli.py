@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from core.cli import main
-from core.model import DEMO_SIZES, PRETRAINED, save_checkpoint
-from core.sequences import MAX_RESIDUES, example_sequences
+from core.numerics.loading import save_checkpoint
+from core.numerics.specs import DEMO_SIZES, PRETRAINED
+from core.input.examples import example_sequences
+from core.input.records import MAX_RESIDUES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_DEMO = ["--model", "demo-8M", "--device", "cpu"]

@@ -12,13 +12,15 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import core.cache
-import core.compare
-import core.report
-import core.runs
+import core.embed.cache_store
+import core.embed.run
+import core.pipeline
+import dashboard.results
+import dashboard.runs
+import dashboard.server
 import dashboard.state
-from core.model import layer_indices
-from core.runs import RunStore
+from core.numerics.loading import layer_indices
+from dashboard.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 180
@@ -34,25 +36,24 @@ GOOD_AND_BAD = (
 def runs_dir(tmp_path, monkeypatch):
     """Every test saves its runs in its own temporary directory."""
     folder = tmp_path / "runs"
-    monkeypatch.setenv(dashboard.state.RUNS_DIR_ENV, str(folder))
+    monkeypatch.setenv(dashboard.server.RUNS_DIR_ENV, str(folder))
     return folder
 
 
 @pytest.fixture
 def run_counter(monkeypatch):
     """Counts how often the page makes the model embed anything (fresh caches per test): one entry per
-    run_both_paths call, its ``layers`` (None: every layer). The page calls it through core.cache."""
+    run_both_paths call, its ``layers`` (None: every layer). The page calls it through core.pipeline."""
     st.cache_data.clear()
     calls = []
-    original = core.compare.run_both_paths
+    original = core.embed.run.run_both_paths
 
     def counting(*args, **kwargs):
         layers = kwargs.get("layers")
         calls.append(None if layers is not None and list(layers) == layer_indices(args[0]) else layers)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(core.compare, "run_both_paths", counting)
-    monkeypatch.setattr(core.cache, "run_both_paths", counting)
+    monkeypatch.setattr(core.pipeline, "run_both_paths", counting)
     return calls
 
 
@@ -182,7 +183,8 @@ def test_numerics_reference_layers_heads_residues_and_checks_views(run_counter):
     assert run_counter == [None]
     assert any(s.value.startswith("Numerics: equivalent to rounding (fp64 reference") for s in app.success)
     numerics = table_with(app, "sign_p")
-    assert list(numerics["layer"]) == list(range(7)) and not numerics["departs"].any()
+    assert list(numerics["layer"]) == [*range(7), 1] and not numerics["departs"].any()
+    assert list(numerics["v2.0 packed"]) == ["own batches"] * 7 + ["deep in one pack"]
     assert any("FlashAttention's rule" in s.value and "fp64 reference" in s.value for s in app.success)
     reference = table_with(app, "path")
     assert list(reference["path"]) == ["v1.0", "v2.0"]
@@ -252,7 +254,7 @@ def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, t
     config = tmp_path / "config.toml"
     config.write_text('[v2_plugins]\n"Example packed" = "tests.plugins.example_v2:make_packed"\n'
                       '"Broken import" = "tests.plugins.not_there:make"\n')
-    monkeypatch.setattr(dashboard.state, "CONFIG_FILE", config)
+    monkeypatch.setattr(dashboard.server, "CONFIG_FILE", config)
 
     app = new_app()
     assert app.selectbox(key="v2").options == [
@@ -261,7 +263,7 @@ def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, t
     app.selectbox(key="v2").set_value("fallback").run()
     app = run_example(app)
     card = verdict_html(app)
-    assert "forward_packed(v1_compatible=True)" in card and "ACCEPT" in card
+    assert "V1CompatiblePacked.forward_packed" in card and "ACCEPT" in card
     assert metrics(app)["Max confidence diff"] == "0.00e+00"
 
     app.selectbox(key="v2").set_value("Example packed").run()
@@ -285,7 +287,7 @@ def current_run(app: AppTest) -> str:
 def server_config(monkeypatch, tmp_path, text: str) -> None:
     config = tmp_path / "config.toml"
     config.write_text(text)
-    monkeypatch.setattr(dashboard.state, "CONFIG_FILE", config)
+    monkeypatch.setattr(dashboard.server, "CONFIG_FILE", config)
 
 
 def test_a_run_is_saved_and_reopened_by_its_link_without_recomputing(run_counter, runs_dir):
@@ -350,7 +352,7 @@ def test_a_full_disk_is_a_clear_message_and_the_results_stay(run_counter, monkey
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(core.runs.np, "savez", full)
+    monkeypatch.setattr(dashboard.runs.np, "savez", full)
     app = run_example(new_app())
     assert not app.exception
     assert any("disk is full" in e.value for e in app.error)
@@ -403,7 +405,7 @@ def test_checkpoint_paths_outside_the_allowlist_are_refused_untouched(run_counte
 
 
 def test_a_checkpoint_inside_the_allowlist_runs(run_counter, monkeypatch, tmp_path, demo_fp32):
-    from core.model import save_checkpoint
+    from core.numerics.loading import save_checkpoint
 
     allowed = tmp_path / "allowed"
     allowed.mkdir()
@@ -431,21 +433,21 @@ def cache_captions(app: AppTest) -> list[str]:
 
 
 def offered_summaries(monkeypatch) -> list[dict]:
-    """The summary documents the page offers for download (html_report gets the same dict as summary.json)."""
+    """The summary documents the page offers for download (html_report gets the same summary as summary.json)."""
     seen: list[dict] = []
-    original = core.report.html_report
+    original = dashboard.results.html_report
 
     def recording(summary, *args, **kwargs):
-        seen.append(json.loads(json.dumps(summary)))
+        seen.append(json.loads(json.dumps(summary.to_json())))
         return original(summary, *args, **kwargs)
 
-    monkeypatch.setattr(core.report, "html_report", recording)
+    monkeypatch.setattr(dashboard.results, "html_report", recording)
     return seen
 
 
 def test_a_second_run_comes_from_the_embedding_cache_and_says_so(run_counter, monkeypatch, tmp_path, runs_dir):
     cache = tmp_path / "cache"
-    monkeypatch.setenv(core.cache.CACHE_ENV, str(cache))
+    monkeypatch.setenv(core.embed.cache_store.CACHE_ENV, str(cache))
     offered = offered_summaries(monkeypatch)
 
     first = run_example(new_app())
@@ -479,7 +481,7 @@ def test_a_second_run_comes_from_the_embedding_cache_and_says_so(run_counter, mo
 def test_an_unusable_cache_is_a_warning_and_the_run_computes_everything(run_counter, monkeypatch, tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    monkeypatch.setenv(core.cache.CACHE_ENV, str(not_a_dir))
+    monkeypatch.setenv(core.embed.cache_store.CACHE_ENV, str(not_a_dir))
     app = run_example(new_app())
     assert not app.exception and "ACCEPT" in verdict_html(app)
     assert cache_captions(app) == ["Embedding cache: 0 of 18 sequences from the cache, 18 computed"]
@@ -488,7 +490,7 @@ def test_an_unusable_cache_is_a_warning_and_the_run_computes_everything(run_coun
 
 
 def test_with_the_cache_off_nothing_about_it_is_shown(run_counter, monkeypatch, runs_dir):
-    monkeypatch.delenv(core.cache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(core.embed.cache_store.CACHE_ENV, raising=False)
     offered = offered_summaries(monkeypatch)
     app = run_example(new_app())
     assert not app.exception
@@ -500,16 +502,16 @@ def test_with_the_cache_off_nothing_about_it_is_shown(run_counter, monkeypatch, 
 
 
 def test_the_cache_directory_comes_from_the_environment_else_the_server_config(monkeypatch, tmp_path):
-    monkeypatch.delenv(core.cache.CACHE_ENV, raising=False)
+    monkeypatch.delenv(core.embed.cache_store.CACHE_ENV, raising=False)
     server_config(monkeypatch, tmp_path, '[cache]\ndir = ""\n')
-    assert dashboard.state.cache_dir() is None
+    assert dashboard.server.cache_dir() is None
     server_config(monkeypatch, tmp_path, '[cache]\ndir = "relative/cache"\n')
-    assert dashboard.state.cache_dir() == Path(__file__).resolve().parents[1] / "relative" / "cache"
-    monkeypatch.setenv(core.cache.CACHE_ENV, str(tmp_path / "from_env"))
-    assert dashboard.state.cache_dir() == tmp_path / "from_env"
-    monkeypatch.setattr(dashboard.state, "CONFIG_FILE", tmp_path / "absent.toml")
-    monkeypatch.delenv(core.cache.CACHE_ENV)
-    assert dashboard.state.cache_dir() is None
+    assert dashboard.server.cache_dir() == Path(__file__).resolve().parents[1] / "relative" / "cache"
+    monkeypatch.setenv(core.embed.cache_store.CACHE_ENV, str(tmp_path / "from_env"))
+    assert dashboard.server.cache_dir() == tmp_path / "from_env"
+    monkeypatch.setattr(dashboard.server, "CONFIG_FILE", tmp_path / "absent.toml")
+    monkeypatch.delenv(core.embed.cache_store.CACHE_ENV)
+    assert dashboard.server.cache_dir() is None
 
 
 def test_pasted_text_survives_presentation_mode(run_counter):

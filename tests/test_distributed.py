@@ -15,11 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.checks import CheckResult
+from core.analysis.checks import CheckResult
 from core.cli import main
-from core.compare import YardstickPlan, run_both_paths
-from core.distributed import DistEnv, DistributedSetupError, assemble_runs, environment, merge_checks, shard_indices
-from core.sequences import example_sequences
+from core.embed.run import run_both_paths
+from core.embed.yardstick import YardstickPlan
+from core.embed.distributed import (
+    assemble_runs, DistEnv, DistributedSetupError, environment, merge_checks, shard_indices,
+)
+from core.input.examples import example_sequences
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PATTERNS = ["--example", "patterns", "--model", "demo-8M", "--device", "cpu", "--dtype", "fp32"]

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import attention
-from core.attention import BackendUnavailable, available_backends, resolve_backend
-from core.compare import SequenceTooLarge, embed_path, packed_path, standard_path
-from core.sequences import example_sequences
+from core.numerics import attention
+from core.numerics.attention import available_backends, BackendUnavailable, resolve_backend
+from core.embed.passes import embed_path, SequenceTooLarge
+from core.embed.paths import packed_path, standard_path
+from core.input.examples import example_sequences
 
 SEQUENCES = [r.sequence for r in example_sequences("patterns")]
 

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from core.heads import ClassificationHead, HeadError, head_inputs, load_extra_features, load_head
+from core.analysis.heads import ClassificationHead, head_inputs, HeadError
+from core.input.head_files import load_extra_features, load_head
 
 
 def _double(module: nn.Module, seed: int) -> nn.Module:

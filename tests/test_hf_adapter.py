@@ -18,7 +18,7 @@ from core.adapters.hf_esm import (  # noqa: E402
     make_flash_attention_2,
     make_sdpa,
 )
-from core.batching import padded_tokens  # noqa: E402
+from core.embed.batching import padded_tokens  # noqa: E402
 
 LAYERS = (0, 3, 6)
 SEQUENCES = [  # four lengths, so three of them are padded

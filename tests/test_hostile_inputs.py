@@ -29,15 +29,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.cli import main as cli_main
-from core.sequences import (
-    ALLOWED_RESIDUES,
-    MAX_INPUT_BYTES,
-    MAX_RECORDS,
-    MAX_RESIDUES,
-    ParsedInput,
-    parse_sequences,
-    read_sequences,
-)
+from core.input.fasta import parse_sequences, read_sequences
+from core.input.records import ALLOWED_RESIDUES, MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, ParsedInput
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 180

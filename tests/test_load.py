@@ -1,7 +1,7 @@
 """Eight people at once: eight page sessions, each from its own thread, submit different sequences.
 
 Each must end with its own correct result (equal to computing its set alone), never show another
-session's sequences, and the GPU work (core.compare.run_both_paths) must never overlap.
+session's sequences, and the GPU work (core.embed.run.run_both_paths) must never overlap.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from streamlit.runtime.scriptrunner.script_cache import ScriptCache
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test
 
-import core.cache
-import core.compare
+import core.embed.run
+import core.pipeline
+import dashboard.server
 import dashboard.state
-from core.report import analyse
+from core.analysis.analyse import AnalysisOptions, analyse
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 SESSIONS = 8
 TIMEOUT = 300
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
-ORIGINAL_RUN_BOTH_PATHS = core.compare.run_both_paths  # for the direct computation, unmonitored
+ORIGINAL_RUN_BOTH_PATHS = core.embed.run.run_both_paths  # for the direct computation, unmonitored
 
 
 def session_records(k: int) -> list[tuple[str, str]]:
@@ -93,9 +94,9 @@ def concurrent_apptests(monkeypatch):
 @pytest.fixture
 def gpu_monitor(monkeypatch, tmp_path):
     """Runs land in a temporary directory; run_both_paths counts calls and how many ran at once."""
-    monkeypatch.setenv(dashboard.state.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    monkeypatch.setenv(dashboard.server.RUNS_DIR_ENV, str(tmp_path / "runs"))
     st.cache_data.clear()
-    original = core.compare.run_both_paths
+    original = core.embed.run.run_both_paths
     lock = threading.Lock()
     stats = {"calls": 0, "now": 0, "max": 0}
 
@@ -111,8 +112,7 @@ def gpu_monitor(monkeypatch, tmp_path):
             with lock:
                 stats["now"] -= 1
 
-    monkeypatch.setattr(core.compare, "run_both_paths", monitored)
-    monkeypatch.setattr(core.cache, "run_both_paths", monitored)  # the page calls it through the embedding cache
+    monkeypatch.setattr(core.pipeline, "run_both_paths", monitored)  # the page calls it through the pipeline
     return stats
 
 
@@ -174,11 +174,11 @@ def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, g
 
         direct = analyse(
             ORIGINAL_RUN_BOTH_PATHS(model, alphabet, ids, [s for _, s in records], backend="auto"),
-            summary["layer"], summary["seed"],
+            summary["layer"], AnalysisOptions(seed=summary["seed"]),
         )
         for column in ("cosine", "mean_abs_diff", "max_abs_diff", "confidence_v1", "confidence_v2"):
             np.testing.assert_allclose(table[column].to_numpy(), direct.table[column].to_numpy(), rtol=1e-6, atol=1e-9)
         assert list(table["label_v1"]) == list(direct.table["label_v1"])
-        assert summary["label_agreement"] == direct.summary["label_agreement"]
-        assert summary["cosine"]["min"] == pytest.approx(direct.summary["cosine"]["min"], rel=1e-6)
+        assert summary["label_agreement"] == direct.summary.comparison.agreement
+        assert summary["cosine"]["min"] == pytest.approx(float(direct.summary.comparison.cosine.min()), rel=1e-6)
     assert len(run_ids) == SESSIONS

@@ -7,9 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from core.metrics import (
-    ProxyClassifier, Thresholds, compare_embeddings, cosine_similarity, format_percent, match_fraction,
-    max_abs_diff, mean_abs_diff, pearson, verdict_at_or_below, verdict_for,
+from core.analysis.metrics import (
+    compare_embeddings, cosine_similarity, format_percent, match_fraction, max_abs_diff, mean_abs_diff, pearson, ProxyClassifier, Thresholds, verdict_at_or_below, verdict_for,
 )
 
 

@@ -19,22 +19,13 @@ import esm.pretrained
 import pytest
 import torch
 
-from core.attention import BACKENDS, BackendUnavailable, resolve_backend
+from core.numerics.attention import BACKENDS, BackendUnavailable, resolve_backend
 from esm.model.esm2 import ESM2
 
-from core.batching import pack_sequences, padded_tokens
-from core.model import (
-    DEMO_SIZES,
-    PRETRAINED,
-    ESM2WithFlashAttention,
-    WeightsUnavailable,
-    layer_indices,
-    load_esm2_model,
-    pretrained_available,
-    reference_copy,
-    rotary_inv_freq,
-    save_checkpoint,
-)
+from core.embed.batching import pack_sequences, padded_tokens
+from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_inv_freq
+from core.numerics.loading import layer_indices, load_esm2_model, reference_copy, save_checkpoint, WeightsUnavailable
+from core.numerics.specs import DEMO_SIZES, PRETRAINED, pretrained_available
 
 CPU = torch.device("cpu")
 SMALL_BATCH = ["MKTAYIAKQRQISFVKSHFSRQ", "GSGSGSLLKKLLEE", "ACDEFGHIKLMNPQRSTVWYXBUZO"]

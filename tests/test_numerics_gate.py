@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.compare import (
-    DEEP_PACK_OFFSET, MIN_NUMERICS_SAMPLE, YardstickPlan, packed_path, plan_yardstick, plugin_path, run_both_paths,
-    spanning_sample,
-)
-from core.numerics_gate import measure_layer, sign_test
-from core.sequences import example_sequences, probe_sequences
+from core.embed.paths import packed_path, plugin_path
+from core.embed.run import run_both_paths
+from core.embed.yardstick import DEEP_PACK_OFFSET, MIN_NUMERICS_SAMPLE, plan_yardstick, spanning_sample, YardstickPlan
+from core.analysis.numerics_gate import measure_layer, sign_test
+from core.input.examples import example_sequences, probe_sequences
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -170,7 +169,7 @@ def test_default_path_of_the_sample_is_the_built_in_packed_path(demo_fp32):
 
 
 def test_padded_paths_get_no_deep_pack(demo_fp32):
-    from core.compare import fallback_path
+    from core.embed.paths import fallback_path
 
     model, alphabet = demo_fp32
     records = example_sequences("real")[:3]

@@ -15,9 +15,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.batching import pack_sequences, pack_tokens, padded_tokens
-from core.compare import embed_v1, embed_v2, pool_packed, pool_padded
-from core.model import rotary_tables
+from core.embed.batching import pack_sequences, pack_tokens, padded_tokens
+from core.embed.passes import embed_v1, embed_v2, pool_packed, pool_padded
+from core.numerics.esm2_packed import rotary_inv_freq, rotary_tables
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -159,15 +159,15 @@ def test_rotary_tables_match_fair_esm_in_fp16_and_fp32_tables_do_not(demo_fp64):
     probe = torch.zeros(1, 700, 2 * half_inv_freq.numel(), dtype=torch.float16)
     fair_cos, fair_sin = fair_esm._update_cos_sin_tables(probe, seq_dimension=-2)
 
-    cos, sin = rotary_tables(half_inv_freq, 700, "model")
+    cos, sin = rotary_tables(half_inv_freq, 700)
     assert cos.dtype == torch.float16
     assert torch.equal(cos, fair_cos[0]) and torch.equal(sin, fair_sin[0])
-    cos32, _ = rotary_tables(half_inv_freq, 700, "fp32")
+    cos32, _ = rotary_tables(rotary_inv_freq(2 * half_inv_freq.numel(), torch.float32), 700)  # what an fp32 path builds
     assert not torch.equal(cos32.half(), fair_cos[0])
 
 
 def test_dtype_change_resets_fair_esm_rotary_cache():
-    from core.model import load_esm2_model
+    from core.numerics.loading import load_esm2_model
 
     model, alphabet = load_esm2_model("demo-8M", dtype="fp32", device="cpu")
     tokens = padded_tokens(alphabet, ["MKTAYIAKQR", "GSW"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.paths import PathNotAllowed, allowed_path, default_checkpoint_dirs, resolve_dirs
+from dashboard.paths import allowed_path, default_checkpoint_dirs, PathNotAllowed, resolve_dirs
 
 
 @pytest.fixture

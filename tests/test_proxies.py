@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.metrics import ProxyClassifier, Thresholds
-from core.proxies import LOWER_QUANTILE, HeadBank, proxy_head, rounding_floor, vote
-from core.verdict import predictions_from_votes
+from core.analysis.metrics import ProxyClassifier, Thresholds
+from core.analysis.proxies import HeadBank, LOWER_QUANTILE, proxy_head, rounding_floor, vote
+from core.analysis.verdict import predictions_from_votes
 
 K = 2.0
 

@@ -1,4 +1,4 @@
-"""core.runs.RunStore (runs on disk) and core.jobs.JobQueue (the one GPU worker), without Streamlit."""
+"""dashboard.runs.RunStore (runs on disk) and dashboard.jobs.JobQueue (the one GPU worker), without Streamlit."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.runs
-from core.compare import YardstickPlan, run_both_paths
-from core.jobs import JobQueue
-from core.report import analyse
-from core.runs import RunStorageError, RunStore, UnknownRun
-from core.sequences import parse_sequences
+import dashboard.runs
+from core.embed.run import run_both_paths
+from core.embed.yardstick import YardstickPlan
+from dashboard.jobs import JobQueue
+from core.analysis.analyse import analyse
+from core.embed.cache import CacheStats
+from dashboard.runs import RunStorageError, RunStore, UnknownRun
+from core.input.fasta import parse_sequences
 
 FASTA = ">alpha\nMKTAYIAKQRQISFVKSHFSRQ\n>beta\nGSGSGSLLKKLLEEPEVKVNGQ\n>bad\nMKT1AYIAK\n>gamma\nMQIFVKTLTGKTITLEV\n"
 
@@ -83,8 +85,8 @@ def test_round_trip_rebuilds_the_embedding_run(store, embedding_run, parsed):
     assert back.yardstick.reference.layers[6].dtype == np.float64 and back.v1.layers[0].dtype == np.float32
 
     # the rebuilt run analyses to the same numbers
-    before = analyse(embedding_run, 6, 0, parsed=parsed).summary
-    after = analyse(back, 6, 0, parsed=store.load_input(run_id)).summary
+    before = analyse(embedding_run, 6, parsed=parsed).summary.to_json()
+    after = analyse(back, 6, parsed=store.load_input(run_id)).summary.to_json()
     for key in ("label_agreement", "cosine", "mean_abs_diff", "reference", "refused", "warnings", "layers"):
         assert after[key] == before[key], key
 
@@ -97,7 +99,7 @@ def test_round_trip_rebuilds_the_embedding_run(store, embedding_run, parsed):
 
 def test_the_embedding_cache_summary_is_saved_with_the_embeddings(store, embedding_run, parsed):
     cached, off, older = store.new_id(), store.new_id(), store.new_id()
-    summary = {"dir": "/tmp/cache", "hits": 2, "computed": 1, "warning": "could not write"}
+    summary = CacheStats(dir="/tmp/cache", hits=2, computed=1, warning="could not write")
     for run_id in (cached, off, older):
         store.create(run_id, parsed, {})
     store.save_embeddings(cached, embedding_run, cache=summary)
@@ -107,17 +109,17 @@ def test_the_embedding_cache_summary_is_saved_with_the_embeddings(store, embeddi
     del meta["cache"]  # a run saved before the cache existed
     (store.run_dir(older) / "run.json").write_text(json.dumps(meta))
 
-    assert store.load_cache_summary(cached) == summary
-    assert store.load_cache_summary(off) is None and store.load_cache_summary(older) is None
+    assert store.load_cache_stats(cached) == summary
+    assert store.load_cache_stats(off) is None and store.load_cache_stats(older) is None
     assert_same(store.load_embeddings(cached), embedding_run)
     with pytest.raises(UnknownRun):
-        store.load_cache_summary(store.new_id())
+        store.load_cache_stats(store.new_id())
 
 
 def test_outputs_are_written_by_write_outputs(store, embedding_run, parsed):
     run_id = store.new_id()
     store.create(run_id, parsed, {})
-    analysis = analyse(embedding_run, 6, 0, parsed=parsed)
+    analysis = analyse(embedding_run, 6, parsed=parsed)
     store.save_outputs(run_id, analysis.summary, analysis.table)
     folder = store.run_dir(run_id)
     assert store.load_summary(run_id)["n_sequences"] == 3
@@ -143,7 +145,7 @@ def test_status_and_errors_are_recorded(store, parsed):
 
 def test_listing_is_newest_first_and_limited_to_given_ids(store, parsed, monkeypatch):
     ticks = itertools.count(1)
-    monkeypatch.setattr(core.runs, "now", lambda: f"2026-01-{next(ticks):02d}T00:00:00+00:00")
+    monkeypatch.setattr(dashboard.runs, "now", lambda: f"2026-01-{next(ticks):02d}T00:00:00+00:00")
     ids = [store.new_id() for _ in range(3)]
     for run_id in ids:
         store.create(run_id, parsed, {"model": "demo-8M"})
@@ -160,15 +162,15 @@ def test_writes_are_atomic_temp_file_then_replace(store, parsed, monkeypatch):
     store.create(run_id, parsed, {"model": "demo-8M"})
     folder = store.run_dir(run_id)
     replaced = []
-    real_replace = core.runs.os.replace
+    real_replace = dashboard.runs.os.replace
 
     def recording(source, target):
-        assert core.runs.Path(source).parent == core.runs.Path(target).parent == folder
-        assert core.runs.Path(source).name.startswith(".") and core.runs.Path(target).exists() is not None
-        replaced.append(core.runs.Path(target).name)
+        assert dashboard.runs.Path(source).parent == dashboard.runs.Path(target).parent == folder
+        assert dashboard.runs.Path(source).name.startswith(".") and dashboard.runs.Path(target).exists() is not None
+        replaced.append(dashboard.runs.Path(target).name)
         real_replace(source, target)
 
-    monkeypatch.setattr(core.runs.os, "replace", recording)
+    monkeypatch.setattr(dashboard.runs.os, "replace", recording)
     store.set_status(run_id, "running")
     assert replaced == ["status.json"]
 
@@ -176,7 +178,7 @@ def test_writes_are_atomic_temp_file_then_replace(store, parsed, monkeypatch):
     def half_written(document, **kwargs):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(core.runs.json, "dumps", half_written)
+    monkeypatch.setattr(dashboard.runs.json, "dumps", half_written)
     with pytest.raises(RunStorageError, match="I/O error"):
         store.set_status(run_id, "done")
     monkeypatch.undo()
@@ -191,7 +193,7 @@ def test_a_full_disk_gives_a_clear_message(store, parsed, embedding_run, monkeyp
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(core.runs.np, "savez", full)
+    monkeypatch.setattr(dashboard.runs.np, "savez", full)
     with pytest.raises(RunStorageError) as raised:
         store.save_embeddings(run_id, embedding_run)
     message = str(raised.value)
@@ -264,7 +266,7 @@ def test_a_failing_job_is_recorded_and_the_worker_goes_on():
 
 
 def test_live_throughput_from_the_running_job():
-    from dashboard.state import live_throughput
+    from dashboard.views import live_throughput
 
     stages = ("v1.0", "v2.0")
     # Half of v1.0 done after 10 s: a quarter of the job, 100 of 200 sequences through one path.

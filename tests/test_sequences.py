@@ -9,16 +9,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from core.sequences import (
-    ALLOWED_RESIDUES,
-    MAX_RESIDUES,
-    InputProblem,
-    ParsedInput,
-    ProteinRecord,
-    example_sequences,
-    parse_sequences,
-    read_sequences,
-)
+from core.input.examples import example_sequences
+from core.input.fasta import parse_sequences, read_sequences
+from core.input.records import ALLOWED_RESIDUES, InputProblem, MAX_RESIDUES, ParsedInput, ProteinRecord
 
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -479,7 +472,7 @@ def test_real_examples_parse_cleanly() -> None:
 
 
 def test_real_fasta_file_has_no_problems_and_is_wrapped() -> None:
-    import core.sequences as module
+    import core.input.examples as module
 
     path = Path(module.__file__).parent / "data" / "real_proteins.fasta"
     text = path.read_text(encoding="utf-8")

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.batching import pack_sequences, padded_tokens
+from core.embed.batching import pack_sequences, padded_tokens
 from core.cli import main
-from core.compare import YardstickPlan, fallback_path, run_both_paths
-from core.plugins import PluginError, make_plugin_path
-from core.report import analyse
-from core.sequences import example_sequences
+from core.embed.paths import fallback_path
+from core.embed.run import run_both_paths
+from core.embed.yardstick import YardstickPlan
+from core.numerics.fallback import V1CompatiblePacked
+from core.embed.plugins import make_plugin_path, PluginError
+from core.analysis.analyse import analyse
+from core.input.examples import example_sequences
 
 RECORDS = example_sequences("all")
 IDS, SEQUENCES = [r.id for r in RECORDS], [r.sequence for r in RECORDS]
@@ -27,9 +30,9 @@ def test_fallback_is_exact_against_v1_in_float32(demo_fp32):
     assert run.v2.backend == "v1-compatible (fair-esm torch.bmm)"
     for layer in run.layers:
         assert np.array_equal(run.v1.layers[layer], run.v2.layers[layer]), f"layer {layer} differs"
-    summary = analyse(run, model.num_layers, seed=0).summary
+    summary = analyse(run, model.num_layers).summary.to_json()
     assert summary["max_abs_diff"] == 0.0 and summary["verdict"] == "ACCEPT"
-    assert summary["impl_v2"].startswith("core forward_packed(v1_compatible=True)")
+    assert summary["impl_v2"].startswith("core V1CompatiblePacked.forward_packed")
 
 
 def test_fallback_with_any_packing_matches_the_padded_forward(demo_fp32):
@@ -39,7 +42,7 @@ def test_fallback_with_any_packing_matches_the_padded_forward(demo_fp32):
     pack = pack_sequences(alphabet, sequences)
     layers = [0, 3, model.num_layers]
     with torch.inference_mode():
-        packed = model.forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers, v1_compatible=True)
+        packed = V1CompatiblePacked(model).forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers)
         tokens = padded_tokens(alphabet, sequences)
         standard = model(tokens, repr_layers=layers)["representations"]
     keep = tokens != alphabet.padding_idx
@@ -59,12 +62,12 @@ def test_plugin_named_module_factory_runs_end_to_end(tmp_path, capsys, factory, 
     assert f"v2.0 implementation" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("factory", ["make_eos_in_pool", "make_no_token_dropout_scaling"])
+@pytest.mark.parametrize("factory", ["make_eos_in_pool", "make_no_token_dropout_scale"])
 def test_broken_plugins_are_caught(demo_fp32, factory):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:{factory}", model),
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"tests.plugins.broken_paths:{factory}", model),
                          yardstick=YardstickPlan("reference", "fp64", None))
-    summary = analyse(run, model.num_layers, seed=0).summary
+    summary = analyse(run, model.num_layers).summary.to_json()
     below = summary["cosine"]["min"] <= 0.99 or summary["label_agreement"] <= 0.99
     assert below, (summary["cosine"], summary["label_agreement"])
     assert summary["verdict"] != "ACCEPT"
@@ -73,9 +76,9 @@ def test_broken_plugins_are_caught(demo_fp32, factory):
 
 def test_eos_in_pool_fails_the_cosine_check(demo_fp32):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"{PLUGINS}:make_eos_in_pool", model),
+    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path("tests.plugins.broken_paths:make_eos_in_pool", model),
                          yardstick=YardstickPlan("reference", "fp64", 64))
-    summary = analyse(run, model.num_layers, seed=0).summary
+    summary = analyse(run, model.num_layers).summary.to_json()
     assert not summary["checks"]["cosine_all_above_threshold"]
     assert "pattern_01" in summary["cosine_failures"]  # the 10-residue sequence: EOS is a tenth of its pool
     assert "cosine" in summary["recommendation"]
@@ -113,7 +116,7 @@ def test_cli_v1_attention_flag(tmp_path):
 
 def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
     """Determinism and packing invariance re-run the fallback (or plug-in) itself, not the built-in path."""
-    from core.checks import determinism, packing_invariance
+    from core.analysis.checks import determinism, packing_invariance
 
     model, alphabet = demo_fp32
     sequences, layer = SEQUENCES[:6], model.num_layers

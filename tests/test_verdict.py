@@ -7,9 +7,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from core.metrics import ProxyClassifier, Thresholds, compare_embeddings
-from core.numerics_gate import LayerNumerics, NumericsGate
-from core.verdict import Headline, Predictions, SeedRule
+from core.analysis.metrics import compare_embeddings, ProxyClassifier, Thresholds
+from core.analysis.numerics_gate import LayerNumerics, NumericsGate
+from core.analysis.verdict import Headline, Predictions, SeedRule
 
 
 def layer(number: int, baseline: float = 1e-3, candidate: float = 1e-3, closer: tuple[int, int] = (16, 16),

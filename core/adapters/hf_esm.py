@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from core.model import ESM2WithFlashAttention
+from core.numerics.esm2_packed import ESM2WithFlashAttention
 
 if TYPE_CHECKING:
     import transformers

@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from core.model import DEFAULT_MODEL, load_esm2_model, pretrained_available
+from core.numerics.loading import load_esm2_model
+from core.numerics.specs import DEFAULT_MODEL, pretrained_available
 
 log = logging.getLogger("divergence")
 

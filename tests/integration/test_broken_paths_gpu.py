@@ -13,11 +13,13 @@ import logging
 import pytest
 import torch
 
-from core.attention import available_backends
-from core.compare import fallback_path, packed_path, plan_yardstick, run_both_paths
-from core.plugins import make_plugin_path
-from core.report import analyse
-from core.sequences import example_sequences
+from core.numerics.attention import available_backends
+from core.embed.paths import fallback_path, packed_path
+from core.embed.run import run_both_paths
+from core.embed.yardstick import plan_yardstick
+from core.embed.plugins import make_plugin_path
+from core.analysis.analyse import analyse
+from core.input.examples import example_sequences
 from tests.plugins.broken_paths import CATALOGUE, with_v2
 
 pytestmark = [
@@ -39,7 +41,7 @@ def shared_run(esm2_3b_fp16):
 
 def summary_for(esm2_3b_fp16, shared_run, path) -> dict:
     model, alphabet = esm2_3b_fp16
-    summary = analyse(with_v2(shared_run, model, alphabet, SEQUENCES, path), model.num_layers, 0).summary
+    summary = analyse(with_v2(shared_run, model, alphabet, SEQUENCES, path), model.num_layers).summary.to_json()
     log.warning("%-40s %-9s %s | %s", summary["impl_v2"][:40], summary["verdict"], summary["headline"]["predictions"],
                 summary["headline"]["numerics"])
     return summary

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.attention import available_backends
-from core.compare import embed_v1, embed_v2
-from core.model import reference_copy
-from core.sequences import example_sequences
+from core.numerics.attention import available_backends
+from core.embed.passes import embed_v1, embed_v2
+from core.numerics.loading import reference_copy
+from core.input.examples import example_sequences
 
 pytestmark = [
     pytest.mark.gpu,

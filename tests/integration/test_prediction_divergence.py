@@ -13,9 +13,11 @@ import logging
 import pytest
 import torch
 
-from core.compare import YardstickPlan, plan_yardstick, run_both_paths
-from core.report import analyse, format_summary
-from core.sequences import example_sequences
+from core.embed.run import run_both_paths
+from core.embed.yardstick import plan_yardstick, YardstickPlan
+from core.analysis.analyse import AnalysisOptions, analyse
+from core.report.terminal import format_summary
+from core.input.examples import example_sequences
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,8 +39,8 @@ def divergence(model_and_alphabet):
     records = example_sequences("all")
     plan = plan_yardstick("auto", 64, model.dtype, model.device)
     run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], yardstick=plan)
-    analysis = analyse(run, model.num_layers, SEED)
-    summary, comparison = analysis.summary, analysis.comparison
+    analysis = analyse(run, model.num_layers, AnalysisOptions(seed=SEED))
+    summary, comparison = analysis.summary.to_json(), analysis.comparison
     log.warning("\n%s", format_summary(summary))
     for seq_id, length, cosine, flip in zip(run.ids, run.lengths, comparison.cosine, comparison.flips):
         log.warning("  %-12s len %4d  cosine %.8f%s", seq_id, length, cosine, "  LABEL FLIP" if flip else "")
@@ -82,13 +84,13 @@ def attribution_summary(model_and_alphabet):
     layer = model.num_layers
     run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records],
                          layers=None, yardstick=YardstickPlan("reference", "fp64", None))
-    analysis = analyse(run, layer, SEED)
+    analysis = analyse(run, layer, AnalysisOptions(seed=SEED))
     log.warning("\n%s", format_summary(analysis.summary))
     for entry in analysis.summary["layers"]:
         log.warning("  layer %2d  cosine min %.8f  mean |v1-v2| %.3e  |v1-ref| %.3e  |v2-ref| %.3e",
                     entry["layer"], entry["cosine_min"], entry["mean_abs_diff"],
                     entry["v1_mean_abs_error"], entry["v2_mean_abs_error"])
-    return analysis.summary
+    return analysis.summary.to_json()
 
 
 class TestReferenceAttribution:
@@ -119,7 +121,7 @@ class TestFallbackOnDevice:
 
     @pytest.fixture(scope="class")
     def fallback_summaries(self, model_and_alphabet):
-        from core.compare import ForwardPath, fallback_path
+        from core.embed.paths import fallback_path, ForwardPath
 
         model, alphabet = model_and_alphabet
         records = example_sequences("all")
@@ -131,7 +133,7 @@ class TestFallbackOnDevice:
         for name, path in (("v1 batches", same_batches), ("packed batches", own_packing)):
             run = run_both_paths(model, alphabet, ids, sequences, v2_path=path,
                                  yardstick=plan_yardstick("auto", 64, model.dtype, model.device))
-            summaries[name] = analyse(run, layer, SEED).summary
+            summaries[name] = analyse(run, layer, AnalysisOptions(seed=SEED)).summary.to_json()
             summary = summaries[name]
             log.warning("fallback fed %s: cosine min %.10f  max |v1 - v2| %.3e  agreement %.2f%%", name,
                         summary["cosine"]["min"], summary["max_abs_diff"], 100 * summary["label_agreement"])

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.sequences import realistic_sequences
-from core.compare import plan_yardstick, run_both_paths
-from core.report import analyse
-from core.sequences import MAX_RESIDUES
+from core.input.examples import realistic_sequences
+from core.embed.run import run_both_paths
+from core.embed.yardstick import plan_yardstick
+from core.analysis.analyse import analyse
+from core.input.records import MAX_RESIDUES
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 log = logging.getLogger("divergence")
@@ -47,7 +48,7 @@ def test_3b_comparison_completes_in_24_gib(esm2_3b_fp16, gpu_capped_at_24_gib, m
     plan = plan_yardstick("auto", 64, model.dtype, model.device)
     run = run_both_paths(model, alphabet, [f"s{i}" for i in range(len(sequences))], sequences, max_tokens=max_tokens,
                          yardstick=plan)
-    summary = analyse(run, model.num_layers, seed=0).summary
+    summary = analyse(run, model.num_layers).summary.to_json()
     peak = torch.cuda.max_memory_allocated(model.device) / GIB
     log.warning("24 GiB cap, max_tokens %s: peak %.1f GiB, OOM splits v1 %d / v2 %d, cosine min %.8f, verdict %s",
                 max_tokens, peak, run.v1.oom_splits, run.v2.oom_splits, summary["cosine"]["min"], summary["verdict"])

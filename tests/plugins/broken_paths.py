@@ -16,8 +16,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from core.compare import EmbeddingRun, ForwardPath, deep_pack_embeddings, embed_path, embed_v2, first_attention_layer
-from core.model import ESM2WithFlashAttention, rotary_tables
+from core.embed.passes import embed_path, embed_v2
+from core.embed.paths import ForwardPath
+from core.embed.run import EmbeddingRun
+from core.embed.yardstick import deep_pack_embeddings, first_attention_layer
+from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_tables
 
 
 class Mutant(ESM2WithFlashAttention):
@@ -121,7 +124,7 @@ class EosInPool(Mutant):
 
     bug = "EOS inside the mean pool"
 
-    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None, v1_compatible=False):
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
         out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers, backend)
         bounds = cu_seqlens.tolist()
         shifted = {}
@@ -139,7 +142,7 @@ class BosDropped(Mutant):
 
     bug = "BOS dropped"
 
-    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None, v1_compatible=False):
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
         input_ids = input_ids.reshape(-1)
         starts = cu_seqlens[:-1].long()
         keep = torch.ones_like(input_ids, dtype=torch.bool)

@@ -1,0 +1,120 @@
+"""Pass/fail checks on v2.0 itself: packing invariance and run-to-run determinism.
+
+- Packing invariance: a sequence's pooled embedding must not depend on what it is packed with.
+  Each sequence (up to ``limit``) is run alone and compared with the same sequence in the packed run.
+- Determinism: the same packed run twice must give bit-identical embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import esm
+import numpy as np
+
+from core.embed.passes import embed_v2
+from core.embed.paths import ForwardPath
+from core.analysis.metrics import cosine_similarity
+from core.numerics.esm2_packed import ESM2WithFlashAttention
+
+# A packed sequence may differ from itself alone only by GEMM rounding (different row counts can
+# pick different kernels); 1 - cosine above this means sequences leak into each other.
+PACKING_MAX_DISTANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    max_abs_diff: float
+    min_cosine: float
+    n_sequences: int
+    detail: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _spread_indices(n: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` indices spread evenly over 0 … n - 1 (all of them when n <= limit)."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, limit)).round().astype(int))
+
+
+def packing_invariance(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    packed: np.ndarray,
+    layer: int,
+    backend: str | None = None,
+    limit: int = 32,
+    path: ForwardPath | None = None,
+) -> CheckResult:
+    """Compare ``packed`` (n, embed_dim), pooled from the packed run, with each sequence run alone.
+
+    ``path`` is the v2.0 that produced ``packed`` (None: the built-in packed path with ``backend``).
+    """
+    chosen = _spread_indices(len(sequences), limit)
+    alone = np.stack([
+        embed_v2(model, alphabet, [sequences[i]], [layer], backend, path=path).layers[layer][0] for i in chosen
+    ])
+    diff = float(np.abs(alone.astype(np.float64) - packed[chosen]).max())
+    cosine = float(cosine_similarity(alone, packed[chosen]).min())
+    return CheckResult(
+        name="packing invariance",
+        passed=1.0 - cosine <= PACKING_MAX_DISTANCE,
+        max_abs_diff=diff,
+        min_cosine=cosine,
+        n_sequences=int(chosen.size),
+        detail=f"{chosen.size} sequences run alone vs packed; pass when 1 − cosine ≤ {PACKING_MAX_DISTANCE:g}",
+    )
+
+
+def determinism(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    packed: np.ndarray,
+    layer: int,
+    backend: str | None = None,
+    max_tokens: int | None = None,
+    path: ForwardPath | None = None,
+) -> CheckResult:
+    """Run v2.0 (``path``, or the built-in packed path with ``backend``) again on the same batches
+    (same ``max_tokens``) and compare with ``packed`` bit for bit."""
+    again = embed_v2(model, alphabet, sequences, [layer], backend, max_tokens, path=path).layers[layer]
+    diff = float(np.abs(again.astype(np.float64) - packed).max())
+    return CheckResult(
+        name="determinism",
+        passed=diff == 0.0,
+        max_abs_diff=diff,
+        min_cosine=float(cosine_similarity(again, packed).min()),
+        n_sequences=len(sequences),
+        detail="v2.0 run twice on the same batches; pass when bit-identical",
+    )
+
+
+def v2_checks(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layer: int,
+    baseline: np.ndarray | None = None,
+    backend: str | None = None,
+    max_tokens: int | None = None,
+    path: ForwardPath | None = None,
+    limit: int = 32,
+) -> list[CheckResult]:
+    """Packing invariance and determinism of the v2.0 ``path`` (None: the built-in packed path with ``backend``).
+
+    ``baseline``: v2.0's pooled (n, embed_dim) at ``layer`` from one run over exactly ``sequences``;
+    None (some came from the embedding cache, or from other shards) runs v2.0 over them afresh first,
+    so the determinism check compares like batches with like.
+    """
+    if baseline is None:
+        baseline = embed_v2(model, alphabet, sequences, [layer], backend, max_tokens, path=path).layers[layer]
+    return [
+        packing_invariance(model, alphabet, sequences, baseline, layer, backend, limit, path),
+        determinism(model, alphabet, sequences, baseline, layer, backend, max_tokens, path),
+    ]

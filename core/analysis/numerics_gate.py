@@ -1,0 +1,249 @@
+"""The numerics gate: does v2.0 depart from v1.0 beyond rounding, and from which layer on?
+
+Measured on the run's numerics sample (``core.embed.yardstick.Yardstick``: v1.0, v2.0 in a deep pack, and the
+reference or v1.0's rounding floor, on sequences spanning the set's lengths) at every pooled layer:
+
+- with a wider reference: FlashAttention's acceptance rule on the max error (v2.0's error against the
+  reference at most k times v1.0's) and a two-sided sign test on which path is closer to the reference,
+  sequence by sequence. A faithful path is closer about half the time; a systematic difference — a bug,
+  or arithmetic that is not v1.0's (another GELU, rotary tables or softmax in another precision) — is
+  on one side for nearly every sequence even when its size is within rounding. The layers' tests share
+  one family-wise level, ALPHA (Bonferroni).
+- with the rounding floor (no reference): v2.0's max distance from v1.0 in multiples of v1.0's distance
+  from itself under another batch composition; only departures beyond FLOOR_MULTIPLE are seen.
+
+The same test runs once more at the first attention layer on v2.0 with every sequence deep in one pack:
+a packed path whose result depends on where a sequence sits (position ids that run on through the pack,
+attention across boundaries) departs there even when the run's own packs are shallow.
+
+Layer 0 is the scaled embedding, layer 1 the first transformer block, so the first departing layer
+and its size point at the likely bug class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import binomtest
+
+from core.analysis.attribution import DEFAULT_K
+from core.embed.run import EmbeddingRun
+from core.embed.yardstick import YardstickKind
+from core.analysis.metrics import cosine_similarity
+
+ALPHA = 1e-3  # family-wise level of the per-layer sign tests
+FLOOR_MULTIPLE = 4.0  # without a reference: v2.0 may be this many rounding floors from v1.0
+STRUCTURAL_DISTANCE = 1e-4  # 1 − cosine(v2.0, v1.0) above this at the first departing layer: no precision effect
+UNIFORM_SCALE_DISTANCE = 1e-6  # 1 − cosine below this at layer 0: v2.0 is v1.0 times a scale
+
+
+@dataclass(frozen=True)
+class LayerNumerics:
+    """One layer's test on the sample.
+
+    baseline_error: max |v1.0 − reference| (floor mode: max |v1.0 re-batched − v1.0|, the floor);
+    candidate_error: max |v2.0 − reference| (floor mode: max |v2.0 − v1.0|); bound: k (floor mode:
+    FLOOR_MULTIPLE). closer_v1 / closer_v2 / ties: sequences where that path's mean abs error is the
+    smaller, and sign_p the two-sided binomial p-value of that split (None in floor mode).
+    min_cosine: the smallest cosine between v2.0 and v1.0 over the sample.
+    """
+
+    layer: int
+    baseline_error: float
+    candidate_error: float
+    bound: float
+    closer_v1: int | None
+    closer_v2: int | None
+    ties: int | None
+    sign_p: float | None
+    alpha: float
+    min_cosine: float
+
+    @property
+    def ratio(self) -> float | None:
+        """candidate_error / baseline_error; None when both are 0, inf when only the baseline's is."""
+        if self.baseline_error > 0:
+            return self.candidate_error / self.baseline_error
+        return None if self.candidate_error == 0 else math.inf
+
+    @property
+    def within_bound(self) -> bool:
+        return self.candidate_error <= self.bound * self.baseline_error
+
+    @property
+    def systematic(self) -> bool:
+        return self.sign_p is not None and self.sign_p < self.alpha
+
+    @property
+    def departs(self) -> bool:
+        return not self.within_bound or self.systematic
+
+    @property
+    def farther(self) -> bool:
+        """v2.0 is the path farther from the reference on most sequences."""
+        return (self.closer_v1 or 0) > (self.closer_v2 or 0)
+
+    def to_json(self) -> dict:
+        ratio = self.ratio
+        return asdict(self) | {
+            "ratio": None if ratio is None or math.isinf(ratio) else ratio,
+            "within_bound": self.within_bound,
+            "systematic": self.systematic,
+            "departs": self.departs,
+        }
+
+
+def sign_test(closer_v1: int, closer_v2: int) -> float:
+    """Two-sided binomial p-value of the split, ties left out (1.0 when every sequence tied)."""
+    n = closer_v1 + closer_v2
+    return 1.0 if n == 0 else float(binomtest(closer_v2, n, 0.5, alternative="two-sided").pvalue)
+
+
+def measure_layer(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: YardstickKind, layer: int, k: float,
+                  alpha: float, floor_multiple: float) -> LayerNumerics:
+    """The test at one layer; v1, v2, yardstick: (m, embed_dim) rows of the sample."""
+    v1, v2, yardstick = (np.asarray(a, np.float64) for a in (v1, v2, yardstick))
+    min_cosine = float(cosine_similarity(v1, v2).min())
+    if kind == "floor":
+        floor = np.abs(yardstick - v1).max()
+        least = np.finfo(np.float32).eps * np.abs(v1).max()  # identical re-batching: one float32 rounding
+        return LayerNumerics(layer, float(max(floor, least)), float(np.abs(v2 - v1).max()), floor_multiple,
+                             None, None, None, None, alpha, min_cosine)
+    error_v1, error_v2 = np.abs(v1 - yardstick), np.abs(v2 - yardstick)
+    mean_v1, mean_v2 = error_v1.mean(axis=1), error_v2.mean(axis=1)
+    closer_v1, closer_v2 = int((mean_v1 < mean_v2).sum()), int((mean_v2 < mean_v1).sum())
+    return LayerNumerics(
+        layer, float(error_v1.max()), float(error_v2.max()), k, closer_v1, closer_v2,
+        int(mean_v1.size - closer_v1 - closer_v2), sign_test(closer_v1, closer_v2), alpha, min_cosine,
+    )
+
+
+@dataclass(frozen=True)
+class NumericsGate:
+    """The gate over every pooled layer: passes when no layer departs."""
+
+    kind: YardstickKind
+    dtype: str  # of the reference (floor: the model's)
+    n_sample: int  # sequences in the sample, probes included
+    n_probes: int  # probe proteins that topped a small set up
+    alpha: float  # family-wise level of the sign tests
+    layers: tuple[LayerNumerics, ...]
+    deep_pack: LayerNumerics | None = None  # the first attention layer again, v2.0 deep in one pack
+
+    @property
+    def tests(self) -> tuple[LayerNumerics, ...]:
+        return self.layers + ((self.deep_pack,) if self.deep_pack is not None else ())
+
+    @property
+    def passed(self) -> bool:
+        return not any(test.departs for test in self.tests)
+
+    @property
+    def first_departure(self) -> LayerNumerics | None:
+        """The earliest departing layer; the deep-pack test when only it departs."""
+        return next((layer for layer in self.layers if layer.departs), None) or (
+            self.deep_pack if self.deep_pack is not None and self.deep_pack.departs else None)
+
+    @property
+    def departs_only_deep(self) -> bool:
+        return self.first_departure is not None and self.first_departure is self.deep_pack
+
+    @property
+    def largest_ratio(self) -> float | None:
+        ratios = [test.ratio for test in self.tests if test.ratio is not None]
+        return max(ratios) if ratios else None
+
+    def likely_cause(self) -> str | None:
+        """The bug class the first departure points at, in words (None when the gate passes)."""
+        first = self.first_departure
+        if first is None:
+            return None
+        if self.departs_only_deep:
+            return ("only deep in a pack: the result depends on where a sequence sits in its pack — position ids "
+                    "that run on instead of restarting per sequence, or attention across sequence boundaries")
+        large = 1.0 - first.min_cosine > STRUCTURAL_DISTANCE
+        if first.layer == 0:
+            if 1.0 - first.min_cosine < UNIFORM_SCALE_DISTANCE:
+                return "a uniform scale from layer 0, before any attention: embedding or token-dropout scaling"
+            return ("from layer 0, before any attention: the embedding, or which positions are pooled "
+                    "(EOS, BOS or padding in the mean)")
+        if large:
+            where = "the first attention" if first.layer == 1 else f"layer {first.layer}"
+            return (f"large from {where}: attention masking or packing (sequences attending across boundaries, a "
+                    "missing BOS or EOS) or position ids that do not restart per sequence")
+        side = "farther from" if first.farther else "closer to"
+        return (f"small but systematic from layer {first.layer} (v2.0 {side} the reference on most sequences): "
+                "an activation or precision difference — GELU form, rotary tables or positions, softmax precision")
+
+    def line(self) -> str:
+        """The Numerics line of the headline."""
+        where = f"{self.dtype} reference" if self.kind == "reference" else "rounding floor (v1.0 re-batched)"
+        probes = f" ({self.n_probes} of them probes)" if self.n_probes else ""
+        deep = " + a deep pack" if self.deep_pack is not None else ""
+        sample = f"{self.n_sample} sequences{probes}, {len(self.layers)} layer{'s' * (len(self.layers) != 1)}{deep}"
+        unit = "× v1.0's error" if self.kind == "reference" else " rounding floors"
+        if self.passed:
+            largest = self.largest_ratio
+            size = "" if largest is None else f"; v2.0 at most {largest:.2f}{unit}"
+            systematic = ", no systematic side" if self.kind == "reference" else ""
+            return f"Numerics: equivalent to rounding ({where}, {sample}{size}{systematic})."
+        first = self.first_departure
+        evidence = []
+        if first.systematic:
+            side = "farther from" if first.farther else "closer to"
+            evidence.append(f"v2.0 {side} the reference on {max(first.closer_v1, first.closer_v2)} of "
+                            f"{first.closer_v1 + first.closer_v2} sequences, p = {first.sign_p:.1e}")
+        if not first.within_bound:
+            ratio = first.ratio
+            evidence.append(f"{'unbounded' if ratio is None or math.isinf(ratio) else f'{ratio:.3g}'}{unit}, "
+                            f"above {first.bound:g}")
+        deep = " in a deep pack" if self.departs_only_deep else ""
+        return (f"Numerics: different — departs from layer {first.layer}{deep} ({'; '.join(evidence)}; {where}, "
+                f"{sample}). Likely cause: {self.likely_cause()}.")
+
+    def to_json(self) -> dict:
+        first = self.first_departure
+        return {
+            "kind": self.kind,
+            "dtype": self.dtype,
+            "n_sample": self.n_sample,
+            "n_probes": self.n_probes,
+            "passed": self.passed,
+            "first_departing_layer": None if first is None else first.layer,
+            "departs_only_deep_in_a_pack": self.departs_only_deep,
+            "likely_cause": self.likely_cause(),
+            "alpha": self.alpha,
+            "line": self.line(),
+            "layers": [layer.to_json() for layer in self.layers],
+            "deep_pack": self.deep_pack.to_json() if self.deep_pack is not None else None,
+        }
+
+
+def rounding_noise(run: EmbeddingRun, layer: int) -> np.ndarray | None:
+    """(m, embed_dim) how far v1.0's own rounding moves its pooled embeddings at ``layer`` on the sample:
+    v1.0 minus the reference, or v1.0 re-batched minus v1.0. None without a numerics sample."""
+    yardstick = run.yardstick
+    if yardstick is None:
+        return None
+    return (np.asarray(yardstick.reference.layers[layer], np.float64)
+            - np.asarray(yardstick.baseline.layers[layer], np.float64))
+
+
+def numerics_gate(run: EmbeddingRun, k: float = DEFAULT_K, alpha: float = ALPHA,
+                  floor_multiple: float = FLOOR_MULTIPLE) -> NumericsGate | None:
+    """The gate over every layer the run pooled; None when the run has no numerics sample."""
+    yardstick = run.yardstick
+    if yardstick is None:
+        return None
+    per_test_alpha = alpha / (len(run.layers) + (yardstick.deep is not None))
+
+    def test(candidate, layer: int) -> LayerNumerics:
+        return measure_layer(yardstick.baseline.layers[layer], candidate.layers[layer],
+                             yardstick.reference.layers[layer], yardstick.kind, layer, k, per_test_alpha,
+                             floor_multiple)
+
+    layers = tuple(test(yardstick.candidate, layer) for layer in run.layers)
+    deep = None if yardstick.deep is None else test(yardstick.deep, next(iter(yardstick.deep.layers)))
+    return NumericsGate(yardstick.kind, yardstick.dtype, yardstick.size, len(yardstick.probes), alpha, layers, deep)

@@ -1,0 +1,83 @@
+"""Where divergence appears: per layer (from the one all-layer pass) and per residue."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import esm
+import numpy as np
+import pandas as pd
+import torch
+
+from core.embed.batching import pack_tokens, padded_tokens
+from core.embed.run import EmbeddingRun
+from core.analysis.metrics import cosine_similarity, max_abs_diff, mean_abs_diff
+from core.numerics.esm2_packed import ESM2WithFlashAttention
+from core.analysis.proxies import proxy_head, ProxyKind
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One pooled layer: v1.0-vs-v2.0 cosine (min, mean), mean/max abs diff and the label agreement of the
+    chosen proxy head fitted at that layer; with a reference, each path's mean abs error against it on
+    the numerics sample (None without one)."""
+
+    layer: int
+    cosine_min: float
+    cosine_mean: float
+    mean_abs_diff: float
+    max_abs_diff: float
+    label_agreement: float
+    v1_mean_abs_error: float | None = None
+    v2_mean_abs_error: float | None = None
+
+    def to_json(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def layer_profile(run: EmbeddingRun, seed: int = 0, proxy: ProxyKind = "balanced") -> tuple[LayerProfile, ...]:
+    """One LayerProfile per pooled layer, from the one all-layer pass."""
+    return tuple(profile_layer(run, layer, seed, proxy) for layer in run.layers)
+
+
+def profile_layer(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind) -> LayerProfile:
+    v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
+    classifier = proxy_head(proxy, seed, v1)
+    cosine = cosine_similarity(v1, v2)
+    abs_diff = np.abs(v1 - v2)
+    agreement = float((classifier.probabilities(v1).argmax(1) == classifier.probabilities(v2).argmax(1)).mean())
+    errors: tuple[float | None, float | None] = (None, None)
+    sample = run.reference_sample
+    if sample is not None:
+        rows, wide = sample.indices, sample.reference_rows(layer)
+        errors = (float(mean_abs_diff(v1[rows], wide).mean()), float(mean_abs_diff(v2[rows], wide).mean()))
+    return LayerProfile(layer, float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max()),
+                        agreement, *errors)
+
+
+@torch.inference_mode()
+def residue_divergence(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequence: str,
+    layer: int,
+    backend: str | None = None,
+) -> pd.DataFrame:
+    """Per-residue divergence of one sequence at ``layer``: both paths run on it alone.
+
+    Returns one row per residue: position (1-based), residue, cosine, mean_abs_diff, max_abs_diff.
+    """
+    tokens = padded_tokens(alphabet, [sequence])
+    residues = slice(1, len(sequence) + 1)
+    v1 = model(tokens.to(model.device), repr_layers=[layer])["representations"][layer][0, residues]
+    pack = pack_tokens(tokens, [len(sequence)]).to(model.device)
+    v2 = model.forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, [layer], backend=backend)
+    v2 = v2["representations"][layer][residues]
+    v1, v2 = v1.double().cpu().numpy(), v2.double().cpu().numpy()
+    return pd.DataFrame({
+        "position": np.arange(1, len(sequence) + 1),
+        "residue": list(sequence),
+        "cosine": cosine_similarity(v1, v2),
+        "mean_abs_diff": mean_abs_diff(v1, v2),
+        "max_abs_diff": max_abs_diff(v1, v2),
+    })

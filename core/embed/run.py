@@ -1,0 +1,87 @@
+"""Both paths over one sequence set: the EmbeddingRun every analysis reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import esm
+import numpy as np
+
+from core.embed.passes import PathEmbeddings, Progress, embed_v1, embed_v2
+from core.embed.paths import ForwardPath, packed_path
+from core.embed.yardstick import Yardstick, YardstickPlan, measure_yardstick
+from core.numerics.environment import device_description
+from core.numerics.esm2_packed import ESM2WithFlashAttention
+from core.numerics.loading import layer_indices
+from core.numerics.precision import dtype_name
+
+
+@dataclass
+class EmbeddingRun:
+    """Both paths' pooled embeddings for one sequence set, with what produced them."""
+
+    ids: list[str]
+    lengths: np.ndarray  # (n,) residues
+    v1: PathEmbeddings
+    v2: PathEmbeddings
+    model: str
+    weights: str
+    dtype: str
+    device: str
+    layers: list[int] = field(default_factory=list)
+    yardstick: Yardstick | None = None  # the numerics sample; None only for runs saved before it existed
+
+    @property
+    def is_demo(self) -> bool:
+        return self.weights == "demo"
+
+    @property
+    def reference_sample(self) -> Yardstick | None:
+        """The numerics sample when it has a wider-dtype reference (not the rounding floor), else None."""
+        return self.yardstick if self.yardstick is not None and self.yardstick.kind == "reference" else None
+
+
+def require_one_id_per_sequence(ids: Sequence[str], sequences: Sequence[str]) -> None:
+    """ValueError unless there is at least one sequence and exactly one id for each."""
+    if len(ids) != len(sequences) or not sequences:
+        raise ValueError("need one id per sequence and at least one sequence")
+
+
+def run_both_paths(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    ids: Sequence[str],
+    sequences: Sequence[str],
+    layers: Sequence[int] | None = None,
+    backend: str | None = None,
+    max_tokens: int | None = None,
+    progress: Progress | None = None,
+    yardstick: YardstickPlan | None = None,
+    v2_path: ForwardPath | None = None,
+) -> EmbeddingRun:
+    """Embed ``sequences`` with v1.0 and v2.0 and pool ``layers`` (None = every layer).
+
+    ``yardstick`` adds the numerics sample (a wider-dtype reference, or v1.0's rounding floor; see
+    measure_yardstick); None leaves it out (torchrun shards: rank 0 adds it to the whole set).
+    ``v2_path`` replaces the built-in packed path (the v1-compatible fallback, or a plug-in).
+    """
+    require_one_id_per_sequence(ids, sequences)
+    layers = layer_indices(model, layers)
+    v2_path = v2_path or packed_path(model, backend)
+    v1 = embed_v1(model, alphabet, sequences, layers, max_tokens, progress)
+    v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress, path=v2_path)
+    run = EmbeddingRun(
+        ids=list(ids),
+        lengths=np.array([len(seq) for seq in sequences]),
+        v1=v1,
+        v2=v2,
+        model=model.name,
+        weights=model.weights,
+        dtype=dtype_name(model.dtype),
+        device=device_description(model.device),
+        layers=layers,
+    )
+    if yardstick is not None:
+        run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, max_tokens, progress)
+    return run

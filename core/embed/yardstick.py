@@ -1,0 +1,194 @@
+"""The numerics sample: v1.0, v2.0 and a wider-precision reference (or v1.0's rounding floor) on a
+few sequences spanning the set's lengths, for the numerics gate (core.analysis.numerics_gate)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import esm
+import numpy as np
+import torch
+
+from core.embed.batching import DEFAULT_MAX_TOKENS
+from core.embed.passes import PathEmbeddings, Progress, embed_path, host_batch, try_forward_pooled
+from core.embed.paths import ForwardPath, standard_path
+from core.input.examples import probe_sequences
+from core.numerics.esm2_packed import ESM2WithFlashAttention
+from core.numerics.loading import layer_indices, reference_copy
+from core.numerics.precision import accumulation_dtype, dtype_name, parse_dtype
+
+DEFAULT_REFERENCE_SAMPLE = 64
+MIN_NUMERICS_SAMPLE = 32  # smaller sets are topped up with probe proteins
+DEEP_PACK_OFFSET = DEFAULT_MAX_TOKENS  # on the numerics sample, a packed v2.0 sees each sequence this deep in its pack
+
+
+YardstickKind = Literal["reference", "floor"]
+
+
+@dataclass
+class Yardstick:
+    """The numerics sample: what v2.0's departure from v1.0 is measured on, and against.
+
+    Sequences: the run's rows ``indices`` ((m,) int64, chosen to span the lengths), then ``probes`` — fixed
+    short proteins that top a small set up to MIN_NUMERICS_SAMPLE, so the tests have the power to decide.
+    On them, each layer -> (m + len(probes), embed_dim):
+    baseline: v1.0 (fair-esm's padded forward in its own batches); candidate: v2.0 in its own batches;
+    reference: kind 'reference', the standard path on a copy of the same weights in a wider ``dtype``
+    (fp32 with TF32 off, or fp64), so each path's distance from it is its own arithmetic error; kind
+    'floor', the standard path again in the model's dtype, each sequence alone (another batch
+    composition), so v1.0's distance from it is the rounding floor;
+    deep: v2.0 at the first attention layer only (``deep.layers`` has one key) with every sequence deep in
+    one pack (see deep_pack_embeddings); None for a padded path, or when no pooled layer follows an attention.
+    """
+
+    kind: YardstickKind
+    dtype: str
+    indices: np.ndarray
+    probes: tuple[str, ...]
+    baseline: PathEmbeddings
+    candidate: PathEmbeddings
+    reference: PathEmbeddings
+    deep: PathEmbeddings | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.size) + len(self.probes)
+
+    @property
+    def seconds(self) -> float:
+        parts = (self.baseline, self.candidate, self.reference, self.deep)
+        return sum(part.seconds for part in parts if part is not None)
+
+    def reference_rows(self, layer: int) -> np.ndarray:
+        """(m, embed_dim) the reference at ``layer`` on the run's own sampled rows (probes left out)."""
+        return self.reference.layers[layer][: self.indices.size]
+
+
+@dataclass(frozen=True)
+class YardstickPlan:
+    """Which yardstick a run measures, resolved from the user's --reference and --reference-sample."""
+
+    kind: YardstickKind
+    dtype: str  # the reference's dtype, or the model's for the floor
+    sample: int | None  # sequences in the sample; None = all
+
+
+def plan_yardstick(reference: str, sample: int | None, model_dtype: torch.dtype, device: torch.device) -> YardstickPlan:
+    """Resolve ``reference`` ('auto', 'none', 'fp32', 'fp64') and ``sample`` (a count, 0, or None = all).
+
+    'auto' is fp32 (TF32 off) for an fp16/bf16 model on a GPU and fp64 otherwise; a float64 model has
+    no wider dtype, so it gets the rounding floor, as 'none' and a sample of 0 do. ValueError when an
+    explicit reference is not wider than the model.
+    """
+    model_name = dtype_name(model_dtype)
+    if sample is not None and sample < 0:
+        raise ValueError(f"the reference sample must be a count >= 0 or 'all', got {sample}")
+    if reference == "auto":
+        if model_dtype == torch.float64:
+            reference = "none"
+        else:
+            half = model_dtype in (torch.float16, torch.bfloat16)
+            reference = "fp32" if device.type == "cuda" and half else "fp64"
+    if reference == "none" or sample == 0:
+        return YardstickPlan("floor", model_name, DEFAULT_REFERENCE_SAMPLE if sample == 0 else sample)
+    wide = parse_dtype(reference)
+    if torch.finfo(wide).eps >= torch.finfo(model_dtype).eps:
+        raise ValueError(
+            f"a {reference} reference is not wider than the {model_name} model, so it would equal v1.0; "
+            "choose fp64, or --reference none for the rounding floor"
+        )
+    return YardstickPlan("reference", reference, sample)
+
+
+def spanning_sample(lengths: Sequence[int], size: int | None) -> np.ndarray:
+    """Up to ``size`` row indices (all when None or when there are fewer) whose lengths span the set:
+    evenly spaced ranks of the length order, shortest and longest included. (m,) int64, ascending."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    if size is None or size >= order.size:
+        return np.sort(order)
+    ranks = np.unique(np.linspace(0, order.size - 1, num=max(size, 1)).round().astype(np.int64))
+    return np.sort(order[ranks])
+
+
+@contextlib.contextmanager
+def exact_float32_matmul() -> Iterator[None]:
+    """TF32 off for the block (a float32 reference must be float32 arithmetic), restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@torch.inference_mode()
+def deep_pack_embeddings(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layer: int,
+    path: ForwardPath,
+) -> PathEmbeddings | None:
+    """The packed ``path`` on ``sequences`` at ``layer`` alone, all in one pack behind filler (copies of
+    them) so that each sits at least DEEP_PACK_OFFSET tokens deep, as one late in a full default-budget
+    GPU pack does. A path whose result depends on where a sequence sits — position ids that run on,
+    attention across boundaries — shows it here whatever the run's own budget. One layer keeps it cheap
+    (the first attention is where such bugs start). None for a padded path, or when the pack does not
+    fit in memory."""
+    if not path.packed or path.padded_batches:
+        return None
+    filler, tokens = [], 0
+    while tokens < DEEP_PACK_OFFSET:
+        filler.append(sequences[len(filler) % len(sequences)])
+        tokens += len(filler[-1]) + 2
+    packed = [*filler, *sequences]
+    start = time.perf_counter()
+    batch = host_batch(alphabet, packed, np.arange(len(packed)), packed=True, pin=model.device.type == "cuda")
+    pooled = try_forward_pooled(path, batch, [layer], model.device, accumulation_dtype(model.dtype))
+    if pooled is None:
+        return None
+    return PathEmbeddings(layers={layer: pooled[0, len(filler):].cpu().numpy()}, backend=path.backend,
+                          seconds=time.perf_counter() - start, implementation=path.implementation)
+
+
+def first_attention_layer(layers: Sequence[int]) -> int | None:
+    """The lowest pooled layer that follows an attention (>= 1), or None."""
+    return min((layer for layer in layers if layer >= 1), default=None)
+
+
+def measure_yardstick(
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    sequences: Sequence[str],
+    layers: Sequence[int],
+    plan: YardstickPlan,
+    v2_path: ForwardPath,
+    max_tokens: int | None = None,
+    progress: Progress | None = None,
+) -> Yardstick:
+    """The numerics sample that ``plan`` asks for, at ``layers`` (see Yardstick): v1.0, the ``v2_path`` (and
+    in a deep pack), and the reference (or v1.0 again, each sequence alone)."""
+    layers = layer_indices(model, layers)
+    indices = spanning_sample([len(seq) for seq in sequences], plan.sample)
+    probes = tuple(probe_sequences(max(0, MIN_NUMERICS_SAMPLE - indices.size)))
+    chosen = [*(sequences[i] for i in indices), *probes]
+    if progress is not None:
+        progress("reference", 0, len(chosen))
+    baseline = embed_path(model, alphabet, chosen, layers, standard_path(model), max_tokens)
+    candidate = embed_path(model, alphabet, chosen, layers, v2_path, max_tokens)
+    deep_layer = first_attention_layer(layers)
+    deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, v2_path)
+    if plan.kind == "floor":
+        # A budget of one token gives every sequence a batch of its own: no padding, no batch-mates.
+        reference = embed_path(model, alphabet, chosen, layers, standard_path(model), 1, progress, "reference")
+    else:
+        wide = reference_copy(model, parse_dtype(plan.dtype))
+        with exact_float32_matmul():
+            reference = embed_path(wide, alphabet, chosen, layers, standard_path(wide), max_tokens, progress, "reference")
+        del wide
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return Yardstick(plan.kind, plan.dtype, indices, probes, baseline, candidate, reference, deep)

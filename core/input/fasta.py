@@ -1,0 +1,314 @@
+"""Protein sequence input: FASTA (Biopython) or one sequence per line, from text, bytes or a file.
+
+User input (pasted text or uploaded files) is turned into a :class:`ParsedInput`
+holding the valid :class:`ProteinRecord` objects plus a list of
+:class:`InputProblem` entries in plain words. Nothing in here raises for bad
+user input: every refused record is reported, and the valid ones are kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+from itertools import islice
+from pathlib import Path
+
+from Bio import SeqIO
+from Bio.SeqRecord import SeqRecord
+
+from core.input.records import (
+    MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy, printable_id,
+)
+from core.input.validation import RawRecord, validate_record
+
+
+_BYTES_PER_MB = 1024 * 1024
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+_INPUT_ID = "input"
+
+
+def parse_sequences(
+    text: str,
+    *,
+    max_length: int = MAX_RESIDUES,
+    on_too_long: TooLongPolicy = "truncate",
+) -> ParsedInput:
+    """Parse FASTA or one-sequence-per-line text into validated protein records.
+
+    FASTA is assumed when the first non-blank line starts with '>'; otherwise
+    every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
+    Text over MAX_INPUT_BYTES (as UTF-8) is refused whole; only the first
+    MAX_RECORDS records are read, and one error says how many were dropped.
+    Never raises for bad input; see the module docstring.
+    """
+    _check_options(max_length, on_too_long)
+    too_large = _text_too_large(text)
+    if too_large is not None:
+        return ParsedInput([], [too_large])
+    return _parse_text(text, max_length, on_too_long)
+
+
+def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> ParsedInput:
+    """parse_sequences without the size check (the caller has done it)."""
+    text = _normalise_text(text)
+    if not text.strip():
+        return ParsedInput([], [_input_error("no sequences found")])
+
+    if _is_fasta(text):
+        items, total = _fasta_raw_records(text, MAX_RECORDS)
+    else:
+        items, total = _line_raw_records(text, MAX_RECORDS)
+    result = ParsedInput()
+    for raw in items:
+        if isinstance(raw, InputProblem):
+            result.problems.append(raw)
+            continue
+        record, record_problems = validate_record(raw, max_length, on_too_long)
+        result.problems.extend(record_problems)
+        if record is not None:
+            result.records.append(record)
+    if total > MAX_RECORDS:
+        result.problems.append(_records_dropped(total, MAX_RECORDS))
+    return result
+
+
+def read_sequences(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    max_length: int = MAX_RESIDUES,
+    on_too_long: TooLongPolicy = "truncate",
+) -> ParsedInput:
+    """Read a file path or raw bytes (optionally gzipped) and parse its sequences.
+
+    A ``str`` is treated as a path. Gzip is detected from the magic bytes, not
+    the file name. Unreadable files, corrupt gzip data, non-UTF-8 or binary
+    content and input over MAX_INPUT_BYTES (before or after gunzip) are reported
+    as one :class:`InputProblem` with record_id "input", and nothing is parsed.
+    """
+    _check_options(max_length, on_too_long)
+    data = _load_bytes(source)
+    if isinstance(data, InputProblem):
+        return ParsedInput([], [data])
+    text = _decode(data)
+    if isinstance(text, InputProblem):
+        return ParsedInput([], [text])
+    return _parse_text(text, max_length, on_too_long)  # size already checked on the bytes
+
+
+def _check_options(max_length: int, on_too_long: str) -> None:
+    """Reject programming errors in the options (these are not user input)."""
+    if not 1 <= max_length <= MAX_RESIDUES:
+        raise ValueError(f"max_length must be between 1 and {MAX_RESIDUES}, got {max_length}")
+    if on_too_long not in ("truncate", "reject"):
+        raise ValueError(f"on_too_long must be 'truncate' or 'reject', got {on_too_long!r}")
+
+
+def _input_error(message: str) -> InputProblem:
+    """An error about the input as a whole rather than one record."""
+    return InputProblem(_INPUT_ID, message, "error")
+
+
+def _size_error(what: str) -> InputProblem:
+    """The input is over MAX_INPUT_BYTES; ``what`` says what is how big, in words."""
+    return _input_error(
+        f"{what}, more than the limit of {_megabytes(MAX_INPUT_BYTES)} ({MAX_INPUT_BYTES:,} bytes); "
+        "nothing was read. Split it into smaller files"
+    )
+
+
+def _megabytes(n_bytes: int) -> str:
+    """Bytes as MB the way the dashboard's upload limit counts them (1 MB = 1024 * 1024 bytes)."""
+    mb = n_bytes / _BYTES_PER_MB
+    return f"{mb:,.0f} MB" if mb == int(mb) else f"{mb:,.1f} MB"
+
+
+def _bytes_too_large(n_bytes: int, unit: str = "bytes") -> InputProblem | None:
+    """The size problem for ``n_bytes`` of input, or None when within MAX_INPUT_BYTES."""
+    if n_bytes <= MAX_INPUT_BYTES:
+        return None
+    return _size_error(f"the input is too large: {n_bytes:,} {unit} ({_megabytes(n_bytes)})")
+
+
+def _text_too_large(text: str) -> InputProblem | None:
+    """The size problem for text over MAX_INPUT_BYTES as UTF-8, or None (cheap for small text)."""
+    if len(text) * 4 <= MAX_INPUT_BYTES:  # a character is at most 4 UTF-8 bytes
+        return None
+    n_bytes = len(text.encode("utf-8", errors="surrogatepass"))
+    return _bytes_too_large(n_bytes, "bytes of text as UTF-8")
+
+
+def _records_dropped(total: int, kept: int) -> InputProblem:
+    """One error for the records beyond MAX_RECORDS (never a silent loss)."""
+    dropped = total - kept
+    return _input_error(
+        f"the input has {total:,} records, more than the limit of {kept:,} records per input "
+        f"(MAX_RECORDS); only the first {kept:,} were read and the remaining {dropped:,} "
+        "record(s) were dropped. Split the input into several files"
+    )
+
+
+def _normalise_text(text: str) -> str:
+    """Strip a leading BOM and turn CRLF / lone CR line endings into LF."""
+    text = text.removeprefix("\ufeff")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _is_fasta(text: str) -> bool:
+    """True when the first non-blank line starts with '>'."""
+    for line in text.split("\n"):
+        if line.strip():
+            return line.lstrip().startswith(">")
+    return False
+
+
+def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
+    """Split FASTA text into raw records with Biopython, in input order.
+
+    Only the first ``limit`` records are returned, with the total number of
+    records in the text. Records with an empty or duplicate id are replaced by
+    their error so that problems stay in input order.
+    """
+    lines = text.split("\n")
+    first = next(i for i, line in enumerate(lines) if line.strip())
+    # Biopython's "fasta" format refuses anything before the first header,
+    # so drop the leading blank lines (and indentation of that header line).
+    body = "\n".join([lines[first].lstrip(), *lines[first + 1 :]])
+    header_lines = [first + 1] + [
+        i + 1 for i, line in enumerate(lines) if i > first and line.startswith(">")
+    ]
+
+    try:
+        parsed = list(islice(SeqIO.parse(io.StringIO(body), "fasta"), limit))
+    except Exception as exc:  # noqa: BLE001 - never let a parser bug reach the user as a traceback
+        return [_input_error(f"could not read the input as FASTA: {exc}")], 0
+    # Every record starts at a '>' line, so the headers count the records not parsed.
+    total = max(len(header_lines), len(parsed))
+
+    items: list[RawRecord | InputProblem] = []
+    first_seen: dict[str, int] = {}
+    for number, seq_record in enumerate(parsed, start=1):
+        line_no = header_lines[number - 1] if number <= len(header_lines) else None
+        items += _fasta_record(seq_record, number, f"line {line_no}" if line_no is not None else f"record {number}",
+                               first_seen)
+    return items, total
+
+
+def _fasta_record(seq_record: SeqRecord, number: int, where: str,
+                  first_seen: dict[str, int]) -> list[RawRecord | InputProblem]:
+    """Record ``number`` (found at ``where``) as a raw record, or its problems: an escaped id warns; a
+    missing or duplicate id refuses it. ``first_seen`` (id -> record number) is updated."""
+    record_id, had_controls = printable_id(seq_record.id)
+    found: list[RawRecord | InputProblem] = []
+    if had_controls:
+        found.append(InputProblem(
+            record_id, f"{record_id}: the id held control characters (terminal escapes, tabs, …); they are shown escaped",
+            "warning",
+        ))
+    if not record_id:
+        return found + [InputProblem(
+            where, f"{where}: FASTA header '>' has no id (record {number}); put a name right after '>'", "error",
+        )]
+    if record_id in first_seen:
+        return found + [InputProblem(
+            record_id,
+            f"{record_id}: duplicate id (record {number} reuses the id of record {first_seen[record_id]}); only the "
+            "first one is used, give each record a unique id",
+            "error",
+        )]
+    first_seen[record_id] = number
+    return found + [RawRecord(record_id, record_id, _sequence_text(seq_record))]
+
+
+def _sequence_text(seq_record: SeqRecord) -> str:
+    """The record's sequence as str, keeping any non-ASCII characters for reporting.
+
+    Biopython stores FASTA sequences as UTF-8 bytes and only decodes them as
+    ASCII, so go through bytes to be able to name e.g. an 'é' in the message.
+    """
+    return bytes(seq_record.seq).decode("utf-8", errors="replace")
+
+
+def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
+    """One record per non-blank line, named seq_1, seq_2, ... in order.
+
+    Only the first ``limit`` are returned, with the total number of records.
+    """
+    records: list[RawRecord | InputProblem] = []
+    total = 0
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        total += 1
+        if total > limit:
+            continue
+        record_id = f"seq_{total}"
+        records.append(RawRecord(record_id, f"{record_id} (line {line_no})", line))
+    return records, total
+
+
+def _load_bytes(source: str | os.PathLike[str] | bytes) -> bytes | InputProblem:
+    """Read the source into bytes, gunzipping when it starts with the gzip magic.
+
+    Input over MAX_INPUT_BYTES, before or after gunzip, is a problem. A file is
+    read at most one byte past the limit, so a huge file (or an endless one
+    such as a device) is never loaded whole.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        too_large = _bytes_too_large(len(data))
+    else:
+        path = Path(source)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_INPUT_BYTES + 1)
+                size = os.fstat(handle.fileno()).st_size
+        except OSError as exc:
+            return _input_error(f"could not read file '{path}': {exc.strerror or exc}")
+        too_large = None
+        if len(data) > MAX_INPUT_BYTES:
+            # A regular file's size is known; a pipe or device only "more than the limit".
+            too_large = _bytes_too_large(size) or _size_error(
+                f"the input is too large: at least {MAX_INPUT_BYTES + 1:,} bytes"
+            )
+    if too_large is not None:
+        return too_large
+    if data.startswith(_GZIP_MAGIC):
+        return _gunzip(data)
+    return data
+
+
+def _gunzip(data: bytes) -> bytes | InputProblem:
+    """Decompress gzip data, reporting truncated/corrupt/oversized data as a problem."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            out = handle.read(MAX_INPUT_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        return _input_error(
+            f"the gzip data is truncated or corrupt ({exc}); "
+            "re-create the .gz file or upload the plain FASTA text"
+        )
+    if len(out) > MAX_INPUT_BYTES:
+        # Decompression stops one byte past the limit: the full size stays unknown.
+        return _size_error(
+            f"the gzip data is too large once decompressed: its {len(data):,} bytes expand "
+            f"to at least {MAX_INPUT_BYTES + 1:,} bytes"
+        )
+    return out
+
+
+def _decode(data: bytes) -> str | InputProblem:
+    """Decode UTF-8 (dropping a BOM); refuse undecodable or binary content."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return _input_error(
+            f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "upload a plain-text FASTA file"
+        )
+    if "\x00" in text:
+        return _input_error("the input looks like binary data, not text; upload a plain-text FASTA file")
+    return text

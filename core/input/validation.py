@@ -1,0 +1,127 @@
+"""One record's checks: cleaning, refused characters (with a hint what they are), nucleotides, length."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.input.records import ALLOWED_RESIDUES, InputProblem, ProteinRecord, TooLongPolicy
+
+
+# One character outside ALLOWED_RESIDUES (a regex, so that validation runs at C speed).
+_BAD_RESIDUE = re.compile("[^" + "".join(sorted(ALLOWED_RESIDUES)) + "]")
+
+# A record this long made only of these letters is almost certainly DNA/RNA.
+_NUCLEOTIDE_LETTERS = frozenset("ACGTUN")
+
+_NUCLEOTIDE_MIN_LENGTH = 10
+
+# How many distinct offending characters one error message lists.
+_MAX_BAD_CHARS_REPORTED = 3
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as found in the input, before validation."""
+
+    record_id: str
+    label: str  # how messages name the record, e.g. "seq_3 (line 7)"
+    raw_sequence: str
+
+
+def validate_record(
+    raw: RawRecord, max_length: int, on_too_long: TooLongPolicy
+) -> tuple[ProteinRecord | None, list[InputProblem]]:
+    """Clean and check one record; return it (or None if refused) plus its problems."""
+    label = raw.label
+
+    def refuse(message: str) -> tuple[None, list[InputProblem]]:
+        return None, [InputProblem(raw.record_id, f"{label}: {message}", "error")]
+
+    sequence = _clean(raw.raw_sequence)
+    notes: list[str] = []
+    if sequence.endswith("*"):
+        sequence = sequence[:-1]
+        notes.append(f"{label}: trailing '*' (stop codon) removed")
+
+    if not sequence:
+        return refuse("empty sequence (no residues)")
+    bad = _describe_bad_characters(sequence)
+    if bad is not None:
+        return refuse(bad)
+    if _is_nucleotide_like(sequence):
+        return refuse(
+            "looks like a nucleotide sequence (only A/C/G/T/U/N); paste the translated protein"
+        )
+    if len(sequence) > max_length:
+        if on_too_long == "reject":
+            return refuse(
+                f"{len(sequence)} residues is longer than the limit of {max_length}; "
+                "shorten it or split it into domains"
+            )
+        notes.append(
+            f"{label}: {len(sequence)} residues is longer than the limit of {max_length}; "
+            f"truncated to the first {max_length} residues"
+        )
+        sequence = sequence[:max_length]
+
+    record = ProteinRecord(raw.record_id, sequence, tuple(notes))
+    return record, [InputProblem(raw.record_id, note, "warning") for note in notes]
+
+
+def _clean(raw_sequence: str) -> str:
+    """Remove all whitespace and uppercase ASCII letters.
+
+    Only ASCII is uppercased so that a non-ASCII character keeps its position
+    and is reported as typed ('ß'.upper() would even become two letters).
+    """
+    # str.split() splits on exactly the characters for which str.isspace() is true.
+    joined = "".join(raw_sequence.split())
+    if joined.isascii():
+        return joined.upper()
+    return "".join(c.upper() if c.isascii() else c for c in joined)
+
+
+def _describe_bad_characters(sequence: str) -> str | None:
+    """Describe the first few distinct characters outside ALLOWED_RESIDUES, or None."""
+    first_position: dict[str, int] = {}
+    total = 0
+    for match in _BAD_RESIDUE.finditer(sequence):
+        total += 1
+        first_position.setdefault(match.group(), match.start() + 1)
+    if not first_position:
+        return None
+
+    shown = list(first_position.items())[:_MAX_BAD_CHARS_REPORTED]
+    parts = [f"{char!r} at position {position} ({_hint(char)})" for char, position in shown]
+    message = "contains " + ", ".join(parts)
+    hidden = len(first_position) - len(shown)
+    if hidden:
+        message += f", and {hidden} more distinct invalid character(s)"
+    if total > len(shown):
+        message += f" ({total} invalid characters in total)"
+    return message
+
+
+def _hint(char: str) -> str:
+    """A short plain-words reason why this character is not accepted."""
+    if char.isdigit():
+        return "digits are not amino acids"
+    if char in "-.":
+        return "alignment gap; remove alignment gaps"
+    if char == "*":
+        return "internal stop codon; only one trailing '*' is allowed"
+    if char == ">":
+        return "'>' starts a FASTA header; FASTA input must begin with a '>' line"
+    if not char.isascii():
+        return "non-ASCII character; use one-letter amino-acid codes A-Z"
+    if not char.isprintable():
+        return "control character; the input may be binary or corrupted"
+    if char.isalpha():
+        return f"'{char}' is not an amino-acid code"
+    return "not an amino-acid letter"
+
+
+def _is_nucleotide_like(sequence: str) -> bool:
+    """True for long-enough sequences made only of nucleotide letters."""
+    return len(sequence) >= _NUCLEOTIDE_MIN_LENGTH and set(sequence) <= _NUCLEOTIDE_LETTERS

@@ -1,0 +1,221 @@
+"""A finished run on the page: the verdict card, the KPIs and the tabs, at the sidebar's layer, seed,
+heads and thresholds (no model involved, except the residue track and the checks, which queue GPU work)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.analysis.analyse import Analysis, analyse
+from core.analysis.heads import HeadClassifier, HeadError
+from core.embed.cache import CacheStats
+from core.input.head_files import load_extra_features, load_head
+from core.input.records import ParsedInput
+from core.numerics.environment import versions
+from core.report import charts
+from core.report.html import html_report
+from core.report.summary import DEMO_NOTICE, Summary
+from core.report.tables import spreadsheet_safe
+from dashboard import views
+from dashboard.settings import Settings, options_for, shown_layer
+from dashboard.state import residue_view, v2_checks
+
+
+def verdict_card(summary: Summary, font_scale: float) -> None:
+    st.markdown(views.verdict_card_html(summary, font_scale), unsafe_allow_html=True)  # escaped in views
+
+
+def kpi_row(summary: Summary) -> None:
+    for column, kpi in zip(st.columns(6), views.kpis(summary)):
+        column.metric(kpi.label, kpi.value, kpi.delta, delta_color=kpi.colour, delta_arrow="off", help=kpi.help)
+    for warning in summary.balance.warnings:
+        st.warning(warning, icon="⚠️")
+
+
+def cache_notice(cache: CacheStats | None) -> None:
+    """The cache caption under the KPIs, and its warning when the cache could not be used (nothing when off)."""
+    caption = views.cache_caption(cache)
+    if caption is None:
+        return
+    if cache.warning:
+        st.warning(f"Embedding cache: {cache.warning}", icon="⚠️")
+    st.caption(caption, help=f"Cache directory: {cache.dir}")
+
+
+def head_section(ids: list[str]) -> tuple[HeadClassifier | None, str | None]:
+    """The user's own classification head from the sidebar uploads: (classifier, None) or (None, problem)."""
+    with st.sidebar.expander("Your classification head (optional)"):
+        head_file = st.file_uploader("Head weights", type=["safetensors", "pt", "pth", "bin"], key="head_file",
+                                     help="A linear layer or small MLP: safetensors, or a state_dict (loaded weights-only).")
+        extra_file = st.file_uploader("Extra per-sequence features", type=["csv", "tsv", "npy"], key="extra_file",
+                                      help="Concatenated after the embedding: a CSV with an id column, or .npy rows in input order.")
+    if head_file is None:
+        return None, "upload head weights first" if extra_file is not None else None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            head = dataclasses.replace(load_head(_saved(folder, head_file)), source=head_file.name)
+            extra = load_extra_features(_saved(folder, extra_file), ids) if extra_file is not None else None
+        return HeadClassifier(head, extra), None
+    except HeadError as error:
+        return None, str(error)
+
+
+def _saved(folder: str, upload) -> Path:
+    """An upload written to ``folder`` under a safe name with its own suffix (loaders dispatch on it)."""
+    path = Path(folder) / f"upload{Path(upload.name).suffix.lower()}"
+    path.write_bytes(upload.getvalue())
+    return path
+
+
+def analysis_for(run, settings: Settings, parsed: ParsedInput, cache: CacheStats | None) -> Analysis:
+    """The run analysed at the view's layer, seed, heads and thresholds, with the user's head when one is
+    uploaded (the proxy's when it cannot be used, with the reason)."""
+    layer = shown_layer(settings, run.layers)
+    head, problem = head_section(run.ids) if not settings.present else (None, None)
+    options = options_for(settings)
+    if head is not None:
+        try:
+            with_head = dataclasses.replace(options, classifier=head, classifier_name=head.describe())
+            return analyse(run, layer, with_head, parsed, versions(), cache=cache)
+        except HeadError as error:
+            problem = str(error)
+    if problem:
+        st.error(f"Your head cannot be used, so the proxy classifier is shown: {problem}")
+    return analyse(run, layer, options, parsed, versions(), cache=cache)
+
+
+def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache: CacheStats | None = None) -> None:
+    """The analysis of ``run`` at the view's layer, seed and thresholds; ``used``: the settings it ran with;
+    ``cache``: what the embedding cache did for the run (None when it was off)."""
+    analysis = analysis_for(run, settings, parsed, cache)
+    summary, table = analysis.summary, analysis.table
+    font_size = 22 if settings.present else 14
+    if run.is_demo:
+        st.warning(DEMO_NOTICE, icon="⚠️")
+    verdict_card(summary, 1.4 if settings.present else 1.0)
+    st.write("")
+    kpi_row(summary)
+    cache_notice(cache)
+    if settings.present:
+        overview_tab(table, summary, font_size)
+        return
+    tabs = st.tabs(["Overview", "Numerics", "Reference", "Layers", "Residues", "Heads", "Checks", "Table & share"])
+    with tabs[0]:
+        overview_tab(table, summary, font_size)
+    with tabs[1]:
+        numerics_tab(summary)
+    with tabs[2]:
+        reference_tab(analysis, table)
+    with tabs[3]:
+        st.plotly_chart(charts.layer_curve(summary.profile), key="chart_layers")
+        st.dataframe(pd.DataFrame([entry.to_json() for entry in summary.profile]), hide_index=True, width="stretch",
+                     key="layer_table")
+    with tabs[4]:
+        residue_tab(run, parsed, used, summary.provenance.layer)
+    with tabs[5]:
+        heads_tab(analysis, run.ids)
+    with tabs[6]:
+        checks_tab(run, parsed, used, summary.provenance.layer, fresh_baseline=bool(cache and cache.hits))
+    with tabs[7]:
+        share_tab(summary, table)
+
+
+def overview_tab(table: pd.DataFrame, summary: Summary, font_size: int) -> None:
+    figures = charts.all_figures(table, summary, font_size)
+    st.plotly_chart(figures["agreement"], key="chart_agreement")
+    for left_name, right_name in (("histogram", "ecdf"), ("length", "confidence")):
+        left, right = st.columns(2)
+        left.plotly_chart(figures[left_name], key=f"chart_{left_name}")
+        right.plotly_chart(figures[right_name], key=f"chart_{right_name}")
+
+
+def numerics_tab(summary: Summary) -> None:
+    """The numerics gate: per-layer error of both paths against the yardstick, the sign test, the first departure."""
+    numerics = summary.headline.numerics
+    if numerics is None:
+        st.info("This run has no numerics sample (it was saved before the gate existed): press Run again.")
+        return
+    (st.success if numerics.passed else st.error)(numerics.line())
+    st.plotly_chart(charts.numerics_layers(numerics), key="chart_numerics")
+    if numerics.kind == "reference":
+        st.plotly_chart(charts.sign_test_layers(numerics), key="chart_sign_test")
+    st.caption(views.numerics_caption(numerics))
+    st.dataframe(views.numerics_table(numerics), hide_index=True, width="stretch", key="numerics_table")
+
+
+def reference_tab(analysis: Analysis, table: pd.DataFrame) -> None:
+    attribution = analysis.attribution
+    if attribution is None:
+        st.info("The numerics gate ran against v1.0's rounding floor, not a reference: choose a reference "
+                "(auto, fp32 or fp64) in the sidebar and press Run to measure both paths against the standard path "
+                "on the same weights in a wider dtype, to tell which one is wrong.")
+        return
+    (st.success if attribution.rule_passed else st.error)(attribution.verdict_line())
+    st.dataframe(pd.DataFrame([{"path": f"{name}.0", **error.summary()}
+                               for name, error in (("v1", attribution.v1), ("v2", attribution.v2))]),
+                 hide_index=True, width="stretch", key="reference_table")
+    counts = attribution.to_json()["closer_counts"]
+    st.caption(f"On the {sum(counts.values())} sequences of the numerics sample, closer to the reference: "
+               f"v1.0 {counts['v1']}, v2.0 {counts['v2']}, tie {counts['tie']}.")
+    st.plotly_chart(charts.reference_errors(table, attribution.reference_dtype), key="chart_reference")
+
+
+def residue_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
+    records = {record.id: record.sequence for record in parsed.records}
+    chosen = st.selectbox("Sequence", run.ids, key="residue_sequence")
+    if not st.button("Show its residue track", key="residue_go"):
+        if st.session_state.get("residue_shown") != (chosen, layer):
+            st.caption("Runs both paths on this one sequence at the chosen layer (a few forward passes).")
+            return
+    st.session_state.residue_shown = (chosen, layer)
+    residues = residue_view(used, records[chosen], layer)
+    st.plotly_chart(charts.residue_track(residues, chosen), key="chart_residues")
+    worst = residues.sort_values("cosine").head(10)
+    st.caption("The ten positions where the paths differ most")
+    st.dataframe(worst, hide_index=True, width="stretch", key="residue_worst")
+
+
+def heads_tab(analysis: Analysis, ids: list[str]) -> None:
+    """The proxy heads that decide the prediction verdict: their agreement and where their flips sit."""
+    votes = analysis.votes
+    if analysis.headline.predictions.votes is None:
+        st.caption("Your head decides the prediction verdict; the proxy heads are shown for comparison.")
+    st.markdown(views.heads_text(votes))
+    left, right = st.columns(2)
+    left.plotly_chart(charts.head_agreement_histogram(votes.agreement, float(votes.lower_agreement), votes.bank.kind),
+                      key="chart_heads")
+    right.plotly_chart(charts.flips_vs_margin(votes.margin_table(ids)), key="chart_margins")
+
+
+def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_baseline: bool = False) -> None:
+    """Packing invariance and determinism on demand; ``fresh_baseline``: some embeddings came from the
+    cache (packed with other batch-mates), so the checks compare against a fresh v2.0 run instead."""
+    st.caption("Packing invariance: each sequence run alone must match itself packed with others. "
+               "Determinism: v2.0 run twice must give bit-identical embeddings. Both cost extra v2.0 passes.")
+    if not (st.button("Run the checks", key="checks_go") or st.session_state.get("checks_layer") == layer):
+        return
+    st.session_state.checks_layer = layer
+    records = tuple((record.id, record.sequence) for record in parsed.records)
+    packed = None if fresh_baseline else run.v2.layers[layer]
+    for check in v2_checks(used, records, layer, packed):
+        badge = st.success if check.passed else st.error
+        badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "
+              f"min cosine {check.min_cosine:.10f} over {check.n_sequences} sequences. {check.detail}.")
+
+
+def share_tab(summary: Summary, table: pd.DataFrame) -> None:
+    st.dataframe(table, hide_index=True, width="stretch", key="sequence_table")
+    columns = st.columns(3)
+    columns[0].download_button("sequences.csv", spreadsheet_safe(table).to_csv(index=False), "sequences.csv", "text/csv",
+                               key="download_csv")
+    columns[1].download_button("summary.json", json.dumps(summary.to_json(), indent=2), "summary.json",
+                               "application/json", key="download_json")
+    report = html_report(summary, table, charts.all_figures(table, summary))
+    columns[2].download_button("report.html", report, "report.html", "text/html", key="download_html")
+    st.caption("The page's URL holds these settings: share it to reopen the same view "
+               "(with an example set, the same inputs too).")
