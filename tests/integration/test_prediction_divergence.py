@@ -41,7 +41,7 @@ def divergence(model_and_alphabet):
     run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], yardstick=plan)
     analysis = analyse(run, model.num_layers, AnalysisOptions(seed=SEED))
     summary, comparison = analysis.summary.to_json(), analysis.comparison
-    log.warning("\n%s", format_summary(summary))
+    log.warning("\n%s", format_summary(analysis.summary))
     for seq_id, length, cosine, flip in zip(run.ids, run.lengths, comparison.cosine, comparison.flips):
         log.warning("  %-12s len %4d  cosine %.8f%s", seq_id, length, cosine, "  LABEL FLIP" if flip else "")
     return summary, comparison
@@ -86,10 +86,9 @@ def attribution_summary(model_and_alphabet):
                          layers=None, yardstick=YardstickPlan("reference", "fp64", None))
     analysis = analyse(run, layer, AnalysisOptions(seed=SEED))
     log.warning("\n%s", format_summary(analysis.summary))
-    for entry in analysis.summary["layers"]:
+    for entry in analysis.summary.profile:
         log.warning("  layer %2d  cosine min %.8f  mean |v1-v2| %.3e  |v1-ref| %.3e  |v2-ref| %.3e",
-                    entry["layer"], entry["cosine_min"], entry["mean_abs_diff"],
-                    entry["v1_mean_abs_error"], entry["v2_mean_abs_error"])
+                    entry.layer, entry.cosine_min, entry.mean_abs_diff, entry.v1_mean_abs_error, entry.v2_mean_abs_error)
     return analysis.summary.to_json()
 
 
