@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from core.input.examples import example_sequences
 from core.input.fasta import parse_sequences, read_sequences
 from core.input.records import ALLOWED_RESIDUES, InputProblem, MAX_RESIDUES, ParsedInput, ProteinRecord
+from core.input.validation import STANDARD_RESIDUES
 
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -71,6 +72,29 @@ def test_bare_lines_are_numbered_by_non_blank_line() -> None:
     assert parsed.ok
     assert ids(parsed) == ["seq_1", "seq_2", "seq_3"]
     assert [r.sequence for r in parsed.records] == ["MKTAY", "GSGSG", "LLKKL"]
+
+
+def test_semicolon_comment_lines_are_skipped_and_line_numbers_kept() -> None:
+    parsed = parse_sequences(";a comment, not a sequence\n>a\nMKT\n; another\nAYI\n>b\nGS1\n")
+    assert ids(parsed) == ["a"]
+    assert parsed.records[0].sequence == "MKTAYI"
+    err = only_error(parsed)
+    assert err.record_id == "b"
+
+
+def test_semicolon_comments_in_bare_lines_are_not_sequences() -> None:
+    parsed = parse_sequences("; header comment\nMKTAY\n;GSGSG\nGS1\n")
+    assert ids(parsed) == ["seq_1"]
+    err = only_error(parsed)
+    assert err.record_id == "seq_2" and "line 4" in err.message
+
+
+def test_record_without_a_standard_amino_acid_is_kept_with_warning() -> None:
+    parsed = parse_sequences(">unknown\nXXXXXXXX\n>real\nMKTAYXXK\n")
+    assert ids(parsed) == ["unknown", "real"]
+    (warning,) = [p for p in parsed.problems if p.severity == "warning"]
+    assert warning.record_id == "unknown" and "no standard amino acid" in warning.message
+    assert parsed.records[1].warnings == ()
 
 
 def test_bare_line_error_mentions_id_and_line_number() -> None:
@@ -528,7 +552,10 @@ def test_fasta_round_trip(sequences: list[str], width: int, lower: bool) -> None
         wrapped = "\n".join(body[j : j + width] for j in range(0, len(body), width))
         chunks.append(f">prot_{i} some description\n{wrapped}\n")
     parsed = parse_sequences("".join(chunks))
-    assert parsed.problems == []
+    assert parsed.errors == []
+    assert [p.record_id for p in parsed.warnings] == [
+        f"prot_{i}" for i, seq in enumerate(sequences) if not STANDARD_RESIDUES.intersection(seq)
+    ]
     assert [(r.id, r.sequence) for r in parsed.records] == [
         (f"prot_{i}", seq) for i, seq in enumerate(sequences)
     ]

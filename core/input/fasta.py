@@ -39,8 +39,9 @@ def parse_sequences(
 ) -> ParsedInput:
     """Parse FASTA or one-sequence-per-line text into validated protein records.
 
-    FASTA is assumed when the first non-blank line starts with '>'; otherwise
-    every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
+    Lines starting with ';' are comments, as in the classic FASTA format, and are skipped. FASTA is
+    assumed when the first other non-blank line starts with '>'; otherwise every non-blank line is
+    one sequence named ``seq_1``, ``seq_2``, ...
     Text over MAX_INPUT_BYTES (as UTF-8) is refused whole; only the first
     MAX_RECORDS records are read, and one error says how many were dropped.
     Never raises for bad input; see the module docstring.
@@ -54,7 +55,7 @@ def parse_sequences(
 
 def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> ParsedInput:
     """parse_sequences without the size check (the caller has done it)."""
-    text = _normalise_text(text)
+    text = _without_comments(_normalise_text(text))
     if not text.strip():
         return ParsedInput([], [_input_error("no sequences found")])
 
@@ -155,6 +156,11 @@ def _normalise_text(text: str) -> str:
     """Strip a leading BOM and turn CRLF / lone CR line endings into LF."""
     text = text.removeprefix("\ufeff")
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _without_comments(text: str) -> str:
+    """Comment lines (';' first, the classic FASTA convention) blanked, so line numbers stay right."""
+    return "\n".join("" if line.lstrip().startswith(";") else line for line in text.split("\n"))
 
 
 def _is_fasta(text: str) -> bool:

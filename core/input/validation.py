@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from core.input.records import ALLOWED_RESIDUES, InputProblem, ProteinRecord, TooLongPolicy
 
+STANDARD_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY")
+
 
 # One character outside ALLOWED_RESIDUES (a regex, so that validation runs at C speed).
 _BAD_RESIDUE = re.compile("[^" + "".join(sorted(ALLOWED_RESIDUES)) + "]")
@@ -53,6 +55,9 @@ def validate_record(
         return refuse(
             "looks like a nucleotide sequence (only A/C/G/T/U/N); paste the translated protein"
         )
+    if not STANDARD_RESIDUES.intersection(sequence):
+        notes.append(f"{label}: no standard amino acid, only {', '.join(sorted(set(sequence)))}; its embedding "
+                     "says little about any protein")
     if len(sequence) > max_length:
         if on_too_long == "reject":
             return refuse(
