@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.bench_peers import FAESM_PEERS, PEERS, bench_peers, faesm_rows_in_child, peer_table, rows_json
 from core.numerics.attention import available_backends
 from core.embed.passes import embed_path, PathEmbeddings
 from core.embed.paths import packed_path, standard_path
@@ -229,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead: write the first workload as FASTA (e.g. for torchrun scaling runs) and stop")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile each path on the first model, dtype and workload and print the top kernels")
+    parser.add_argument("--peers", action="store_true",
+                        help="instead: every popular fast ESM-2 side by side on the first workload (core/bench_peers.py)")
+    parser.add_argument("--only", default="", help="with --peers: comma-separated implementations (default: all)")
+    parser.add_argument("--faesm-site", metavar="DIR", default="",
+                        help="with --peers: a directory holding faesm and transformers<5; FAESM rows run in a child with it")
+    parser.add_argument("--rows-json", metavar="-", default="", help=argparse.SUPPRESS)  # the child's answer
     return parser
 
 
@@ -266,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = next(iter(workloads.values()))
         print(profile_paths(args.models.split(",")[0], args.dtypes.split(",")[0], device, first, args.max_tokens))
         return 0
+    if args.peers:
+        return peers_main(args, device, next(iter(workloads.values())), argv)
     rows: list[Row] = []
     load_lines, ceilings = [], {}
     for dtype in args.dtypes.split(","):
@@ -283,6 +292,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.append, "a") as handle:
             handle.write("\n" + report)
     return 0
+
+
+def peers_main(args: argparse.Namespace, device: torch.device, sequences: list[str], argv: Sequence[str] | None) -> int:
+    """``--peers``: the parity-and-speed table (see core/bench_peers.py), printed and appended."""
+    keys = [key for key in args.only.split(",") if key] or [k for k in PEERS if not (args.faesm_site and k in FAESM_PEERS)]
+    unknown = [key for key in keys if key not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown implementation(s) {unknown}; choose from {list(PEERS)}")
+    rows, ceilings = [], {}
+    for dtype in args.dtypes.split(","):
+        ceilings[dtype] = matmul_ceiling(device, parse_dtype(dtype), size=8192 if device.type == "cuda" else 1024,
+                                         repeats=20 if device.type == "cuda" else 2)
+        for spec in args.models.split(","):
+            model_rows = bench_peers(spec, dtype, device, sequences, ceilings[dtype], keys, args.max_tokens)
+            rows += model_rows
+            if not args.rows_json:
+                print(peer_table(model_rows), flush=True)
+    if args.rows_json:
+        print(rows_json(rows))
+        return 0
+    child_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--peers"]
+    if args.faesm_site:
+        rows += faesm_rows_in_child(args.faesm_site, _without_option(child_argv, "--faesm-site"))
+    order = {(r.model, r.dtype): i for i, r in enumerate(rows)}
+    rows.sort(key=lambda r: order.get((r.model, r.dtype), len(order)))
+    command = "python -m core.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = peers_report(args, command, device, ceilings, rows)
+    print("\n" + report)
+    if args.append:
+        with open(args.append, "a") as handle:
+            handle.write("\n" + report)
+    return 0
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
+def peers_report(args: argparse.Namespace, command: str, device: torch.device, ceilings: dict[str, float],
+                 rows: list) -> str:
+    return "\n".join([
+        f"## Peers, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC — {device_label(device)}",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
+        "Ceiling (measured matrix product): " + ", ".join(f"{d} {c / 1e12:.0f} TFLOP/s" for d, c in ceilings.items()) + "  ",
+        f"Workload: {args.n:,} realistic sequences (seed {args.seed}), every layer pooled; parity = the tool's "
+        "default headline against v1.0 with a float64 reference sample",
+        "",
+        peer_table(rows),
+        "",
+    ])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from core.numerics.loading import load_esm2_model  # noqa: E402
 from core.embed.plugins import make_plugin_path  # noqa: E402
 from core.analysis.analyse import analyse  # noqa: E402
 from core.input.examples import example_sequences, realistic_sequences  # noqa: E402
-from tests.plugins.broken_paths import CATALOGUE, with_v2  # noqa: E402
+from core.embed.run import with_v2
+from tests.plugins.broken_paths import CATALOGUE  # noqa: E402
 
 HF_FACTORIES = {"Hugging Face eager": "core.adapters.hf_esm:make_eager", "Hugging Face sdpa": "core.adapters.hf_esm:make_sdpa"}
 HEADER = ("| v2.0 | expected | verdict | predictions (lower agreement) | numerics | first departing layer | "

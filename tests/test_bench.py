@@ -49,3 +49,19 @@ def test_workload_written_as_fasta_reads_back(tmp_path):
     assert main(["--workloads", "realistic", "--n", "5", "--write-fasta", str(path)]) == 0
     parsed = read_sequences(path)
     assert [r.sequence for r in parsed.records] == realistic_sequences(5, 0) and not parsed.problems
+
+
+def test_peers_table_judges_each_implementation_against_v1(tmp_path, monkeypatch):
+    """--peers: one row per implementation with its verdict and rule ratio; one that cannot run says why."""
+    import core.bench_peers as peers
+
+    monkeypatch.setitem(peers.PEERS, "broken: EOS in the pool", "tests.plugins.broken_paths:make_eos_in_pool")
+    report = tmp_path / "BENCHMARKS.md"
+    assert main(["--peers", "--models", "demo-8M", "--dtypes", "fp32", "--n", "8", "--device", "cpu",
+                 "--only", "built-in torch-flash,broken: EOS in the pool", "--append", str(report)]) == 0
+    rows = {line.split(" | ")[2]: line.split(" | ") for line in report.read_text().splitlines()
+            if line.startswith("| demo-8M | fp32 |")}
+    assert "not run: ValueError: backend torch-flash is not available here" in rows["built-in torch-flash"][-1]
+    broken = rows["broken: EOS in the pool"]
+    assert broken[8] != "ACCEPT" and float(broken[10].rstrip("×")) > 2, broken
+    assert next(k for k in rows).startswith("v1.0 fair-esm")

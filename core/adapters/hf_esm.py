@@ -45,6 +45,7 @@ _TOP_MODULES = {
     "contact_head.regression": "contact_head.regression",
 }
 _NOT_IN_ESM_MODEL = ("lm_head.",)  # EsmModel has no LM head (EsmForMaskedLM has)
+_UNUSED_WITH_ROTARY = ("embeddings.position_embeddings.",)
 
 
 def hf_available() -> bool:
@@ -150,19 +151,50 @@ def build_hf_esm(model: ESM2WithFlashAttention, attn_implementation: str = "eage
             hf = EsmModel(config, add_pooling_layer=False)
     except (ImportError, ValueError) as error:  # transformers refusing the attention implementation
         raise ValueError(f"transformers {_version()} cannot build EsmModel with {attn_implementation!r}: {error}") from error
+    assign_fair_esm_weights(hf, model, "EsmModel")
+    return hf.eval().requires_grad_(False)
+
+
+def assign_fair_esm_weights(hf: torch.nn.Module, model: ESM2WithFlashAttention, label: str) -> None:
+    """Give a meta-device transformers-style ESM model fair-esm's tensors (shared, not copied).
+
+    Absolute position embeddings, which transformers 4.x builds even for rotary models and never
+    reads, are the one thing fair-esm lacks: they are zero-filled. Any other tensor left without a
+    fair-esm counterpart, or a fair-esm tensor without a place, is a ValueError naming it.
+    """
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False, assign=True)
+    unused = [name for name in missing if name.startswith(_UNUSED_WITH_ROTARY)]
+    missing = [name for name in missing if name not in unused]
     if missing or unexpected:
-        raise ValueError(f"fair-esm -> EsmModel weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"fair-esm -> {label} weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    if unused:
+        hf.embeddings.position_embeddings.to_empty(device=model.device).weight.data.zero_()
     # The one non-persistent buffer: positions for absolute embeddings, unused with rotary.
-    hf.embeddings.position_ids = torch.arange(config.max_position_embeddings, device=model.device).expand((1, -1))
+    hf.embeddings.position_ids = torch.arange(hf.config.max_position_embeddings, device=model.device).expand((1, -1))
     unset = [name for name, tensor in chain(hf.named_parameters(), hf.named_buffers()) if tensor.is_meta]
     if unset:
-        raise ValueError(f"EsmModel tensors left unset by the fair-esm weights: {unset}")
-    return hf.eval().requires_grad_(False)
+        raise ValueError(f"{label} tensors left unset by the fair-esm weights: {unset}")
 
 
 def _version() -> str:
     return importlib.import_module("transformers").__version__
+
+
+def fair_esm_layers(hidden_states: Sequence[torch.Tensor], last_hidden_state: torch.Tensor,
+                    repr_layers: Sequence[int], num_layers: int) -> dict[int, torch.Tensor]:
+    """transformers-style outputs -> fair-esm's ``repr_layers`` numbering, each (batch, T, E).
+
+    ``hidden_states[0]`` is the input to layer 1 (fair-esm's layer 0, after token-dropout scaling)
+    and ``hidden_states[i]`` the output of layer i; fair-esm's last layer is after the final layer
+    norm, which is ``last_hidden_state``.
+    """
+    wanted = sorted(set(repr_layers))
+    if any(not 0 <= layer <= num_layers for layer in wanted):
+        raise ValueError(f"layers {wanted} out of range 0 … {num_layers}")
+    hidden = {layer: hidden_states[layer] for layer in wanted if layer < num_layers}
+    if num_layers in wanted:
+        hidden[num_layers] = last_hidden_state
+    return hidden
 
 
 class HFEsmImplementation:
@@ -185,18 +217,10 @@ class HFEsmImplementation:
         semantics: 0 = embeddings after token-dropout scaling, i = after layer i, last = after
         the final layer norm.
         """
-        wanted = sorted(set(repr_layers))
-        if any(not 0 <= layer <= self.num_layers for layer in wanted):
-            raise ValueError(f"layers {wanted} out of range 0 … {self.num_layers}")
         tokens = tokens.to(self.device)
         with torch.inference_mode():
             out = self.hf(input_ids=tokens, attention_mask=tokens.ne(self.padding_idx).long(), output_hidden_states=True)
-        # hidden_states[0] is the input to layer 1 and hidden_states[i] the output of layer i;
-        # last_hidden_state (and hidden_states[-1]) is after the final layer norm.
-        hidden = {layer: out.hidden_states[layer] for layer in wanted if layer < self.num_layers}
-        if self.num_layers in wanted:
-            hidden[self.num_layers] = out.last_hidden_state
-        return {"representations": hidden}
+        return {"representations": fair_esm_layers(out.hidden_states, out.last_hidden_state, repr_layers, self.num_layers)}
 
 
 def make_eager(model: ESM2WithFlashAttention) -> HFEsmImplementation:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import esm
 import numpy as np
 
-from core.embed.passes import PathEmbeddings, Progress, embed_v1, embed_v2
+from core.embed.passes import PathEmbeddings, Progress, embed_path, embed_v1, embed_v2
 from core.embed.paths import ForwardPath, packed_path
-from core.embed.yardstick import Yardstick, YardstickPlan, measure_yardstick
+from core.embed.yardstick import (Yardstick, YardstickPlan, deep_pack_embeddings, first_attention_layer,
+                                  measure_yardstick)
 from core.numerics.environment import device_description
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.numerics.loading import layer_indices
@@ -85,3 +87,19 @@ def run_both_paths(
     if yardstick is not None:
         run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, max_tokens, progress)
     return run
+
+
+def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet, sequences: Sequence[str],
+            path: ForwardPath, max_tokens: int | None = None) -> EmbeddingRun:
+    """``run`` (over ``sequences``, with a numerics sample) with its v2.0 — on the whole set, on the sample
+    and deep in a pack — recomputed on ``path``. v1.0 and the reference do not depend on v2.0, so this is
+    what run_both_paths would compute for ``path``, without computing them again (the broken-path
+    catalogue and the peer table judge many v2.0s against one v1.0)."""
+    sample = run.yardstick
+    chosen = [*(sequences[i] for i in sample.indices), *sample.probes]
+    deep_layer = first_attention_layer(run.layers)
+    deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, path)
+    return dataclasses.replace(
+        run, v2=embed_v2(model, alphabet, sequences, run.layers, max_tokens=max_tokens, path=path),
+        yardstick=dataclasses.replace(sample, candidate=embed_path(model, alphabet, chosen, run.layers, path), deep=deep),
+    )

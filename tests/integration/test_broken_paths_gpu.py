@@ -20,7 +20,8 @@ from core.embed.yardstick import plan_yardstick
 from core.embed.plugins import make_plugin_path
 from core.analysis.analyse import analyse
 from core.input.examples import example_sequences
-from tests.plugins.broken_paths import CATALOGUE, with_v2
+from core.embed.run import with_v2
+from tests.plugins.broken_paths import CATALOGUE
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,15 +11,10 @@ the CPU, tests/integration/test_broken_paths_gpu.py and scripts/broken_paths.py 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Sequence
 
 import torch
 
-from core.embed.passes import embed_path, embed_v2
-from core.embed.paths import ForwardPath
-from core.embed.run import EmbeddingRun
-from core.embed.yardstick import deep_pack_embeddings, first_attention_layer
 from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_tables
 
 
@@ -196,18 +191,3 @@ CATALOGUE: dict[str, str] = {
     "softmax in FP16": "tests.plugins.broken_paths:make_fp16_softmax",
     "position ids not restarting": "tests.plugins.broken_paths:make_global_positions",
 }
-
-
-def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet, sequences: Sequence[str],
-            path: ForwardPath) -> EmbeddingRun:
-    """``run`` (over ``sequences``, with a numerics sample) with its v2.0 — on the whole set, on the sample
-    and deep in a pack — recomputed on ``path``. v1.0 and the reference do not depend on v2.0, so this is
-    what run_both_paths would compute for ``path``, without computing them again."""
-    sample = run.yardstick
-    chosen = [*(sequences[i] for i in sample.indices), *sample.probes]
-    deep_layer = first_attention_layer(run.layers)
-    deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, path)
-    return dataclasses.replace(
-        run, v2=embed_v2(model, alphabet, sequences, run.layers, path=path),
-        yardstick=dataclasses.replace(sample, candidate=embed_path(model, alphabet, chosen, run.layers, path), deep=deep),
-    )
