@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(profile_paths(args.models.split(",")[0], args.dtypes.split(",")[0], device, first, args.max_tokens))
         return 0
     if args.peers:
-        return peers_main(args, device, next(iter(workloads.values())), argv)
+        return peers_main(args, device, workload("realistic", args.n, args.seed), argv)
     rows: list[Row] = []
     load_lines, ceilings = [], {}
     for dtype in args.dtypes.split(","):

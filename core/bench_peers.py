@@ -109,8 +109,8 @@ def bench_peers(spec: str, dtype: str, device: torch.device, sequences: Sequence
     plan = plan_yardstick(reference, DEFAULT_REFERENCE_SAMPLE, model.dtype, model.device)
     base = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens, yardstick=plan)
     rows = [PeerRow(spec, dtype, f"v1.0 {base.v1.implementation}", base.v1.seconds, tokens, flops, ceiling,
-                    peak_gib(device), note=f"the standard path every row is judged against; {plan.dtype} reference "
-                    f"on {base.yardstick.size} sequences")]
+                    peak_gib(device), note=f"the standard path every row is judged against; peak includes the {plan.dtype} "
+                    f"reference copy (sample of {base.yardstick.size} sequences)")]
     for key in keys:
         row = PeerRow(spec, dtype, key, tokens=tokens, flops=flops, ceiling=ceiling)
         try:
