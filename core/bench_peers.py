@@ -135,7 +135,8 @@ def _judge(row: PeerRow, run: EmbeddingRun, layer: int) -> None:
     row.cosine_min = float(summary.comparison.cosine.min())
     gate = summary.headline.numerics
     row.rule_ratio = gate.largest_ratio if gate is not None else None
-    row.note = run.v2.implementation
+    reason = "" if row.verdict == "ACCEPT" else f" — {summary.headline.recommendation()}"
+    row.note = run.v2.implementation + reason
 
 
 def faesm_rows_in_child(site: str, argv: Sequence[str]) -> list[PeerRow]:
