@@ -8,7 +8,6 @@ import multiprocessing
 import re
 import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

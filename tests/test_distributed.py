@@ -18,7 +18,6 @@ import pytest
 from core.analysis.checks import CheckResult
 from core.cli import main
 from core.embed.run import run_both_paths
-from core.embed.yardstick import YardstickPlan
 from core.embed.distributed import (
     assemble_runs, DistEnv, DistributedSetupError, environment, merge_checks, shard_indices,
 )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.adapters.faesm import FAESMImplementation, faesm_available, faesm_module, make_flash, make_sdpa
-from tests.test_hf_adapter import LAYERS, MASKED, SEQUENCES, errors, perturbed
+from tests.test_hf_adapter import MASKED, SEQUENCES, errors, perturbed
 
 needs_faesm = pytest.mark.skipif(not faesm_available(), reason="FAESM does not import here (absent, or transformers>=5)")
 
