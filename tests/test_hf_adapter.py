@@ -8,9 +8,9 @@ import inspect
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+import transformers  # pinned in requirements-dev.txt: a broken or missing install fails here, it does not skip
 
-from core.adapters.hf_esm import (  # noqa: E402
+from core.adapters.hf_esm import (
     HFEsmImplementation,
     build_hf_esm,
     hf_available,
@@ -18,7 +18,7 @@ from core.adapters.hf_esm import (  # noqa: E402
     make_flash_attention_2,
     make_sdpa,
 )
-from core.embed.batching import padded_tokens  # noqa: E402
+from core.embed.batching import padded_tokens
 
 LAYERS = (0, 3, 6)
 SEQUENCES = [  # four lengths, so three of them are padded
@@ -98,9 +98,12 @@ def test_hf_available():
 
 @pytest.mark.parametrize("make", [make_eager, make_sdpa], ids=["eager", "sdpa"])
 def test_fp32_matches_fair_esm(fp32, make):
+    """eager runs fair-esm's operations in fair-esm's order: bit-identical (the README's claim); sdpa
+    is a different kernel, measured ≤ 5.3e-7 relative."""
     model, alphabet = fp32
+    limit = 0.0 if make is make_eager else 2e-6
     for layer, (_, relative) in errors(model, alphabet, make(model), SEQUENCES).items():
-        assert relative < 1e-5, layer
+        assert relative <= limit, layer
 
 
 @pytest.mark.parametrize("make", [make_eager, make_sdpa], ids=["eager", "sdpa"])
