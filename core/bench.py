@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -25,16 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from core.bench_measure import matmul_ceiling, pass_flops, peak_gib, report_header, reset_peak, synchronize
 from core.bench_peers import FAESM_PEERS, PEERS, bench_peers, faesm_rows_in_child, peer_table, rows_json
 from core.numerics.attention import available_backends
 from core.embed.passes import embed_path, PathEmbeddings
 from core.embed.paths import packed_path, standard_path
 from core.embed.run import run_both_paths
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, plan_yardstick
-from core.numerics.environment import versions
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.numerics.loading import load_esm2_model, save_checkpoint
 from core.numerics.precision import parse_dtype
@@ -48,47 +46,6 @@ def workload(name: str, n: int, seed: int) -> list[str]:
     if name == "realistic":
         return realistic_sequences(n, seed)
     raise ValueError(f"unknown workload {name!r}: use examples or realistic")
-
-
-def non_embedding_parameters(model: ESM2WithFlashAttention) -> int:
-    """Parameters of the transformer layers and the final layer norm (not embeddings or heads)."""
-    esm2 = model.esm2
-    return sum(p.numel() for module in (esm2.layers, esm2.emb_layer_norm_after) for p in module.parameters())
-
-
-def pass_flops(model: ESM2WithFlashAttention, sequences: Sequence[str]) -> float:
-    """FLOPs of one forward pass over ``sequences`` without padding (see the module docstring)."""
-    tokens = np.array([len(seq) + 2 for seq in sequences], dtype=np.float64)
-    return 2.0 * non_embedding_parameters(model) * tokens.sum() + model.num_layers * 4.0 * model.embed_dim * (tokens**2).sum()
-
-
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int = 8192, repeats: int = 20) -> float:
-    """Best achieved FLOP/s of a ``size``³ matrix product in ``dtype`` on ``device``."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    best = 0.0
-    for _ in range(3):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        synchronize(device)
-        best = max(best, 2.0 * size**3 * repeats / (time.perf_counter() - start))
-    return best
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 @dataclass
@@ -208,12 +165,6 @@ def path_note(embeddings: PathEmbeddings) -> str:
     return note + (f", {embeddings.oom_splits} OOM splits" if embeddings.oom_splits else "")
 
 
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo-8M,demo-650M,demo-3B", help="comma-separated model specs")
@@ -231,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile each path on the first model, dtype and workload and print the top kernels")
     parser.add_argument("--peers", action="store_true",
-                        help="instead: every popular fast ESM-2 side by side on the first workload (core/bench_peers.py)")
+                        help="instead: every popular fast ESM-2 side by side on the realistic workload (core/bench_peers.py)")
     parser.add_argument("--only", default="", help="with --peers: comma-separated implementations (default: all)")
     parser.add_argument("--faesm-site", metavar="DIR", default="",
                         help="with --peers: a directory holding faesm and transformers<5; FAESM rows run in a child with it")
@@ -244,11 +195,7 @@ def report_text(args: argparse.Namespace, command: str, device: torch.device, ce
     """The section appended to BENCHMARKS.md: when, where, the command, versions, the ceiling, the table."""
     memory_cap = f", GPU memory capped at {args.gpu_memory_gib:g} GiB" if args.gpu_memory_gib else ""
     return "\n".join([
-        f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC — {device_label(device)}{memory_cap}",
-        "",
-        f"Command: `{command.strip()}`  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
-        "Ceiling (measured matrix product): " + ", ".join(f"{d} {c / 1e12:.0f} TFLOP/s" for d, c in ceilings.items()) + "  ",
+        *report_header("", command, device, ceilings, memory_cap),
         f"Realistic workload: {args.n:,} sequences, log-normal lengths (median {REALISTIC_MEDIAN}, "
         f"clipped {REALISTIC_MIN}–{MAX_RESIDUES}), seed {args.seed}  ",
         "Load from a local checkpoint: " + "; ".join(load_lines),
@@ -342,11 +289,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 def peers_report(args: argparse.Namespace, command: str, device: torch.device, ceilings: dict[str, float],
                  rows: list) -> str:
     return "\n".join([
-        f"## Peers, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC — {device_label(device)}",
-        "",
-        f"Command: `{command.strip()}`  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}  ",
-        "Ceiling (measured matrix product): " + ", ".join(f"{d} {c / 1e12:.0f} TFLOP/s" for d, c in ceilings.items()) + "  ",
+        *report_header("Peers, ", command, device, ceilings),
         f"Workload: {args.n:,} realistic sequences (seed {args.seed}), every layer pooled; parity = the tool's "
         "default headline against v1.0 with a float64 reference sample",
         "",

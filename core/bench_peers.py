@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 
 from core.analysis.analyse import analyse
+from core.bench_measure import pass_flops, peak_gib, reset_peak
 from core.embed.passes import embed_v2
 from core.embed.paths import ForwardPath, packed_path
 from core.embed.plugins import make_plugin_path
@@ -99,8 +100,6 @@ def bench_peers(spec: str, dtype: str, device: torch.device, sequences: Sequence
                 keys: Sequence[str], max_tokens: int | None, reference: str = "fp64") -> list[PeerRow]:
     """Rows for ``keys`` on one model and dtype. v1.0 and the reference sample are computed once
     (neither depends on v2.0) and every peer's v2.0 is judged against them."""
-    from core.bench import pass_flops, peak_gib, reset_peak  # core.bench imports this module
-
     model, alphabet = load_esm2_model(spec, dtype=dtype, device=device)
     ids = [f"s{i}" for i in range(len(sequences))]
     tokens, flops = sum(len(s) + 2 for s in sequences), pass_flops(model, sequences)

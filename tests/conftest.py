@@ -29,6 +29,32 @@ def demo_fp32():
     return load_esm2_model("demo-8M", dtype="fp32", device="cpu")
 
 
+def perturbed(model):
+    """A copy whose layer norms are not the demo's ones and zeros, so a swapped weight mapping shows."""
+    import copy
+
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for module in model.esm2.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="session")
+def perturbed_fp32(demo_fp32):
+    """demo-8M float32 with perturbed layer norms (adapter tests): (model, alphabet)."""
+    return perturbed(demo_fp32[0]), demo_fp32[1]
+
+
+@pytest.fixture(scope="session")
+def perturbed_fp64(demo_fp64):
+    """demo-8M float64 with perturbed layer norms (adapter tests): (model, alphabet)."""
+    return perturbed(demo_fp64[0]), demo_fp64[1]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def runs_in_a_temporary_directory(tmp_path_factory):
     """Dashboard runs saved by any test go to a temporary runs directory, not ./runs."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.bench import main, non_embedding_parameters, pass_flops
+from core.bench import main
+from core.bench_measure import non_embedding_parameters, pass_flops
 from core.input.examples import realistic_sequences
 from core.input.records import MAX_RESIDUES
 

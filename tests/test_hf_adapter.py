@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 
 import pytest
@@ -29,27 +28,6 @@ SEQUENCES = [  # four lengths, so three of them are padded
 ]
 MASKED = ["MKTAY<mask>AKQRQISF<mask>KSHFSRQ", "GAMG<mask>W", "MSILVTRPSPAGEELVSRLRTLGQVAWHF"]
 
-
-def perturbed(model):
-    """A copy whose layer norms are not the demo's ones and zeros, so a swapped mapping shows."""
-    model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for module in model.esm2.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-    return model
-
-
-@pytest.fixture(scope="module")
-def fp32(demo_fp32):
-    return perturbed(demo_fp32[0]), demo_fp32[1]
-
-
-@pytest.fixture(scope="module")
-def fp64(demo_fp64):
-    return perturbed(demo_fp64[0]), demo_fp64[1]
 
 
 def errors(model, alphabet, implementation, sequences, layers=LAYERS) -> dict[int, tuple[float, float]]:
@@ -97,43 +75,43 @@ def test_hf_available():
 
 
 @pytest.mark.parametrize("make", [make_eager, make_sdpa], ids=["eager", "sdpa"])
-def test_fp32_matches_fair_esm(fp32, make):
+def test_fp32_matches_fair_esm(perturbed_fp32, make):
     """eager runs fair-esm's operations in fair-esm's order: bit-identical (the README's claim); sdpa
     is a different kernel, measured ≤ 5.3e-7 relative."""
-    model, alphabet = fp32
+    model, alphabet = perturbed_fp32
     limit = 0.0 if make is make_eager else 2e-6
     for layer, (_, relative) in errors(model, alphabet, make(model), SEQUENCES).items():
         assert relative <= limit, layer
 
 
 @pytest.mark.parametrize("make", [make_eager, make_sdpa], ids=["eager", "sdpa"])
-def test_fp32_matches_fair_esm_with_mask_tokens(fp32, make):
-    model, alphabet = fp32
+def test_fp32_matches_fair_esm_with_mask_tokens(perturbed_fp32, make):
+    model, alphabet = perturbed_fp32
     for layer, (_, relative) in errors(model, alphabet, make(model), MASKED).items():
         assert relative < 1e-5, layer
 
 
 @pytest.mark.parametrize("make", [make_eager, make_sdpa], ids=["eager", "sdpa"])
-def test_fp64_matches_fair_esm_to_hf_float32_rotary(fp64, make):
+def test_fp64_matches_fair_esm_to_hf_float32_rotary(perturbed_fp64, make):
     """HF runs float64 on the CPU, but its rotary in float32: agreement is ~1e-8, not 1e-15."""
-    model, alphabet = fp64
+    model, alphabet = perturbed_fp64
     for layer, (_, relative) in errors(model, alphabet, make(model), SEQUENCES).items():
         assert relative < 1e-6, layer
 
 
 @pytest.mark.parametrize("make", [make_eager, make_sdpa], ids=["eager", "sdpa"])
-def test_fp64_exact_once_rotary_runs_in_fp64(fp64, make, monkeypatch):
+def test_fp64_exact_once_rotary_runs_in_fp64(perturbed_fp64, make, monkeypatch):
     """With the rotary in float64 the rest (weights, layer semantics, attention) agrees to rounding."""
     fp64_rotary(monkeypatch)
-    model, alphabet = fp64
+    model, alphabet = perturbed_fp64
     for layer, (_, relative) in errors(model, alphabet, make(model), SEQUENCES).items():
         assert relative < 1e-10, layer
 
 
-def test_fp64_mask_tokens_use_a_float32_mask_ratio(fp64, monkeypatch):
+def test_fp64_mask_tokens_use_a_float32_mask_ratio(perturbed_fp64, monkeypatch):
     """HF computes token dropout's observed mask ratio in float32 (fair-esm: in the model dtype)."""
     fp64_rotary(monkeypatch)
-    model, alphabet = fp64
+    model, alphabet = perturbed_fp64
     tokens = padded_tokens(alphabet, MASKED)
     keep = tokens != alphabet.padding_idx
     expected = model(tokens, repr_layers=[0])["representations"][0]
@@ -169,7 +147,7 @@ def expected_tensors(esm2) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_every_hf_parameter_is_the_fair_esm_tensor(request, dtype):
-    model, _ = request.getfixturevalue(dtype)
+    model, _ = request.getfixturevalue(f"perturbed_{dtype}")
     hf = build_hf_esm(model)
     expected = expected_tensors(model.esm2)
     parameters = dict(hf.named_parameters())
@@ -185,24 +163,24 @@ def test_every_hf_parameter_is_the_fair_esm_tensor(request, dtype):
     assert hf.config.layer_norm_eps == 1e-5 and hf.config.vocab_size == 33 and hf.pooler is None
 
 
-def test_flash_attention_2_on_cpu_is_a_clear_value_error(fp32):
+def test_flash_attention_2_on_cpu_is_a_clear_value_error(perturbed_fp32):
     with pytest.raises(ValueError, match="flash_attention_2.*CUDA"):
-        make_flash_attention_2(fp32[0])
+        make_flash_attention_2(perturbed_fp32[0])
 
 
-def test_unknown_attention_is_a_value_error(fp32):
+def test_unknown_attention_is_a_value_error(perturbed_fp32):
     with pytest.raises(ValueError, match="attn_implementation"):
-        HFEsmImplementation(fp32[0], "flex")
+        HFEsmImplementation(perturbed_fp32[0], "flex")
 
 
-def test_name_and_version(fp32):
-    implementation = make_sdpa(fp32[0])
+def test_name_and_version(perturbed_fp32):
+    implementation = make_sdpa(perturbed_fp32[0])
     assert implementation.name == "transformers EsmModel (sdpa)"
     assert implementation.version == transformers.__version__
-    assert make_eager(fp32[0]).name == "transformers EsmModel (eager)"
+    assert make_eager(perturbed_fp32[0]).name == "transformers EsmModel (eager)"
 
 
-def test_layers_out_of_range_are_refused(fp32):
-    model, alphabet = fp32
+def test_layers_out_of_range_are_refused(perturbed_fp32):
+    model, alphabet = perturbed_fp32
     with pytest.raises(ValueError, match="out of range"):
         make_eager(model).forward(padded_tokens(alphabet, ["MKV"]), [7])
