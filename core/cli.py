@@ -1,34 +1,37 @@
 """Command line: ``python -m core compare INPUT ...`` and ``python -m core models``.
 
-It parses, calls the one pipeline (core.pipeline.run_comparison; under torchrun with the torchrun
-executor), analyses and prints. Exit codes: 0 done; 1 the verdict is at or below ``--fail-on``;
-2 input problems (every refused record is named; valid ones are still compared and written); 3 the
-model, the backend or a plug-in cannot be set up, or ``--out`` cannot be written.
+It parses (core.cli_args), calls the one pipeline (core.pipeline.run_comparison; under torchrun with
+the torchrun executor), analyses and prints. Exit codes (core.cli_args.EXIT_CODES_EPILOG): 0 done;
+1 the verdict is at or below ``--fail-on`` and nothing else; 2 an argument or input problem (every
+refused record is named; valid ones are still compared and written); 3 the model, the backend or a
+plug-in cannot be set up, or ``--out`` cannot be written; 4 an internal error (a bug: traceback, then
+one line); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from core.analysis.analyse import AnalysisOptions, analyse
-from core.analysis.attribution import DEFAULT_K
 from core.analysis.heads import HeadClassifier, HeadError
 from core.analysis.metrics import Thresholds, verdict_at_or_below
-from core.analysis.proxies import DEFAULT_HEADS, PROXY_KINDS
+from core.cli_args import (
+    EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SETUP, build_parser, parse_arguments,
+)
 from core.embed import distributed
-from core.embed.cache_store import CACHE_ENV, cache_dir_from_env
-from core.embed.plugins import PluginError
-from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE
+from core.embed.cache_store import cache_dir_from_env
 from core.input.examples import example_sequences
 from core.input.fasta import read_sequences
 from core.input.head_files import load_extra_features, load_head
-from core.input.records import MAX_INPUT_BYTES, ParsedInput
-from core.numerics.attention import BACKENDS, available_backends
+from core.input.records import ParsedInput
+from core.input.sources import InputUnavailable, input_path, read_stdin
+from core.numerics.attention import available_backends
 from core.numerics.environment import default_device, device_or_cpu, versions
 from core.numerics.precision import DTYPES
 from core.numerics.specs import PRETRAINED, default_dtype, default_model_spec, demo_specs, pretrained_available
@@ -36,25 +39,20 @@ from core.pipeline import SETUP_ERRORS, ComparisonRequest, ComparisonResult, Exe
 from core.report.tables import write_outputs
 from core.report.terminal import format_summary
 
-EXIT_GATE, EXIT_INPUT, EXIT_SETUP = 1, 2, 3  # 3 also: --out cannot be written
-
 
 def _read_input(args: argparse.Namespace) -> ParsedInput:
+    """The records of --example, stdin ('-') or the INPUT path; InputUnavailable when it cannot be opened."""
     if args.example:
         return ParsedInput(records=example_sequences(args.example), problems=[])
-    if args.input == "-":
-        return read_sequences(sys.stdin.buffer.read(MAX_INPUT_BYTES + 1), on_too_long=args.too_long)
-    path = Path(args.input)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {args.input}")
-    return read_sequences(path, on_too_long=args.too_long)
+    source = read_stdin(sys.stdin) if args.input == "-" else input_path(args.input)
+    return read_sequences(source, on_too_long=args.too_long)
 
 
 def _read_checked(args: argparse.Namespace, quiet: bool = False) -> ParsedInput | int:
     """The parsed input, or an exit code (input problems are printed unless ``quiet``)."""
     try:
         parsed = _read_input(args)
-    except FileNotFoundError as error:
+    except InputUnavailable as error:
         if not quiet:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT
@@ -95,8 +93,6 @@ def _single_device(device: str) -> torch.device:
 
 def _candidate(args: argparse.Namespace) -> str:
     """--v1-attention (the fallback) or --v2 module:factory (a plug-in); else the built-in packed path."""
-    if args.v1_attention and args.v2:
-        raise PluginError("give at most one of --v1-attention and --v2")
     return "fallback" if args.v1_attention else (args.v2 or "packed")
 
 
@@ -211,79 +207,23 @@ def models_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_size(text: str) -> int | None:
-    """--reference-sample: a count >= 0, or 'all' (None)."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0 or 'all', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0 or 'all', got {value}")
-    return value
-
-
-def _add_run_arguments(compare: argparse.ArgumentParser) -> None:
-    """What to compare and how to run it."""
-    compare.add_argument("input", nargs="?", help="FASTA or one-sequence-per-line file (gzip ok), or - for stdin")
-    compare.add_argument("--example", choices=["patterns", "real", "all"], help="use a built-in example set instead of INPUT")
-    compare.add_argument("--model", default="auto", help="pretrained name, checkpoint path, or demo-<size> (default: auto)")
-    compare.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="default: fp16 on GPU, fp32 on CPU")
-    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    compare.add_argument("--layer", type=int, default=None, help="layer to pool, 0 … last (default: last; negative counts from the end)")
-    compare.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="v2.0 attention backend")
-    compare.add_argument("--out", help="directory for summary.json and sequences.csv")
-    compare.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default: 16384 on GPU, 2048 on CPU)")
-    compare.add_argument("--too-long", choices=["truncate", "reject"], default="truncate", help="records over 1022 residues")
-    compare.add_argument("--v1-attention", action="store_true",
-                         help="v2.0 = the v1-compatible fallback: fair-esm's attention behind the packed API")
-    compare.add_argument("--v2", metavar="MODULE:FACTORY",
-                         help="v2.0 = your implementation; the factory receives the loaded fair-esm model")
-    compare.add_argument("--checks", action="store_true", help="also run packing-invariance and determinism checks on v2.0")
-    compare.add_argument("--only-layer", action="store_true", help="pool only the chosen layer (less memory; no per-layer profile)")
-    compare.add_argument("--cache", metavar="DIR", default=None,
-                         help=f"reuse pooled embeddings stored in DIR, compute only new sequences (default: ${CACHE_ENV} or off)")
-
-
-def _add_verdict_arguments(compare: argparse.ArgumentParser) -> None:
-    """The evidence and the thresholds of the verdict."""
-    compare.add_argument("--seed", type=int, default=0, help="proxy classifier seed (default 0)")
-    compare.add_argument("--fail-on", choices=["validate", "fallback"], help="exit 1 when the verdict is at or below this level")
-    compare.add_argument("--reference", choices=["auto", "none", "fp32", "fp64"], default="auto",
-                         help="the numerics gate's yardstick: the standard path on the same weights in a wider dtype "
-                              "(auto: fp32 with TF32 off on a GPU, fp64 on a CPU), or none: v1.0's rounding floor")
-    compare.add_argument("--reference-sample", type=_sample_size, default=DEFAULT_REFERENCE_SAMPLE, metavar="N|all|0",
-                         help=f"sequences in the numerics sample, chosen to span the lengths (default "
-                              f"{DEFAULT_REFERENCE_SAMPLE}; 0: no reference, the rounding floor instead)")
-    compare.add_argument("--rule-k", type=float, default=DEFAULT_K, help="FlashAttention rule: v2.0 error <= k x v1.0 error")
-    compare.add_argument("--proxy", choices=PROXY_KINDS, default="balanced",
-                         help="proxy heads: balanced (centred, boundary at v1.0's median; default) or seed (uncentred)")
-    compare.add_argument("--seeds", type=int, default=DEFAULT_HEADS, metavar="K",
-                         help=f"proxy heads that decide the prediction verdict (default {DEFAULT_HEADS}; 0: the --seed "
-                              "head alone)")
-    compare.add_argument("--head", help="your classification head (.safetensors, or a state_dict loaded weights_only)")
-    compare.add_argument("--extra-features", help="per-sequence features for the head (CSV with an id column, or .npy)")
-    compare.add_argument("--min-cosine", type=float, default=Thresholds.min_cosine)
-    compare.add_argument("--min-agreement", type=float, default=Thresholds.min_agreement)
-    compare.add_argument("--accept-agreement", type=float, default=Thresholds.accept_agreement)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="ESM-2 attention divergence: v1.0 (padded) vs v2.0 (packed).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    compare = commands.add_parser("compare", help="compare both paths on a sequence set and give the verdict")
-    _add_run_arguments(compare)
-    _add_verdict_arguments(compare)
-    compare.set_defaults(handler=compare_command)
-    models = commands.add_parser("models", help="list models, whether their weights are here, and attention backends")
-    models.set_defaults(handler=models_command)
-    return parser
+def _dispatch(argv: Sequence[str] | None) -> int:
+    args = parse_arguments(build_parser(), None if argv is None else list(argv))
+    return compare_command(args) if args.command == "compare" else models_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "compare" and bool(args.input) == bool(args.example):
-        parser.error("give exactly one of INPUT or --example")
-    return args.handler(args)
+    """Run the command line; returns the exit code (argument errors raise SystemExit(2), as argparse does).
+
+    Anything unexpected is a bug, exit EXIT_INTERNAL: never 1, which CI reads as the --fail-on verdict."""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print(f"interrupted (exit {EXIT_INTERRUPTED})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - the one place that turns a bug into its exit code
+        traceback.print_exc()
+        message = " ".join(str(error).split())  # the last line stays one line for CI logs
+        print(f"internal error: {type(error).__name__}: {message} (exit {EXIT_INTERNAL}) — please report",
+              file=sys.stderr)
+        return EXIT_INTERNAL

@@ -16,15 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 import streamlit as st  # noqa: E402
 
 from core.input.fasta import parse_sequences, read_sequences  # noqa: E402
-from core.input.records import ParsedInput  # noqa: E402
+from core.input.records import INPUT_LIMIT_TEXT, ParsedInput  # noqa: E402
 from dashboard import views  # noqa: E402
-from dashboard.paths import PathNotAllowed  # noqa: E402
+from dashboard.markup import plain  # noqa: E402
 from dashboard.results import results  # noqa: E402
-from dashboard.server import checked_model_spec  # noqa: E402
-from dashboard.session import init_session, load_example, remember_run  # noqa: E402
+from dashboard.server import NOT_ALLOWED, checked_model_spec, max_sequences, sequence_limit_message  # noqa: E402
+from dashboard.session import (forget_link_notes, init_session, load_example, remember_run,  # noqa: E402
+                               show_link_notes)
 from dashboard.settings import Settings  # noqa: E402
 from dashboard.sidebar import sidebar  # noqa: E402
-from dashboard.state import RunStatus, run_contents, run_status, submit_run  # noqa: E402
+from dashboard.state import RunStatus, cancel_run, run_contents, run_status, submit_run  # noqa: E402
 from dashboard.views import EXAMPLES  # noqa: E402
 
 UPLOAD_TYPES = ["fasta", "fa", "faa", "txt", "gz"]
@@ -42,7 +43,12 @@ def input_section() -> ParsedInput | None:
         for name, label in EXAMPLES.items():
             st.button(label, key=f"example_{name}", on_click=load_example, args=(name,), width="stretch")
         upload = st.file_uploader("…or upload a file", type=UPLOAD_TYPES, key="upload",
-                                  help="FASTA or one sequence per line; gzip accepted.")
+                                  help=f"FASTA or one sequence per line; gzip accepted. Up to {INPUT_LIMIT_TEXT}.")
+        # Streamlit's own "200MB per file" line states its transport cap, not ours: hide it, state ours.
+        st.markdown("<style>.st-key-upload [data-testid='stFileUploaderDropzoneInstructions'] {display: none;}</style>",
+                    unsafe_allow_html=True)
+        st.caption(f"{', '.join(t.upper() for t in UPLOAD_TYPES)}; up to {INPUT_LIMIT_TEXT} per file "
+                   "(a larger one is refused with a message)")
     with left:
         st.text_area("Paste FASTA or one sequence per line", key="sequences_text", height=220,
                      placeholder=">my_protein\nMKTAYIAKQRQISFVKSHFSRQ…")
@@ -87,13 +93,22 @@ html, body, [class*="st-"] {font-size: 22px;}
 
 
 def submit(settings: Settings, parsed: ParsedInput) -> None:
-    """Queue a run of ``parsed`` with ``settings`` (a typed checkpoint path must be allowed first)."""
+    """Queue a run of ``parsed`` with ``settings`` (an allowed model, at most the page's sequence limit), or
+    show the identical run already queued or running."""
+    forget_link_notes()
+    too_many = sequence_limit_message(len(parsed.records), max_sequences())
+    if too_many:
+        st.error(f"Cannot run: {too_many}")
+        return
     try:
         model = checked_model_spec(settings.model)
-    except PathNotAllowed as error:
-        st.error(f"Cannot run: {error}")
+    except NOT_ALLOWED as error:
+        st.error(plain(f"Cannot run: {error}"))
         return
-    remember_run(submit_run(dataclasses.replace(settings, model=model), parsed))
+    submission = submit_run(dataclasses.replace(settings, model=model), parsed, st.session_state.owner)
+    if submission.attached:
+        st.info("An identical run is already queued or running; showing it.")
+    remember_run(submission.run_id)
 
 
 def show_waiting(status: RunStatus) -> None:
@@ -115,6 +130,16 @@ def show_waiting(status: RunStatus) -> None:
     else:
         st.progress(0.0, text="Starting: loading the model…")
     st.caption("This page follows the run by itself. The run goes on if you close the tab: this page's link reopens it.")
+    cancel_control(status)
+
+
+def cancel_control(status: RunStatus) -> None:
+    """Cancel, for the session that started the run; a running run stops after its current batch."""
+    if status.cancelling:
+        st.warning("Cancelling: the run stops after its current batch.")
+    elif status.owner is not None and status.owner == st.session_state.get("owner"):
+        st.button("Cancel this run", key="cancel_run", on_click=cancel_run,
+                  args=(st.session_state.current_run, status.owner))
 
 
 def show_run(run_id: str, settings: Settings) -> None:
@@ -131,10 +156,13 @@ def show_run(run_id: str, settings: Settings) -> None:
     try:
         run, parsed, used, cache = run_contents(run_id, status)
     except (KeyError, OSError, ValueError) as error:
-        st.error(f"This run's saved files cannot be read: {error}")
+        st.error(plain(f"This run's saved files cannot be read: {error}"))
         return
     if status.outcome is not None and status.outcome.save_error:
-        st.error(status.outcome.save_error)
+        st.error(plain(status.outcome.save_error))
+    if status.pruned:
+        st.info(f"To stay within the runs folder's storage quota, the server removed the {status.pruned} oldest "
+                "finished run(s) when saving this one; their links now say so.")
     st.session_state.run_layers = run.layers
     view = dataclasses.replace(used, layer=settings.layer, seed=settings.seed, proxy=settings.proxy, seeds=settings.seeds,
                                min_cosine=settings.min_cosine, min_agreement=settings.min_agreement,
@@ -148,11 +176,18 @@ def show_run(run_id: str, settings: Settings) -> None:
 def show_unfinished(status: RunStatus) -> None:
     """A run that failed, is unknown, or was interrupted by a server restart."""
     if status.state == "failed":
-        st.error(status.error or "The run failed (no message was recorded).")
+        st.error(plain(status.error or "The run failed (no message was recorded)."))
+    elif status.state == "cancelled":
+        st.warning(plain(status.error or "This run was cancelled.") + " Press **Run comparison** to run it again.")
     elif status.state == "missing":
         st.error("No run with this id on this server. The link may be incomplete, or the run was deleted.")
+    elif status.state == "damaged":
+        st.error(plain(f"This run cannot be shown: {status.error}. No other run is affected; run it again for a "
+                       "whole copy."))
+    elif status.state == "pruned":
+        st.warning(plain(status.error or "This run was removed to stay within the storage quota."))
     else:
-        st.warning("This run did not finish: the server restarted while it was queued or running. "
+        st.warning("This run did not finish: the server stopped while it was queued or running. "
                    "Press **Run comparison** to run it again.")
 
 
@@ -160,7 +195,7 @@ def typed_model(spec: str) -> str:
     """A typed model as a run would record it (checkpoint paths resolved), for comparing with a run's."""
     try:
         return checked_model_spec(spec)
-    except PathNotAllowed:
+    except NOT_ALLOWED:
         return spec
 
 
@@ -173,7 +208,8 @@ def header(settings: Settings) -> None:
         st.caption("Does the packed FlashAttention path (v2.0) change ESM-2 predictions compared with the "
                    "standard path (v1.0)? Paste sequences, choose a model, run.")
     if st.session_state.get("device_notice"):
-        st.warning(st.session_state.device_notice, icon="⚠️")
+        st.warning(plain(st.session_state.device_notice), icon="⚠️")
+    show_link_notes()
 
 
 def main() -> None:

@@ -3,6 +3,11 @@
 Jobs run independently of whoever submitted them (a closed browser tab does not stop one). While a
 job waits, ``estimate`` gives its place and the expected wait from the measured seconds per sequence
 of finished jobs (or a stated rough default before any has finished).
+
+A job submitted with a ``key`` while a job with the same key is queued or running is not queued again:
+``submit`` returns the existing job. The job's ``owner`` may ``cancel`` it: a queued job leaves the
+queue at once; a running one stops cooperatively, when its work next reports progress (the progress
+callback raises ``Cancelled``), which core.embed.passes does after every batch.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 DEFAULT_SECONDS_PER_SEQUENCE = 0.5  # rough guess for a mid-size model before anything was measured
@@ -20,6 +26,21 @@ KEEP_FINISHED = 500  # finished jobs remembered for status look-ups (their runs 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total), as core.embed.passes reports it."""
 
+ACTIVE = ("queued", "running")
+
+
+class Cancelled(Exception):
+    """Raised by a cancelled job's progress callback, so its work stops at the next progress report."""
+
+
+class CancelOutcome(Enum):
+    """What ``JobQueue.cancel`` did."""
+
+    REMOVED = "removed from the queue"  # it had not started; it never will
+    STOPPING = "stops at its next progress report"  # it is running
+    NOT_OWNER = "only the session that submitted it may cancel it"
+    NOT_ACTIVE = "it is not queued or running"
+
 
 @dataclass
 class Job:
@@ -28,7 +49,10 @@ class Job:
     id: str
     n_sequences: int
     work: Callable[[Progress], Any] | None  # dropped once run, so a remembered job holds no input
-    state: str = "queued"  # queued, running, done, failed
+    key: str | None = None  # identical work, identical key (None: never shared)
+    owner: str | None = None  # who may cancel it (None: nobody)
+    state: str = "queued"  # queued, running, done, failed, cancelled
+    cancel_requested: bool = False
     result: Any = None
     error: BaseException | None = None
     progress: tuple[str, int, int] | None = None
@@ -69,10 +93,15 @@ class JobQueue:
 
     # ------------------------------------------------------------ submitting
 
-    def submit(self, job_id: str, n_sequences: int, work: Callable[[Progress], Any]) -> Job:
-        """Queue ``work`` under ``job_id`` (unique) and return its Job at once."""
-        job = Job(job_id, n_sequences, work)
+    def submit(self, job_id: str, n_sequences: int, work: Callable[[Progress], Any], key: str | None = None,
+               owner: str | None = None) -> Job:
+        """Queue ``work`` under ``job_id`` (unique) and return its Job at once; or, when a job with the same
+        ``key`` is queued or running, return that job and queue nothing."""
+        job = Job(job_id, n_sequences, work, key, owner)
         with self._lock:
+            existing = self._active_with(key)
+            if existing is not None:
+                return existing
             if job_id in self._jobs:
                 raise ValueError(f"job {job_id} already submitted")
             self._jobs[job_id] = job
@@ -89,6 +118,37 @@ class JobQueue:
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _active_with(self, key: str | None) -> Job | None:
+        """The queued or running job with ``key`` (call with the lock held)."""
+        if key is None:
+            return None
+        return next((job for job in self._jobs.values()
+                     if job.key == key and job.state in ACTIVE and not job.cancel_requested), None)
+
+    def active_with(self, key: str) -> Job | None:
+        """The queued or running job submitted with ``key`` (and not being cancelled), if any."""
+        with self._lock:
+            return self._active_with(key)
+
+    def cancel(self, job_id: str, owner: str) -> CancelOutcome:
+        """Cancel ``job_id`` for its ``owner``: a queued job is removed at once (state 'cancelled'); a
+        running one is asked to stop and ends 'cancelled' at its next progress report."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state not in ACTIVE:
+                return CancelOutcome.NOT_ACTIVE
+            if job.owner is None or job.owner != owner:
+                return CancelOutcome.NOT_OWNER
+            job.cancel_requested = True
+            if job.state == "running":
+                return CancelOutcome.STOPPING
+            self._waiting.remove(job)
+            job.state, job.error, job.work = "cancelled", Cancelled("cancelled before it started"), None
+            job.finished_at = time.monotonic()
+            self._forget_old()
+        job.finished.set()
+        return CancelOutcome.REMOVED
 
     def _start_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
@@ -110,12 +170,14 @@ class JobQueue:
     def _run(self, job: Job) -> None:
         def progress(stage: str, done: int, total: int) -> None:
             job.progress = (stage, done, total)
+            if job.cancel_requested:
+                raise Cancelled(f"cancelled during {stage} ({done}/{total} sequences)")
 
         try:
             job.result = job.work(progress)
             state = "done"
         except BaseException as error:  # noqa: BLE001 - a job's failure is recorded, never kills the worker
-            job.error, state = error, "failed"
+            job.error, state = error, "cancelled" if isinstance(error, Cancelled) else "failed"
         job.work = None
         with self._lock:
             job.finished_at = time.monotonic()

@@ -19,11 +19,14 @@ from core.input.records import ParsedInput
 from core.numerics.environment import versions
 from core.report import charts
 from core.report.html import html_report
+from core.report.sampling import sampling_caption
 from core.report.summary import DEMO_NOTICE, Summary
 from core.report.tables import spreadsheet_safe
 from dashboard import views
+from dashboard.markup import plain
 from dashboard.settings import Settings, options_for, shown_layer
-from dashboard.state import residue_view, v2_checks
+from dashboard.memo import memo_for
+from dashboard.state import model_refusal, residue_view, v2_checks
 
 
 def verdict_card(summary: Summary, font_scale: float) -> None:
@@ -34,7 +37,7 @@ def kpi_row(summary: Summary) -> None:
     for column, kpi in zip(st.columns(6), views.kpis(summary)):
         column.metric(kpi.label, kpi.value, kpi.delta, delta_color=kpi.colour, delta_arrow="off", help=kpi.help)
     for warning in summary.balance.warnings:
-        st.warning(warning, icon="⚠️")
+        st.warning(plain(warning), icon="⚠️")  # names the user's head file
 
 
 def cache_notice(cache: CacheStats | None) -> None:
@@ -81,12 +84,12 @@ def analysis_for(run, settings: Settings, parsed: ParsedInput, cache: CacheStats
     if head is not None:
         try:
             with_head = dataclasses.replace(options, classifier=head, classifier_name=head.describe())
-            return analyse(run, layer, with_head, parsed, versions(), cache=cache)
+            return analyse(run, layer, with_head, parsed, versions(), cache=cache, memo=memo_for(run))
         except HeadError as error:
             problem = str(error)
     if problem:
-        st.error(f"Your head cannot be used, so the proxy classifier is shown: {problem}")
-    return analyse(run, layer, options, parsed, versions(), cache=cache)
+        st.error(plain(f"Your head cannot be used, so the proxy classifier is shown: {problem}"))
+    return analyse(run, layer, options, parsed, versions(), cache=cache, memo=memo_for(run))
 
 
 def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache: CacheStats | None = None) -> None:
@@ -98,6 +101,9 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
     if run.is_demo:
         st.warning(DEMO_NOTICE, icon="⚠️")
     verdict_card(summary, 1.4 if settings.present else 1.0)
+    precision = views.precision_note(set(getattr(run.v1.layers, "half", ())), summary.provenance.layer)
+    if precision:
+        st.caption(precision)
     st.write("")
     kpi_row(summary)
     cache_notice(cache)
@@ -116,11 +122,13 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
         st.dataframe(pd.DataFrame([entry.to_json() for entry in summary.profile]), hide_index=True, width="stretch",
                      key="layer_table")
     with tabs[4]:
-        residue_tab(run, parsed, used, summary.provenance.layer)
+        residue_tab(run, parsed, used, summary.provenance.layer, table)
     with tabs[5]:
         heads_tab(analysis, run.ids)
     with tabs[6]:
-        checks_tab(run, parsed, used, summary.provenance.layer, fresh_baseline=bool(cache and cache.hits))
+        compact = summary.provenance.layer in getattr(run.v1.layers, "half", {})  # stored to ~3 digits, not bits
+        checks_tab(run, parsed, used, summary.provenance.layer,
+                   fresh_baseline=bool(cache and cache.hits) or compact)
     with tabs[7]:
         share_tab(summary, table)
 
@@ -132,6 +140,9 @@ def overview_tab(table: pd.DataFrame, summary: Summary, font_size: int) -> None:
         left, right = st.columns(2)
         left.plotly_chart(figures[left_name], key=f"chart_{left_name}")
         right.plotly_chart(figures[right_name], key=f"chart_{right_name}")
+    thinned = sampling_caption(len(table))
+    if thinned:
+        st.caption(thinned)
 
 
 def numerics_tab(summary: Summary) -> None:
@@ -165,19 +176,31 @@ def reference_tab(analysis: Analysis, table: pd.DataFrame) -> None:
     st.plotly_chart(charts.reference_errors(table, attribution.reference_dtype), key="chart_reference")
 
 
-def residue_tab(run, parsed: ParsedInput, used: Settings, layer: int) -> None:
+def residue_tab(run, parsed: ParsedInput, used: Settings, layer: int, table: pd.DataFrame) -> None:
     records = {record.id: record.sequence for record in parsed.records}
-    chosen = st.selectbox("Sequence", run.ids, key="residue_sequence")
+    choices = views.residue_choices(table)
+    chosen = st.selectbox("Sequence", choices, key="residue_sequence",
+                          help=None if len(choices) == len(run.ids) else f"The {len(choices)} most divergent sequences.")
     if not st.button("Show its residue track", key="residue_go"):
         if st.session_state.get("residue_shown") != (chosen, layer):
             st.caption("Runs both paths on this one sequence at the chosen layer (a few forward passes).")
             return
     st.session_state.residue_shown = (chosen, layer)
+    if not_offered(used):
+        return
     residues = residue_view(used, records[chosen], layer)
     st.plotly_chart(charts.residue_track(residues, chosen), key="chart_residues")
     worst = residues.sort_values("cosine").head(10)
     st.caption("The ten positions where the paths differ most")
     st.dataframe(worst, hide_index=True, width="stretch", key="residue_worst")
+
+
+def not_offered(used: Settings) -> bool:
+    """Say so, and return True, when this run's model may no longer be loaded from the page."""
+    refusal = model_refusal(used)
+    if refusal is not None:
+        st.warning(plain(f"This view runs the model again, and this server no longer offers it: {refusal}"))
+    return refusal is not None
 
 
 def heads_tab(analysis: Analysis, ids: list[str]) -> None:
@@ -194,12 +217,15 @@ def heads_tab(analysis: Analysis, ids: list[str]) -> None:
 
 def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_baseline: bool = False) -> None:
     """Packing invariance and determinism on demand; ``fresh_baseline``: some embeddings came from the
-    cache (packed with other batch-mates), so the checks compare against a fresh v2.0 run instead."""
+    cache (packed with other batch-mates), or the layer is kept compact (not bit for bit), so the checks
+    compare against a fresh v2.0 run instead."""
     st.caption("Packing invariance: each sequence run alone must match itself packed with others. "
                "Determinism: v2.0 run twice must give bit-identical embeddings. Both cost extra v2.0 passes.")
     if not (st.button("Run the checks", key="checks_go") or st.session_state.get("checks_layer") == layer):
         return
     st.session_state.checks_layer = layer
+    if not_offered(used):
+        return
     records = tuple((record.id, record.sequence) for record in parsed.records)
     packed = None if fresh_baseline else run.v2.layers[layer]
     for check in v2_checks(used, records, layer, packed):
@@ -209,13 +235,20 @@ def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_basel
 
 
 def share_tab(summary: Summary, table: pd.DataFrame) -> None:
-    st.dataframe(table, hide_index=True, width="stretch", key="sequence_table")
+    """The per-sequence table (a large run's most divergent rows) and the downloads: sequences.csv with every
+    sequence, summary.json, report.html with the table shown. A large run's are built when clicked (a
+    100,000-row CSV takes seconds), a small run's at once."""
+    shown, caption = views.shown_table(table)
+    st.dataframe(shown, hide_index=True, width="stretch", key="sequence_table")
+    if caption:
+        st.caption(caption)
+    builders = {"csv": lambda: spreadsheet_safe(table).to_csv(index=False),
+                "json": lambda: json.dumps(summary.to_json(), indent=2),
+                "html": lambda: html_report(summary, shown, charts.all_figures(table, summary), caption)}
+    data = builders if caption else {kind: build() for kind, build in builders.items()}
     columns = st.columns(3)
-    columns[0].download_button("sequences.csv", spreadsheet_safe(table).to_csv(index=False), "sequences.csv", "text/csv",
-                               key="download_csv")
-    columns[1].download_button("summary.json", json.dumps(summary.to_json(), indent=2), "summary.json",
-                               "application/json", key="download_json")
-    report = html_report(summary, table, charts.all_figures(table, summary))
-    columns[2].download_button("report.html", report, "report.html", "text/html", key="download_html")
+    columns[0].download_button("sequences.csv", data["csv"], "sequences.csv", "text/csv", key="download_csv")
+    columns[1].download_button("summary.json", data["json"], "summary.json", "application/json", key="download_json")
+    columns[2].download_button("report.html", data["html"], "report.html", "text/html", key="download_html")
     st.caption("The page's URL holds these settings: share it to reopen the same view "
                "(with an example set, the same inputs too).")

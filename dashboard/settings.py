@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import torch
-
 from core.analysis.analyse import AnalysisOptions
 from core.analysis.metrics import Thresholds
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE
@@ -16,9 +14,14 @@ from core.numerics.specs import default_dtype, default_model_spec
 from core.pipeline import ComparisonRequest
 
 
+THRESHOLD_DECIMALS = {"min_cosine": 6, "min_agreement": 4, "accept_agreement": 4}
+"""Decimals each threshold's number box shows; a link may not ask for more (the box shows what is used)."""
+
+
 @dataclass
 class Settings:
-    """The sidebar's choices. Every field round-trips through the URL query string."""
+    """The sidebar's choices. Every field round-trips through the URL query string (read back, value by
+    value checked, by dashboard.query)."""
 
     model: str = ""
     dtype: str = ""
@@ -41,21 +44,6 @@ class Settings:
         device = default_device()
         return cls(model=default_model_spec(device), dtype=default_dtype(device), device=device.type)
 
-    @classmethod
-    def from_query(cls, query: dict[str, str]) -> "Settings":
-        """Defaults overridden by whatever the query string holds and parses."""
-        settings = cls.defaults()
-        for name, parse in QUERY_PARSERS.items():
-            if name not in query:
-                continue
-            try:
-                setattr(settings, name, parse(query[name]))
-            except ValueError:
-                continue  # a hand-edited URL with a bad value keeps the default
-        if settings.device == "cuda" and not torch.cuda.is_available():
-            settings.device = "cpu"
-        return settings
-
     def to_query(self) -> dict[str, str]:
         defaults = asdict(Settings.defaults())
         return {
@@ -77,14 +65,6 @@ def parse_sample(text: str) -> int | None:
     if value < 0:
         raise ValueError(f"the numerics sample must be a count >= 0 or 'all', got {value}")
     return value
-
-
-def _flag(raw: str) -> bool:
-    return raw in ("1", "true", "True")
-
-
-QUERY_PARSERS = {field.name: {"int": int, "int | None": int, "float": float, "bool": _flag}.get(field.type, str)
-                 for field in fields(Settings)}
 
 
 def settings_from_dict(document: dict[str, Any]) -> Settings:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
+from core.analysis.proxies import MAX_SEED
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE
 from core.numerics.attention import available_backends
 from core.numerics.precision import DTYPES, parse_dtype
-from core.numerics.specs import PRETRAINED, demo_specs
 from dashboard import views
-from dashboard.paths import PathNotAllowed
-from dashboard.server import BUILTIN_V2, checked_model_spec, v2_plugins
+from dashboard.markup import plain
+from dashboard.query import MAX_HEADS
+from dashboard.server import BUILTIN_V2, NOT_ALLOWED, allowed_models, checked_model_spec, v2_plugins
 from dashboard.session import SETTING_WIDGETS, open_run
-from dashboard.settings import Settings, parse_sample
+from dashboard.settings import THRESHOLD_DECIMALS, Settings, parse_sample
 from dashboard.state import history
 from dashboard.views import CHECKPOINT, PROXIES, REFERENCES
 
@@ -21,15 +22,19 @@ HISTORY_SHOWN = 30
 
 
 def model_controls() -> tuple[str, str]:
-    """(the sidebar's model choice, the model spec it stands for)."""
-    choice = st.sidebar.selectbox("Model", [*PRETRAINED, *demo_specs(), CHECKPOINT], key="model_choice",
-                                  format_func=views.model_label)
+    """(the sidebar's model choice, the model spec it stands for): only the models the server allows."""
+    choices = [*allowed_models(), CHECKPOINT]
+    if st.session_state.get("model_choice") not in choices:
+        st.session_state.model_choice = choices[0]
+    choice = st.sidebar.selectbox("Model", choices, key="model_choice", format_func=views.model_label,
+                                  help="The models this server offers (set in dashboard/config.toml), or a checkpoint "
+                                       "file in a directory it allows.")
     spec = st.sidebar.text_input("Checkpoint file (fair-esm format)", key="checkpoint_path") if choice == CHECKPOINT else choice
     if choice == CHECKPOINT and spec:
         try:
             checked_model_spec(spec)
-        except PathNotAllowed as error:
-            st.sidebar.error(str(error))
+        except NOT_ALLOWED as error:
+            st.sidebar.error(plain(error))
     st.sidebar.selectbox("dtype", list(DTYPES), key="dtype", help="FP16 is the seed's setting")
     devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
     if st.session_state.device not in devices:
@@ -76,20 +81,23 @@ def evidence_controls() -> None:
     try:
         parse_sample(st.session_state.reference_sample)
     except ValueError:
-        st.sidebar.error(f"Numerics sample {st.session_state.reference_sample!r} is not a count or 'all': "
-                         f"using {DEFAULT_REFERENCE_SAMPLE}.")
+        st.sidebar.error(plain(f"Numerics sample {st.session_state.reference_sample!r} is not a count or 'all': "
+                               f"using {DEFAULT_REFERENCE_SAMPLE}."))
         st.session_state.reference_sample = str(DEFAULT_REFERENCE_SAMPLE)
-    st.sidebar.number_input("Proxy classifier seed (the view drawn)", min_value=0, step=1, key="seed")
+    st.sidebar.number_input("Proxy classifier seed (the view drawn)", min_value=0, max_value=MAX_SEED, step=1, key="seed")
     st.sidebar.selectbox("Proxy heads", PROXIES, key="proxy", format_func=PROXIES.get,
                          help="Balanced heads put half the sequences on each side of every boundary, so agreement "
                               "can fall; the seed's uncentred head often puts every sequence in one class.")
-    st.sidebar.number_input("Proxy heads that decide", min_value=0, max_value=10_000, step=10, key="seeds",
+    st.sidebar.number_input("Proxy heads that decide", min_value=0, max_value=MAX_HEADS, step=10, key="seeds",
                             help="Label agreement over this many heads decides the prediction verdict, judged on its "
                                  "lower 2.5% (0: the chosen seed's head alone).")
     with st.sidebar.expander("Advanced: thresholds"):
-        st.number_input("Cosine must exceed", 0.0, 1.0, step=0.001, format="%.4f", key="min_cosine")
-        st.number_input("Agreement at least (else FALLBACK)", 0.0, 1.0, step=0.01, format="%.3f", key="min_agreement")
-        st.number_input("Agreement above (ACCEPT)", 0.0, 1.0, step=0.01, format="%.3f", key="accept_agreement")
+        shown = {name: f"%.{decimals}f" for name, decimals in THRESHOLD_DECIMALS.items()}
+        st.number_input("Cosine must exceed", 0.0, 1.0, step=0.001, format=shown["min_cosine"], key="min_cosine")
+        st.number_input("Agreement at least (else FALLBACK)", 0.0, 1.0, step=0.01, format=shown["min_agreement"],
+                        key="min_agreement")
+        st.number_input("Agreement above (ACCEPT)", 0.0, 1.0, step=0.01, format=shown["accept_agreement"],
+                        key="accept_agreement")
 
 
 def sidebar(run_layers: list[int] | None) -> Settings:
@@ -103,6 +111,12 @@ def sidebar(run_layers: list[int] | None) -> Settings:
     ss = st.session_state
     values = {name: ss[name] for name in SETTING_WIDGETS}
     settings = Settings(**values | {"model": spec, "layer": layer, "seed": int(ss.seed), "seeds": int(ss.seeds)})
+    if settings.min_agreement > settings.accept_agreement:
+        defaults = Settings()
+        st.sidebar.error(f"Agreement at least ({settings.min_agreement:g}) exceeds Agreement above "
+                         f"({settings.accept_agreement:g}): using {defaults.min_agreement:g} and "
+                         f"{defaults.accept_agreement:g}.")
+        settings.min_agreement, settings.accept_agreement = defaults.min_agreement, defaults.accept_agreement
     ss.settings = settings
     return settings
 
@@ -114,7 +128,6 @@ def history_sidebar() -> None:
         if not runs:
             st.caption("Runs you start or open in this browser session are listed here; each one's link reopens it.")
         for info in runs[:HISTORY_SHOWN]:
-            when = info.created_at[:16].replace("T", " ")
-            st.button(f"{when} · {info.n_sequences} seq · {info.state}", key=f"history_{info.id}", on_click=open_run,
+            st.button(views.history_label(info), key=f"history_{info.id}", on_click=open_run,
                       args=(info.id,), help=f"run {info.id}", width="stretch",
                       type="primary" if info.id == st.session_state.get("current_run") else "secondary")

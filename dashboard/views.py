@@ -18,6 +18,7 @@ from core.numerics.environment import device_or_cpu
 from core.numerics.specs import PRETRAINED, ModelSpec, demo_specs, pretrained_available
 from core.report.charts import VERDICT_COLOURS
 from core.report.summary import Summary
+from dashboard.runs import RunInfo
 from dashboard.settings import Settings
 
 CHECKPOINT = "Local checkpoint file…"
@@ -178,3 +179,53 @@ def live_throughput(stage: str, done: int, total: int, stages: tuple[str, ...], 
     rate = fraction * len(stages) * total / elapsed  # sequences through one path per second
     left = elapsed * (1 - fraction) / fraction
     return f" · {rate:,.0f} sequences/s per path · about {left:.0f} s left"
+
+
+TABLE_ROWS = 1_000  # rows the per-sequence table shows; sequences.csv has them all
+
+
+def shown_table(table: pd.DataFrame, limit: int = TABLE_ROWS) -> tuple[pd.DataFrame, str | None]:
+    """The per-sequence table as the page shows it: whole when it has at most ``limit`` rows, else the
+    ``limit`` lowest-cosine rows (most divergent first), with the caption that says so."""
+    if len(table) <= limit:
+        return table, None
+    worst = table.sort_values("cosine", kind="stable").head(limit)
+    return worst, (f"Showing the {limit:,} most divergent (lowest-cosine) of {len(table):,} sequences; "
+                   "sequences.csv has every one.")
+
+
+RESIDUE_CHOICES = 500  # sequences the residue track offers on a large run
+
+
+def residue_choices(table: pd.DataFrame, limit: int = RESIDUE_CHOICES) -> list[str]:
+    """Sequence ids the residue track offers: all in input order, or on a large run the ``limit`` most
+    divergent, lowest cosine first."""
+    if len(table) <= limit:
+        return list(table["id"])
+    return list(table.sort_values("cosine", kind="stable")["id"].head(limit))
+
+
+def precision_note(half_layers: set[int], layer: int) -> str | None:
+    """Why the numbers at ``layer`` are approximate (it is kept compact, dashboard.compact), or None."""
+    if layer not in half_layers:
+        return None
+    return (f"Layer {layer} is kept compact in this saved run (v1.0 in float16, v2.0 − v1.0 to about 3 significant "
+            "digits; the numerics sample exact): its distances are good to about 0.1%, and a label near a head's "
+            "boundary may differ from a full-precision run. Press Run with this layer chosen for full precision.")
+
+
+def history_label(info: RunInfo) -> str:
+    """One run-history button: when, how many sequences, its state; for a damaged run what is wrong."""
+    when = info.created_at[:16].replace("T", " ")
+    if info.state == "damaged":
+        return f"{when} · {info.error or 'damaged'}"
+    return f"{when} · {info.n_sequences} seq · {info.state}"
+
+
+REFILL_MAX_RESIDUES = 1_000_000  # a reopened run's input goes back into the text area up to this size
+
+
+def refills_text(parsed: ParsedInput) -> bool:
+    """Whether a reopened run's records go back into the text area: not for a large run, whose text
+    (tens of MB) every rerun would send to the browser and parse again."""
+    return sum(len(record.sequence) for record in parsed.records) <= REFILL_MAX_RESIDUES

@@ -20,7 +20,9 @@ import dashboard.runs
 import dashboard.server
 import dashboard.state
 from core.numerics.loading import layer_indices
+from dashboard.markup import plain, unescaped
 from dashboard.runs import RunStore
+from dashboard.views import CHECKPOINT
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 180
@@ -138,7 +140,9 @@ def test_changing_seed_layer_and_thresholds_redraws_without_recomputing(run_coun
 def test_settings_round_trip_through_the_url(run_counter):
     app = new_app(seed="5", example="real", layer="3")
     assert not app.exception
-    card = verdict_html(app)  # an example set in the URL reopens the whole view
+    assert run_counter == [] and any("press Run" in i.value for i in app.info), "a link waits for Run"
+    app.button(key="run").click().run()
+    card = verdict_html(app)  # an example set in the URL refills the same inputs
     assert "seed 5" in card and "layer 3" in card and "9 sequences" in card
     assert app.query_params["seed"] == ["5"] or app.query_params["seed"] == "5"
 
@@ -159,10 +163,13 @@ def test_downloads_carry_the_summary(run_counter):
     assert {"download_csv", "download_json", "download_html"} <= keys
 
 
-def test_missing_checkpoint_is_a_message_not_a_traceback(run_counter):
-    app = new_app(model="/nonexistent/model.pt", example="patterns")
+def test_missing_checkpoint_is_a_message_not_a_traceback(run_counter, monkeypatch, tmp_path):
+    server_config(monkeypatch, tmp_path, f'[paths]\ncheckpoint_dirs = ["{tmp_path}"]\n')
+    missing = str(tmp_path / "model.pt")
+    app = new_app(model=missing, example="patterns")
+    app.button(key="run").click().run()
     assert not app.exception
-    assert any("Cannot run" in e.value and "/nonexistent/model.pt" in e.value for e in app.error)
+    assert any("Cannot run" in e.value and missing in unescaped(e.value) for e in app.error)
     assert run_counter == []
 
 
@@ -343,7 +350,7 @@ def test_a_failed_run_records_and_shows_its_error(run_counter, monkeypatch, tmp_
     assert not app.exception
     status = json.loads((runs_dir / current_run(app) / "status.json").read_text())
     assert status["state"] == "failed" and "cannot import" in status["error"]
-    assert any(status["error"] == e.value for e in app.error), "the recorded message, shown as it is"
+    assert any(plain(status["error"]) == e.value for e in app.error), "the recorded message, shown as plain text"
     reopened = new_app(run=current_run(app))
     assert any("cannot import" in e.value for e in reopened.error)
 
@@ -397,10 +404,15 @@ def test_checkpoint_paths_outside_the_allowlist_are_refused_untouched(run_counte
     for typed in (str(outside), str(allowed / "escape.pt"), str(allowed / ".." / "outside.pt")):
         app = new_app(model=typed, example="patterns")
         assert not app.exception
-        refusals = [e.value for e in app.error if e.value.startswith("Cannot run:")]
+        ignored = [unescaped(w.value) for w in app.warning if typed in unescaped(w.value)]
+        assert len(ignored) == 1 and str(allowed) in ignored[0], "a link's path is ignored, naming the allowed directories"
+        app.selectbox(key="model_choice").set_value(CHECKPOINT).run()
+        app.text_input(key="checkpoint_path").input(typed).run()
+        assert any("not inside an allowed" in e.value for e in app.sidebar.error), "said as soon as it is typed"
+        app.button(key="run").click().run()
+        refusals = [unescaped(e.value) for e in app.error if e.value.startswith("Cannot run")]
         assert len(refusals) == 1 and "not inside an allowed checkpoint directory" in refusals[0]
         assert str(allowed) in refusals[0], "the message names the allowed directories"
-        assert any("not inside an allowed" in e.value for e in app.sidebar.error), "said as soon as it is typed"
     assert run_counter == [] and touched == []
 
 
@@ -412,6 +424,7 @@ def test_a_checkpoint_inside_the_allowlist_runs(run_counter, monkeypatch, tmp_pa
     server_config(monkeypatch, tmp_path, f'[paths]\ncheckpoint_dirs = ["{allowed}"]\n')
     save_checkpoint(demo_fp32[0], allowed / "mine.pt")
     app = new_app(model=str(allowed / "mine.pt"), example="patterns", dtype="fp32", device="cpu", seeds="0")
+    app.button(key="run").click().run()
     assert not app.exception
     assert "checkpoint weights" in verdict_html(app) and "18 sequences" in verdict_html(app)
     assert run_counter == [None]

@@ -182,3 +182,42 @@ def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, g
         assert summary["label_agreement"] == direct.summary.comparison.agreement
         assert summary["cosine"]["min"] == pytest.approx(float(direct.summary.comparison.cosine.min()), rel=1e-6)
     assert len(run_ids) == SESSIONS
+
+
+IDENTICAL = fasta(session_records(0))
+
+
+def drive_identical_session(k: int, start: threading.Barrier, out: dict) -> None:
+    """Session k pastes the same input as every other session and presses Run at the same moment."""
+    try:
+        app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        app.query_params.update({"seeds": "0"})
+        app.run()
+        app.text_area(key="sequences_text").input(IDENTICAL).run()
+        start.wait(60)
+        app.button(key="run").click().run()
+        out[k] = app
+    except BaseException as error:  # noqa: BLE001 - reported by the test thread
+        error.add_note(traceback.format_exc())
+        out[k] = error
+
+
+def test_eight_identical_submissions_at_once_are_one_run(concurrent_apptests, gpu_monitor, tmp_path):
+    start = threading.Barrier(SESSIONS)
+    out: dict[int, object] = {}
+    threads = [threading.Thread(target=drive_identical_session, args=(k, start, out)) for k in range(SESSIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT + 120)
+    failures = {k: v for k, v in out.items() if isinstance(v, BaseException)}
+    assert not failures and len(out) == SESSIONS, [error.__notes__ for error in failures.values()]
+    assert gpu_monitor["calls"] == 1, "identical runs are computed once"
+    run_ids = set()
+    for k, app in out.items():
+        assert not app.exception, (k, app.exception)
+        run_id = app.query_params["run"]
+        run_ids.add(run_id[0] if isinstance(run_id, list) else run_id)
+        table = next(f.value for f in app.dataframe if "label_flip" in f.value.columns)
+        assert list(table["id"]) == [seq_id for seq_id, _ in session_records(0)]
+    assert len(run_ids) == 1 and [p.name for p in (tmp_path / "runs").iterdir()] == list(run_ids)

@@ -166,7 +166,7 @@ def test_writes_are_atomic_temp_file_then_replace(store, parsed, monkeypatch):
 
     def recording(source, target):
         assert dashboard.runs.Path(source).parent == dashboard.runs.Path(target).parent == folder
-        assert dashboard.runs.Path(source).name.startswith(".") and dashboard.runs.Path(target).exists() is not None
+        assert dashboard.runs.Path(source).name.startswith(".") and dashboard.runs.Path(source).is_file()
         replaced.append(dashboard.runs.Path(target).name)
         real_replace(source, target)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from core.embed.paths import fallback_path
 from core.embed.run import run_both_paths
 from core.embed.yardstick import YardstickPlan
 from core.numerics.fallback import V1CompatiblePacked
-from core.embed.plugins import make_plugin_path, PluginError
+from core.embed.plugins import PluginError, distribution_version, make_plugin_path, plugin_label
 from core.analysis.analyse import analyse
 from core.input.examples import example_sequences
 
@@ -59,7 +60,7 @@ def test_plugin_named_module_factory_runs_end_to_end(tmp_path, capsys, factory, 
     assert summary["impl_v2"] == expected and summary["backend_v2"] == expected
     assert summary["impl_v1"].startswith("fair-esm") and "ESM2.forward" in summary["impl_v1"]
     assert summary["verdict"] == "ACCEPT" and summary["cosine"]["min"] > 0.999999
-    assert f"v2.0 implementation" in capsys.readouterr().out
+    assert "v2.0 implementation" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("factory", ["make_eos_in_pool", "make_no_token_dropout_scale"])
@@ -91,6 +92,9 @@ def test_eos_in_pool_fails_the_cosine_check(demo_fp32):
         ("tests.plugins.does_not_exist:make", "cannot import"),
         (f"{PLUGINS}:missing_factory", "no callable"),
         (f"{PLUGINS}:make_no_interface", "neither forward_packed"),
+        ("os:getcwd", r"'os:getcwd' failed when called with the loaded model: TypeError: .*takes no arguments"),
+        (f"{PLUGINS}:make_failing", "failed when called with the loaded model: RuntimeError: this plug-in needs"),
+        (f"{PLUGINS}:make_wrong_signature", r"its forward_packed\(input_ids\) cannot be called as forward_packed\(input_ids, cu_seqlens"),
     ],
 )
 def test_bad_plugins_are_refused_with_a_message(demo_fp32, spec, message):
@@ -102,9 +106,37 @@ def test_bad_plugins_are_refused_with_a_message(demo_fp32, spec, message):
 def test_cli_rejects_bad_plugin_and_conflicting_flags(capsys):
     assert main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--v2", "nope:make"]) == 3
     assert "cannot import" in capsys.readouterr().err
-    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
-                 "--v1-attention", "--v2", f"{PLUGINS}:make_packed"])
-    assert code == 3
+    with pytest.raises(SystemExit) as exit_info:  # an argument error, before any model is loaded
+        main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
+              "--v1-attention", "--v2", f"{PLUGINS}:make_packed"])
+    assert exit_info.value.code == 2
+    assert "give at most one of --v1-attention and --v2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["os:getcwd", f"{PLUGINS}:make_failing", f"{PLUGINS}:make_wrong_signature"])
+def test_cli_plugin_that_cannot_be_built_is_a_setup_error_in_one_line(capsys, spec):
+    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--v2", spec])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "Traceback" not in err and err.count("\n") == 1 and spec in err
+
+
+def test_nameless_plugin_is_named_after_its_factory_and_says_so(tmp_path, capsys):
+    code = main(["compare", "--example", "patterns", "--model", "demo-8M", "--device", "cpu",
+                 "--v2", f"{PLUGINS}:make_nameless", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["backend_v2"] == f"{PLUGINS}:make_nameless unversioned"
+    assert summary["impl_v2"].startswith(f"{PLUGINS}:make_nameless unversioned (name derived from module:factory")
+    assert "no string name or version attribute" in summary["impl_v2"]
+    assert summary["verdict"] == "ACCEPT"
+    assert "name derived" in capsys.readouterr().out
+
+
+def test_plugin_version_comes_from_its_distribution():
+    assert distribution_version("esm.pretrained") == importlib.metadata.version("fair-esm")
+    assert distribution_version("os") == "unversioned"
+    assert plugin_label("esm:make", object()) == (f"esm:make {importlib.metadata.version('fair-esm')}", ["name", "version"])
 
 
 def test_cli_v1_attention_flag(tmp_path):

@@ -96,6 +96,8 @@ def test_cli_and_page_run_the_one_pipeline(monkeypatch, capsys, tmp_path):
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=180)
     app.query_params.update({"example": "real"})
     app.run()
+    assert len(requests) == 1, "a link fills the input and waits for Run"
+    app.button(key="run").click().run()
     assert not app.exception and len(requests) == 2
     assert requests[1].model == "demo-8M" and requests[1].layer is None and not requests[1].only_layer
     assert torch.device(requests[1].device).type == "cpu"

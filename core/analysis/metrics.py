@@ -215,6 +215,54 @@ class Classifier(Protocol):
         """(n, embed_dim) pooled embeddings -> (n, n_classes) class probabilities."""
 
 
+@dataclass(frozen=True)
+class Distances:
+    """How far v1.0 and v2.0 lie apart at one layer, whatever the head: per sequence (n,) float64 cosine,
+    mean and max |v1 − v2|; ``match``: atol -> share of embedding values within it."""
+
+    cosine: np.ndarray
+    mean_abs_diff: np.ndarray
+    max_abs_diff: np.ndarray
+    match: dict[float, float]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """One head's labels and confidences for both paths, each (n,)."""
+
+    labels_v1: np.ndarray
+    labels_v2: np.ndarray
+    confidence_v1: np.ndarray
+    confidence_v2: np.ndarray
+
+
+def check_pair(v1: np.ndarray, v2: np.ndarray) -> None:
+    if v1.shape != v2.shape or v1.ndim != 2 or v1.shape[0] == 0:
+        raise ValueError(f"need two (n >= 1, embed_dim) arrays of one shape, got {v1.shape} and {v2.shape}")
+
+
+def distances(v1: np.ndarray, v2: np.ndarray) -> Distances:
+    """cosine_similarity, mean_abs_diff, max_abs_diff and match_fraction of (n, embed_dim) v1, v2, with
+    the float64 difference taken once (the same numbers as calling each)."""
+    check_pair(v1, v2)
+    v1, v2 = np.asarray(v1, np.float64), np.asarray(v2, np.float64)
+    difference = np.abs(v1 - v2)
+    return Distances(cosine_similarity(v1, v2), difference.mean(axis=1), difference.max(axis=1),
+                     {atol: float((difference <= atol).mean()) for atol in MATCH_TOLERANCES})
+
+
+def head_labels(v1: np.ndarray, v2: np.ndarray, classifier: Classifier) -> Labels:
+    """``classifier``'s labels and confidences for (n, embed_dim) v1 and v2."""
+    probs_v1, probs_v2 = classifier.probabilities(v1), classifier.probabilities(v2)
+    return Labels(probs_v1.argmax(axis=1), probs_v2.argmax(axis=1), probs_v1.max(axis=1), probs_v2.max(axis=1))
+
+
+def comparison_of(measured: Distances, labels: Labels, thresholds: Thresholds = Thresholds()) -> Comparison:
+    """The Comparison made of a layer's distances and one head's labels."""
+    return Comparison(measured.cosine, measured.mean_abs_diff, measured.max_abs_diff, labels.labels_v1,
+                      labels.labels_v2, labels.confidence_v1, labels.confidence_v2, measured.match, thresholds)
+
+
 def compare_embeddings(
     v1: np.ndarray,
     v2: np.ndarray,
@@ -226,21 +274,9 @@ def compare_embeddings(
 
     Labels come from ``classifier`` (a user's own head) or, by default, the proxy of ``seed``.
     """
-    if v1.shape != v2.shape or v1.ndim != 2 or v1.shape[0] == 0:
-        raise ValueError(f"need two (n >= 1, embed_dim) arrays of one shape, got {v1.shape} and {v2.shape}")
+    check_pair(v1, v2)
     classifier = classifier or ProxyClassifier.from_seed(v1.shape[1], seed)
-    probs_v1, probs_v2 = classifier.probabilities(v1), classifier.probabilities(v2)
-    return Comparison(
-        cosine=cosine_similarity(v1, v2),
-        mean_abs_diff=mean_abs_diff(v1, v2),
-        max_abs_diff=max_abs_diff(v1, v2),
-        labels_v1=probs_v1.argmax(axis=1),
-        labels_v2=probs_v2.argmax(axis=1),
-        confidence_v1=probs_v1.max(axis=1),
-        confidence_v2=probs_v2.max(axis=1),
-        match={atol: match_fraction(v1, v2, atol) for atol in MATCH_TOLERANCES},
-        thresholds=thresholds,
-    )
+    return comparison_of(distances(v1, v2), head_labels(v1, v2, classifier), thresholds)
 
 
 def binomial_interval(agree: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -11,6 +11,7 @@ import torch
 
 from core.embed.batching import pack_tokens, padded_tokens
 from core.embed.run import EmbeddingRun
+from core.analysis.memo import Memo, compute_now
 from core.analysis.metrics import cosine_similarity, max_abs_diff, mean_abs_diff
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.analysis.proxies import proxy_head, ProxyKind
@@ -35,24 +36,38 @@ class LayerProfile:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-def layer_profile(run: EmbeddingRun, seed: int = 0, proxy: ProxyKind = "balanced") -> tuple[LayerProfile, ...]:
-    """One LayerProfile per pooled layer, from the one all-layer pass."""
-    return tuple(profile_layer(run, layer, seed, proxy) for layer in run.layers)
+def layer_profile(run: EmbeddingRun, seed: int = 0, proxy: ProxyKind = "balanced",
+                  memo: Memo = compute_now) -> tuple[LayerProfile, ...]:
+    """One LayerProfile per pooled layer, from the one all-layer pass. ``memo`` may reuse each layer's
+    distances (key ``("profile-distances", layer)``) and agreement (``("profile-agreement", layer, proxy, seed)``)."""
+    return tuple(profile_layer(run, layer, seed, proxy, memo) for layer in run.layers)
 
 
-def profile_layer(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind) -> LayerProfile:
+def profile_layer(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind, memo: Memo = compute_now) -> LayerProfile:
+    measured = memo(("profile-distances", layer), lambda: layer_distances(run, layer))
+    agreement = memo(("profile-agreement", layer, proxy, seed), lambda: layer_agreement(run, layer, seed, proxy))
+    return LayerProfile(layer, *measured[:4], agreement, *measured[4:])
+
+
+def layer_distances(run: EmbeddingRun, layer: int) -> tuple[float, float, float, float, float | None, float | None]:
+    """(min cosine, mean cosine, mean |v1 − v2|, max |v1 − v2|, v1.0's and v2.0's mean abs error against the
+    reference on the numerics sample, or None without one) at ``layer``; none of it depends on a head."""
     v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
-    classifier = proxy_head(proxy, seed, v1)
     cosine = cosine_similarity(v1, v2)
     abs_diff = np.abs(v1 - v2)
-    agreement = float((classifier.probabilities(v1).argmax(1) == classifier.probabilities(v2).argmax(1)).mean())
     errors: tuple[float | None, float | None] = (None, None)
     sample = run.reference_sample
     if sample is not None:
         rows, wide = sample.indices, sample.reference_rows(layer)
         errors = (float(mean_abs_diff(v1[rows], wide).mean()), float(mean_abs_diff(v2[rows], wide).mean()))
-    return LayerProfile(layer, float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max()),
-                        agreement, *errors)
+    return float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max()), *errors
+
+
+def layer_agreement(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind) -> float:
+    """Label agreement of the ``seed``'s ``proxy`` head fitted at ``layer``."""
+    v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
+    classifier = proxy_head(proxy, seed, v1)
+    return float((classifier.probabilities(v1).argmax(1) == classifier.probabilities(v2).argmax(1)).mean())
 
 
 @torch.inference_mode()

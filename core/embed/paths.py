@@ -54,12 +54,14 @@ def fallback_path(model: ESM2WithFlashAttention) -> ForwardPath:
     )
 
 
-def plugin_path(implementation: object) -> ForwardPath:
+def plugin_path(implementation: object, label: str | None = None, description: str | None = None) -> ForwardPath:
     """Any v2.0 implementation with ``forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)``
-    or a padded ``forward(tokens, repr_layers)``, and ``name`` / ``version`` attributes."""
-    label = f"{implementation.name} {implementation.version}".strip()
+    or a padded ``forward(tokens, repr_layers)``, named ``label`` (default: its ``name`` and ``version``
+    attributes) and described in reports as ``description`` (default: the label)."""
+    label = label or f"{implementation.name} {implementation.version}".strip()
+    description = description or label
     if hasattr(implementation, "forward_packed"):
-        return ForwardPath(label, label, packed=True, padded_batches=False,
+        return ForwardPath(label, description, packed=True, padded_batches=False,
                            run=lambda ids, cu_seqlens, max_seqlen, layers: implementation.forward_packed(ids, cu_seqlens, max_seqlen, layers))
-    return ForwardPath(label, label, packed=False, padded_batches=True,
+    return ForwardPath(label, description, packed=False, padded_batches=True,
                        run=lambda tokens, layers: implementation.forward(tokens, layers))

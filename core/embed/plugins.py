@@ -2,18 +2,25 @@
 
 A plug-in is named ``module:factory``. The factory receives the loaded
 ``ESM2WithFlashAttention`` (fair-esm weights, dtype and device already set) and returns an object
-with ``name`` and ``version`` attributes and either
+with, preferably, ``name`` and ``version`` attributes and either
 
 - ``forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers) -> {"representations": {layer: (total_tokens, E)}}``, or
 - ``forward(tokens, repr_layers) -> {"representations": {layer: (batch, T, E)}}`` on fair-esm's padded tokens,
 
 with fair-esm's layer semantics (0 = scaled embeddings, last = after the final layer norm) and
-BOS/EOS kept in place; the tool pools residues itself.
+BOS/EOS kept in place; the tool pools residues itself. Without a string ``name`` the plug-in is named
+after its ``module:factory``; without a ``version``, after its distribution's version ('unversioned'
+when no installed distribution provides the module); reports then say the name was derived.
+
+Every failure to build it (an import, a factory that raises or takes other arguments, an object
+without the interface) is a one-line PluginError naming the plug-in.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import inspect
 from typing import Any, Callable
 
 from core.embed.paths import ForwardPath, plugin_path
@@ -41,13 +48,63 @@ def load_factory(spec: str) -> Callable[[ESM2WithFlashAttention], Any]:
 
 def make_plugin_path(spec: str, model: ESM2WithFlashAttention) -> ForwardPath:
     """Build the plug-in from the loaded model and wrap it as the v2.0 path."""
-    implementation = load_factory(spec)(model)
-    missing = [name for name in ("name", "version") if not isinstance(getattr(implementation, name, None), str)]
-    if missing:
-        raise PluginError(f"plug-in {spec!r} returned an object without string attribute(s) {', '.join(missing)}")
-    if not callable(getattr(implementation, "forward_packed", None)) and not callable(getattr(implementation, "forward", None)):
+    implementation = build_implementation(spec, load_factory(spec), model)
+    check_interface(spec, implementation)
+    label, derived = plugin_label(spec, implementation)
+    description = (f"{label} (name derived from module:factory and its distribution's version: the plug-in has "
+                   f"no string {' or '.join(derived)} attribute)") if derived else label
+    return plugin_path(implementation, label, description)
+
+
+def build_implementation(spec: str, factory: Callable[[ESM2WithFlashAttention], Any], model: ESM2WithFlashAttention) -> Any:
+    """``factory(model)``; whatever it raises (a wrong signature included) becomes a PluginError."""
+    try:
+        return factory(model)
+    except Exception as error:  # noqa: BLE001 - third-party code; its failure is a setup error naming it
+        raise PluginError(
+            f"plug-in {spec!r} failed when called with the loaded model: {type(error).__name__}: {error}. "
+            "The factory must take the loaded fair-esm model and return the v2.0 object"
+        ) from error
+
+
+def check_interface(spec: str, implementation: Any) -> None:
+    """A PluginError unless the object offers the method the passes call, callable with their arguments."""
+    packed = hasattr(implementation, "forward_packed")
+    method = getattr(implementation, "forward_packed" if packed else "forward", None)
+    if not callable(method):
         raise PluginError(
             f"plug-in {spec!r} offers neither forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers) "
             "nor forward(tokens, repr_layers)"
         )
-    return plugin_path(implementation)
+    call = "forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)" if packed else "forward(tokens, repr_layers)"
+    try:
+        signature = inspect.signature(method).replace(return_annotation=inspect.Signature.empty)
+    except ValueError:  # no signature to inspect (a builtin): trust it
+        return
+    try:
+        signature.bind(*range(4 if packed else 2))
+    except TypeError:
+        raise PluginError(f"plug-in {spec!r}: its {call.partition('(')[0]}{signature} cannot be called as {call}") from None
+
+
+def plugin_label(spec: str, implementation: Any) -> tuple[str, list[str]]:
+    """The plug-in's "name version", and which of the two were derived (absent or not a non-empty string)."""
+    name, version = (getattr(implementation, attribute, None) for attribute in ("name", "version"))
+    derived = [attribute for attribute, value in (("name", name), ("version", version))
+               if not (isinstance(value, str) and value.strip())]
+    name = name if "name" not in derived else spec
+    version = version if "version" not in derived else distribution_version(spec.partition(":")[0])
+    return f"{name} {version}".strip(), derived
+
+
+def distribution_version(module_name: str) -> str:
+    """The version of the one installed distribution that provides ``module_name``'s top-level package,
+    or 'unversioned' (none, or several that cannot be told apart)."""
+    top_level = module_name.split(".")[0]
+    distributions = set(importlib.metadata.packages_distributions().get(top_level, []))
+    if len(distributions) != 1:
+        return "unversioned"
+    try:
+        return importlib.metadata.version(distributions.pop())
+    except importlib.metadata.PackageNotFoundError:
+        return "unversioned"

@@ -19,12 +19,11 @@ from Bio import SeqIO
 from Bio.SeqRecord import SeqRecord
 
 from core.input.records import (
-    MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy, printable_id,
+    INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy,
+    printable_id, size_text,
 )
 from core.input.validation import RawRecord, validate_record
 
-
-_BYTES_PER_MB = 1024 * 1024
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -116,22 +115,16 @@ def _input_error(message: str) -> InputProblem:
 def _size_error(what: str) -> InputProblem:
     """The input is over MAX_INPUT_BYTES; ``what`` says what is how big, in words."""
     return _input_error(
-        f"{what}, more than the limit of {_megabytes(MAX_INPUT_BYTES)} ({MAX_INPUT_BYTES:,} bytes); "
+        f"{what}, more than the limit of {INPUT_LIMIT_TEXT}; "
         "nothing was read. Split it into smaller files"
     )
-
-
-def _megabytes(n_bytes: int) -> str:
-    """Bytes as MB the way the dashboard's upload limit counts them (1 MB = 1024 * 1024 bytes)."""
-    mb = n_bytes / _BYTES_PER_MB
-    return f"{mb:,.0f} MB" if mb == int(mb) else f"{mb:,.1f} MB"
 
 
 def _bytes_too_large(n_bytes: int, unit: str = "bytes") -> InputProblem | None:
     """The size problem for ``n_bytes`` of input, or None when within MAX_INPUT_BYTES."""
     if n_bytes <= MAX_INPUT_BYTES:
         return None
-    return _size_error(f"the input is too large: {n_bytes:,} {unit} ({_megabytes(n_bytes)})")
+    return _size_error(f"the input is too large: {n_bytes:,} {unit} ({size_text(n_bytes)})")
 
 
 def _text_too_large(text: str) -> InputProblem | None:

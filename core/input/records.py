@@ -16,12 +16,24 @@ MAX_RESIDUES = 1022  # ESM-2 limit (1024 positions incl. BOS/EOS)
 
 ALLOWED_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY" + "XBUZO")  # fair-esm residue letters
 
-# Largest input accepted, in bytes: the dashboard's upload limit (server.maxUploadSize
-# = 100 in .streamlit/config.toml; Streamlit counts 1 MB as 1024 * 1024 bytes). It applies
-# to the bytes as given and again after gunzip (so a small .gz cannot expand without bound),
-# and to text passed to parse_sequences (counted as UTF-8). Larger input is refused as a
-# whole with one InputProblem(record_id="input"); nothing of it is parsed.
-MAX_INPUT_BYTES = 100 * 1024 * 1024
+# Largest input accepted: 100 MB in decimal units (1 MB = 1,000,000 bytes), stated and enforced in
+# that one unit. Decimal, because Streamlit's browser uploader counts 1 MB as 1000 * 1000 bytes on
+# most systems while its server counts 1024 * 1024; .streamlit/config.toml sets server.maxUploadSize
+# well above this, so that an oversized upload reaches the page and gets this refusal in words, not
+# Streamlit's icon. It applies to the bytes as given and again after gunzip (so a small .gz cannot
+# expand without bound), and to text passed to parse_sequences (counted as UTF-8). Larger input is
+# refused as a whole with one InputProblem(record_id="input"); nothing of it is parsed.
+MAX_INPUT_BYTES = 100_000_000
+BYTES_PER_MB = 1000 * 1000
+
+
+def size_text(n_bytes: int) -> str:
+    """Bytes as decimal MB, the unit of MAX_INPUT_BYTES: '100 MB', '100.5 MB'."""
+    mb = n_bytes / BYTES_PER_MB
+    return f"{mb:,.0f} MB" if mb == int(mb) else f"{mb:,.1f} MB"
+
+
+INPUT_LIMIT_TEXT = f"{size_text(MAX_INPUT_BYTES)} ({MAX_INPUT_BYTES:,} bytes)"  # "100 MB (100,000,000 bytes)"
 
 # Most records read from one input (counting refused records too). The first MAX_RECORDS
 # are processed; the rest are dropped and ONE error problem (record_id "input") says how

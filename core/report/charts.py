@@ -2,7 +2,8 @@
 
 Cosines of two FP16 paths crowd against 1.0 (0.9999999…), where a linear axis shows nothing, so
 the cosine charts plot the cosine distance 1 − cosine on a log axis; hover shows the cosine itself.
-Hovering any point names the sequence. ``font_size`` scales text for a shared screen.
+Hovering any point names the sequence. ``font_size`` scales text for a shared screen. A large run's
+scatters draw at most MAX_POINTS points and its histograms are binned here (core.report.sampling).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import plotly.graph_objects as go
 from core.analysis.metrics import format_percent
 from core.analysis.numerics_gate import NumericsGate
 from core.analysis.profile import LayerProfile
+from core.report.sampling import MAX_POINTS, binned, ecdf_ranks, plotted_rows
 
 if TYPE_CHECKING:
     from core.report.summary import Summary
@@ -57,8 +59,9 @@ def _threshold_line(fig: go.Figure, min_cosine: float, vertical: bool) -> None:
 def cosine_histogram(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
     """Distribution of per-sequence cosine distance (log bins), with the threshold line."""
     log_distance = log_cosine_distance(table["cosine"])
-    fig = go.Figure(go.Histogram(
-        x=log_distance, xbins=dict(size=0.25), marker_color=V1_COLOUR, name="sequences",
+    centres, counts = binned(log_distance, 0.25)
+    fig = go.Figure(go.Bar(
+        x=centres, y=counts, width=0.25, marker_color=V1_COLOUR, name="sequences",
         hovertemplate="log10(1 − cosine) ≈ %{x}<br>%{y} sequences<extra></extra>",
     ))
     _threshold_line(fig, min_cosine, vertical=True)
@@ -70,8 +73,9 @@ def cosine_histogram(table: pd.DataFrame, min_cosine: float, font_size: int = 14
 
 def cosine_ecdf(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
     """Empirical CDF of the cosine distance: the share of sequences at or closer than each value."""
-    ordered = table.sort_values("cosine", ascending=False)
-    share = np.arange(1, len(ordered) + 1) / len(ordered)
+    ranks = ecdf_ranks(len(table))
+    ordered = table.sort_values("cosine", ascending=False, kind="stable").iloc[ranks]
+    share = (ranks + 1) / len(table)
     fig = go.Figure(go.Scatter(
         x=log_cosine_distance(ordered["cosine"]), y=share, mode="lines+markers", line_shape="hv",
         marker_color=V1_COLOUR, text=ordered["id"], customdata=ordered["cosine"], name="sequences",
@@ -83,10 +87,11 @@ def cosine_ecdf(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> 
 
 
 def cosine_vs_length(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
-    """Cosine distance against sequence length; label flips in red."""
+    """Cosine distance against sequence length; label flips in red (at most MAX_POINTS sequences drawn)."""
     fig = go.Figure()
+    shown = plotted_rows(table)
     for flipped, colour, name in ((False, AGREE_COLOUR, "labels agree"), (True, FLIP_COLOUR, "label flip")):
-        part = table[table["label_flip"] == flipped]
+        part = shown[shown["label_flip"] == flipped]
         if len(part):
             fig.add_trace(go.Scatter(
                 x=part["length"], y=log_cosine_distance(part["cosine"]), mode="markers", name=name, text=part["id"],
@@ -99,10 +104,12 @@ def cosine_vs_length(table: pd.DataFrame, min_cosine: float, font_size: int = 14
 
 
 def confidence_scatter(table: pd.DataFrame, font_size: int = 14) -> go.Figure:
-    """Proxy-classifier confidence, v1.0 against v2.0; points off the diagonal moved, red ones flipped."""
+    """Proxy-classifier confidence, v1.0 against v2.0; points off the diagonal moved, red ones flipped (at
+    most MAX_POINTS sequences drawn)."""
     fig = go.Figure()
+    shown = plotted_rows(table)
     for flipped, colour, name in ((False, AGREE_COLOUR, "labels agree"), (True, FLIP_COLOUR, "label flip")):
-        part = table[table["label_flip"] == flipped]
+        part = shown[shown["label_flip"] == flipped]
         if len(part):
             fig.add_trace(go.Scatter(
                 x=part["confidence_v1"], y=part["confidence_v2"], mode="markers", name=name,
@@ -201,12 +208,14 @@ def flips_vs_margin(margins: pd.DataFrame, font_size: int = 14) -> go.Figure:
     """Every (head, sequence): v1.0's margin from the head's boundary in rounding floors (log10). Flips left
     of 0 lie within the floor (rounding can cause them) and do not count; flips right of it do."""
     fig = go.Figure()
-    x = np.log10(np.maximum(margins["margin_over_floor"], DISTANCE_FLOOR))
+    x = np.log10(np.maximum(margins["margin_over_floor"].to_numpy(), DISTANCE_FLOOR))
     agree, flips = ~margins["flip"].to_numpy(), margins["flip"].to_numpy()
-    fig.add_trace(go.Histogram(x=x[agree], name="labels agree", marker_color=AGREE_COLOUR, opacity=0.6,
-                               hovertemplate="%{y} pairs<extra></extra>"))
+    centres, counts = binned(x[agree], 0.1)
+    fig.add_trace(go.Bar(x=centres, y=counts, width=0.1, name="labels agree", marker_color=AGREE_COLOUR, opacity=0.6,
+                         hovertemplate="%{y} pairs<extra></extra>"))
     for name, chosen, colour in (("flip within the rounding floor", flips & ~margins["counted"].to_numpy(), "#888"),
                                  ("flip beyond it (counts)", margins["counted"].to_numpy(), FLIP_COLOUR)):
+        chosen = chosen & (np.cumsum(chosen) <= MAX_POINTS)  # the first MAX_POINTS of each kind
         if chosen.any():
             fig.add_trace(go.Scatter(x=x[chosen], y=np.zeros(int(chosen.sum())), mode="markers", name=name,
                                      marker=dict(color=colour, size=12, symbol="x"), text=margins["id"][chosen],
@@ -260,6 +269,7 @@ def sign_test_layers(numerics: NumericsGate, font_size: int = 14) -> go.Figure:
 
 def reference_errors(table: pd.DataFrame, reference_dtype: str, font_size: int = 14) -> go.Figure:
     """Per sequence: v1.0's error against the reference vs v2.0's; below the diagonal v2.0 is closer."""
+    table = table[table["mean_abs_err_v1"].notna() & table["mean_abs_err_v2"].notna()]  # the numerics sample
     x = np.log10(np.maximum(table["mean_abs_err_v1"], DISTANCE_FLOOR))
     y = np.log10(np.maximum(table["mean_abs_err_v2"], DISTANCE_FLOOR))
     fig = go.Figure(go.Scatter(x=x, y=y, mode="markers", text=table["id"], customdata=table["closer_to_ref"],

@@ -13,8 +13,9 @@ from core.report.summary import DEMO_NOTICE, Summary
 from core.report.terminal import headline_lines, summary_rows
 
 
-def html_report(summary: Summary, table: pd.DataFrame, figures: dict[str, Any]) -> str:
-    """A self-contained HTML report (plotly.js inlined once): readable offline, user text escaped."""
+def html_report(summary: Summary, table: pd.DataFrame, figures: dict[str, Any], table_note: str | None = None) -> str:
+    """A self-contained HTML report (plotly.js inlined once): readable offline, user text escaped.
+    ``table_note`` says what the per-sequence table leaves out, when it does."""
     esc = html.escape
     colour = VERDICT_COLOURS[summary.verdict]
     banner = f'<p class="demo">{esc(DEMO_NOTICE)}</p>' if summary.provenance.demo else ""
@@ -41,7 +42,7 @@ table {{ border-collapse: collapse; }} th, td {{ padding: 0.25em 0.8em; text-ali
 <h2>Summary</h2><table>{rows}</table>
 {f'<h2>Input notes</h2><ul>{problems}</ul>' if problems else ''}
 <h2>Charts</h2>{charts}
-<h2>Per sequence</h2>{table.to_html(index=False, escape=True, float_format=lambda v: f'{v:.8g}')}
+<h2>Per sequence</h2>{f'<p>{esc(table_note)}</p>' if table_note else ''}{table.to_html(index=False, escape=True, float_format=lambda v: f'{v:.8g}')}
 <p><small>Created {esc(summary.created_at)} · {esc(json.dumps(summary.versions))}</small></p>
 </body></html>
 """

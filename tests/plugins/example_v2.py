@@ -51,3 +51,50 @@ def make_padded(model):
 
 def make_no_interface(model):
     return NoInterface()
+
+
+class Nameless:
+    """A faithful packed implementation with neither ``name`` nor ``version``: the tool names it."""
+
+    def __init__(self, model: ESM2WithFlashAttention):
+        self.model = model
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        return self.model.forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers, backend="reference")
+
+
+class WrongSignature:
+    """forward_packed without the arguments the passes give it."""
+
+    name = "wrong signature"
+    version = "0"
+
+    def forward_packed(self, input_ids) -> dict:
+        raise AssertionError("never called: refused when loaded")
+
+
+def make_nameless(model):
+    return Nameless(model)
+
+
+def make_wrong_signature(model):
+    return WrongSignature()
+
+
+def make_failing(model):
+    raise RuntimeError("this plug-in needs a GPU kernel that is not built")
+
+
+class Negated(PackedReference):
+    """A path that changes every prediction: the faithful representations, negated. Balanced heads flip
+    every label, so the verdict is FALLBACK."""
+
+    name = "example negated"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        return {**out, "representations": {layer: -rep for layer, rep in out["representations"].items()}}
+
+
+def make_negated(model):
+    return Negated(model)

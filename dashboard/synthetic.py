@@ -1,0 +1,77 @@
+"""A synthetic run of any size, shaped like demo-8M's (7 pooled layers × 320), for benchmarks and tests:
+no model involved. Both paths are a float64 "truth" plus independent float32-sized noise (a faithful
+v2.0), a few sequences' v2.0 much further off so the views have flips and a worst list; the numerics
+sample's fp64 reference is the truth itself."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+from core.analysis.analyse import analyse
+from core.embed.passes import PathEmbeddings
+from core.embed.run import EmbeddingRun
+from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, Yardstick, spanning_sample
+from core.input.records import ParsedInput, ProteinRecord
+from core.numerics.environment import versions
+from dashboard.compact import compact_run
+from dashboard.runs import RunStore
+from dashboard.settings import Settings, options_for
+
+DEMO_LAYERS, DEMO_WIDTH = 7, 320
+NOISE = 1e-6  # relative error of each path, about float32 rounding through a few layers
+OUTLIERS = 20  # sequences (at most 1 in 50 outside the numerics sample) whose v2.0 is NOISE × 1e4 off
+AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+
+
+def synthetic_run(n: int, seed: int = 0, layers: int = DEMO_LAYERS, width: int = DEMO_WIDTH) -> EmbeddingRun:
+    """An EmbeddingRun of ``n`` sequences: per layer (n, width) float32 v1.0 and v2.0, lengths 30…800."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(30, 800, size=n)
+    indices = spanning_sample(lengths, DEFAULT_REFERENCE_SAMPLE)
+    others = np.setdiff1d(np.arange(n), indices)  # the numerics sample stays faithful
+    outliers = rng.choice(others, size=min(OUTLIERS, others.size // 50), replace=False)
+    v1, v2, reference = {}, {}, {}
+    for layer in range(layers):
+        truth = rng.standard_normal((n, width), dtype=np.float32)
+        scale = np.float32(NOISE) * truth
+        v1[layer] = truth + scale * rng.standard_normal((n, width), dtype=np.float32)
+        wobble = rng.standard_normal((n, width), dtype=np.float32)
+        wobble[outliers] *= np.float32(1e4)
+        v2[layer] = truth + scale * wobble
+        reference[layer] = truth[indices].astype(np.float64)
+    sample = Yardstick("reference", "fp64", indices, (), path({l: a[indices] for l, a in v1.items()}, 0.5),
+                       path({l: a[indices] for l, a in v2.items()}, 0.5), path(reference, 1.0))
+    return EmbeddingRun(ids=[f"seq_{i:06d}" for i in range(n)], lengths=lengths, v1=path(v1, n * 1e-3),
+                        v2=path(v2, n * 5e-4), model="demo-8M", weights="demo", dtype="fp32", device="cpu",
+                        layers=list(range(layers)), yardstick=sample)
+
+
+def path(layers: dict[int, np.ndarray], seconds: float) -> PathEmbeddings:
+    return PathEmbeddings(layers=layers, backend="synthetic", seconds=seconds, implementation="synthetic")
+
+
+def synthetic_input(run: EmbeddingRun) -> ParsedInput:
+    """Records for the run's ids (random residues of each length): what input.json would hold."""
+    rng = np.random.default_rng(len(run.ids))
+    residues = AMINO_ACIDS[rng.integers(0, AMINO_ACIDS.size, size=int(np.sum(run.lengths)))].tobytes().decode()
+    ends = np.cumsum(run.lengths)
+    return ParsedInput(records=[ProteinRecord(seq_id, residues[end - length:end], ())
+                                for seq_id, length, end in zip(run.ids, run.lengths.tolist(), ends.tolist())],
+                       problems=[])
+
+
+def store_synthetic_run(store: RunStore, n: int, seed: int = 0, layer: int = DEMO_LAYERS - 1) -> str:
+    """Save a synthetic run of ``n`` sequences in ``store`` as the page saves a finished run (compact but
+    for ``layer``, summary.json and sequences.csv, state done); returns its id."""
+    run = compact_run(synthetic_run(n, seed), [layer])
+    parsed = synthetic_input(run)
+    settings = Settings(model="demo-8M", dtype="fp32", device="cpu", layer=layer)
+    run_id = store.new_id()
+    store.create(run_id, parsed, asdict(settings))
+    pruned = store.save_embeddings(run_id, run)
+    analysis = analyse(run, layer, options_for(settings), parsed, versions())
+    store.save_outputs(run_id, analysis.summary, analysis.table)
+    store.set_status(run_id, "done", seconds=run.v1.seconds + run.v2.seconds, pruned_runs=pruned)
+    return run_id
