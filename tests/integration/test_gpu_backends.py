@@ -1,7 +1,9 @@
 """Each packed GPU attention backend against a float64 reference on the same weights.
 
-FlashAttention's own acceptance rule: the kernel's error against a high-precision reference
-may be at most 2x the error of the standard implementation in the same low precision.
+FlashAttention's own acceptance rule allows the kernel's error against a high-precision reference to be
+2x the error of the standard implementation in the same low precision; measured here (H100, demo-3B
+FP16, example set) the ratio is 0.95–1.01 on the max and 1.00–1.01 on the mean, so the test holds the
+backends to 1.25x (max) and 1.1x (mean).
 Here the reference is the standard path run in float64 on the FP16 model's weights.
 """
 
@@ -25,7 +27,8 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 log = logging.getLogger("divergence")
-MULTIPLE = 2.0
+MAX_MULTIPLE = 1.25  # measured floor 1.01, with a stated margin
+MEAN_MULTIPLE = 1.1
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def errors(embeddings: np.ndarray, reference: np.ndarray) -> tuple[float, float]
 
 
 @pytest.mark.parametrize("backend", ["torch-flash", "flash-attn", "reference"])
-def test_backend_error_within_twice_standard_fp16_error(reference_setup, backend):
+def test_backend_error_within_measured_floor_of_standard_fp16_error(reference_setup, backend):
     model, alphabet, sequences, layers, reference, v1 = reference_setup
     if backend not in available_backends(model.device, model.dtype):
         pytest.skip(f"{backend} is not available on this host")
@@ -60,5 +63,5 @@ def test_backend_error_within_twice_standard_fp16_error(reference_setup, backend
             "layer %d  %-11s  max err v1 %.3e  v2 %.3e (x%.2f)  mean err v1 %.3e  v2 %.3e (x%.2f)",
             layer, backend, v1_max, v2_max, v2_max / v1_max, v1_mean, v2_mean, v2_mean / v1_mean,
         )
-        assert v2_max <= MULTIPLE * v1_max
-        assert v2_mean <= MULTIPLE * v1_mean
+        assert v2_max <= MAX_MULTIPLE * v1_max
+        assert v2_mean <= MEAN_MULTIPLE * v1_mean
