@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -35,14 +36,21 @@ class Status:
     pruned: int = 0
 
 
-def read_json(path: Path) -> Any:
-    """The JSON document in ``path``; DamagedRun when it is missing, unreadable, empty or not JSON."""
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A missing or unreadable ``path`` as a DamagedRun naming it."""
     try:
-        text = path.read_bytes()
+        yield
     except FileNotFoundError:
         raise DamagedRun(path.name, "is missing") from None
     except OSError as error:
         raise DamagedRun(path.name, f"cannot be read ({error.strerror or error})") from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path``; DamagedRun when it is missing, unreadable, empty or not JSON."""
+    with _reading(path):
+        text = path.read_bytes()
     if not text.strip():
         raise DamagedRun(path.name, "is empty")
     try:
@@ -57,16 +65,12 @@ FULL_CHECK_BYTES = 4_000_000  # larger JSON files are only checked at both ends 
 def looks_whole(path: Path) -> None:
     """A cheap check of a large JSON object file for the run history: present, and beginning and ending
     as a JSON object does (a truncated write does not); DamagedRun otherwise. Opening the run parses it."""
-    try:
+    with _reading(path):
         size = path.stat().st_size
         with open(path, "rb") as handle:
             head = handle.read(64)
             handle.seek(max(size - 64, 0))
             tail = handle.read()
-    except FileNotFoundError:
-        raise DamagedRun(path.name, "is missing") from None
-    except OSError as error:
-        raise DamagedRun(path.name, f"cannot be read ({error.strerror or error})") from None
     if not head.strip():
         raise DamagedRun(path.name, "is empty")
     if not (head.lstrip().startswith(b"{") and tail.rstrip().endswith(b"}")):

@@ -35,9 +35,8 @@ from dashboard.server import ModelNotAllowed
 from dashboard.settings import Settings
 from dashboard.state import Submission
 from dashboard.views import CHECKPOINT
+from tests.test_dashboard import new_app
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-TIMEOUT = 180
 POLICY = LinkPolicy(("demo-8M", "demo-35M"), (Path("/srv/checkpoints"),), ("packed", "fallback"))
 DEFAULTS = Settings(model="demo-8M", dtype="fp32", device="cpu")
 SETTINGS = Settings(model="demo-8M", dtype="fp32", device="cpu", seeds=0)
@@ -355,10 +354,6 @@ def page(monkeypatch, tmp_path):
     return calls
 
 
-def new_app(**query: str) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    app.query_params.update(query)
-    return app.run()
 
 
 def current_run(app: AppTest) -> str | None:

@@ -116,12 +116,13 @@ def gpu_monitor(monkeypatch, tmp_path):
     return stats
 
 
-def drive_session(k: int, start: threading.Barrier, out: dict) -> None:
+def drive_session(k: int, start: threading.Barrier, out: dict, text: str | None = None) -> None:
+    """Session k pastes its own records (or ``text``) and presses Run when every session is ready."""
     try:
         app = AppTest.from_file(APP, default_timeout=TIMEOUT)
         app.query_params.update({"seeds": "0"})
         app.run()
-        app.text_area(key="sequences_text").input(fasta(session_records(k))).run()
+        app.text_area(key="sequences_text").input(fasta(session_records(k)) if text is None else text).run()
         start.wait(60)
         app.button(key="run").click().run()
         out[k] = app
@@ -130,16 +131,22 @@ def drive_session(k: int, start: threading.Barrier, out: dict) -> None:
         out[k] = error
 
 
-def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, gpu_monitor, demo_fp32, tmp_path):
+def run_sessions(drive) -> dict[int, object]:
+    """``drive(k, barrier, out)`` in SESSIONS threads released together; each session's result, none failed."""
     start = threading.Barrier(SESSIONS)
     out: dict[int, object] = {}
-    threads = [threading.Thread(target=drive_session, args=(k, start, out)) for k in range(SESSIONS)]
+    threads = [threading.Thread(target=drive, args=(k, start, out)) for k in range(SESSIONS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(TIMEOUT + 120)
     failures = {k: v for k, v in out.items() if isinstance(v, BaseException)}
     assert not failures and len(out) == SESSIONS, [error.__notes__ for error in failures.values()]
+    return out
+
+
+def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, gpu_monitor, demo_fp32, tmp_path):
+    out = run_sessions(drive_session)
 
     assert gpu_monitor["calls"] == SESSIONS, "one embedding pass per session"
     assert gpu_monitor["max"] == 1, "GPU work overlapped"
@@ -189,29 +196,11 @@ IDENTICAL = fasta(session_records(0))
 
 def drive_identical_session(k: int, start: threading.Barrier, out: dict) -> None:
     """Session k pastes the same input as every other session and presses Run at the same moment."""
-    try:
-        app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-        app.query_params.update({"seeds": "0"})
-        app.run()
-        app.text_area(key="sequences_text").input(IDENTICAL).run()
-        start.wait(60)
-        app.button(key="run").click().run()
-        out[k] = app
-    except BaseException as error:  # noqa: BLE001 - reported by the test thread
-        error.add_note(traceback.format_exc())
-        out[k] = error
+    drive_session(k, start, out, IDENTICAL)
 
 
 def test_eight_identical_submissions_at_once_are_one_run(concurrent_apptests, gpu_monitor, tmp_path):
-    start = threading.Barrier(SESSIONS)
-    out: dict[int, object] = {}
-    threads = [threading.Thread(target=drive_identical_session, args=(k, start, out)) for k in range(SESSIONS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT + 120)
-    failures = {k: v for k, v in out.items() if isinstance(v, BaseException)}
-    assert not failures and len(out) == SESSIONS, [error.__notes__ for error in failures.values()]
+    out = run_sessions(drive_identical_session)
     assert gpu_monitor["calls"] == 1, "identical runs are computed once"
     run_ids = set()
     for k, app in out.items():
