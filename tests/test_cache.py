@@ -311,3 +311,35 @@ def test_a_change_to_the_numerics_code_misses(demo_fp32, cache, counter, monkeyp
     cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=6, only_layer=True)
     monkeypatch.setattr(cache_module, "code_fingerprint", lambda: "edited-pooling")
     assert cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=6, only_layer=True)[1].computed == 2
+
+
+def test_the_key_separates_device_kind_library_versions_and_plugin_version(demo_fp32, monkeypatch):
+    """Entries from another GPU model, another torch or flash-attn, or another plug-in release never mix."""
+    from core.embed.paths import plugin_path
+    from core.embed.cache import entry_key, path_identities, code_fingerprint
+    from tests.plugins.example_v2 import PackedReference
+
+    model, _ = demo_fp32
+    key = lambda device="cuda NVIDIA H100 80GB HBM3", identity="v2 | x": entry_key("w", "fp16", device, identity, [6], "h")  # noqa: E731
+    assert key() == key() and key(device="cuda NVIDIA H200") != key() and key(device="cpu") != key()
+    import torch
+
+    for name in ("H100 80GB HBM3", "H200"):  # the device part of the key names the GPU model, not its index
+        monkeypatch.setattr(store_module, "device_description", lambda device, name=name: f"cuda:{device.index} ({name})")
+        assert store_module.device_kind(torch.device("cuda", 0)) == store_module.device_kind(torch.device("cuda", 1))
+        assert store_module.device_kind(torch.device("cuda", 1)) == f"cuda {name}"
+
+    first, later = PackedReference(model), PackedReference(model)
+    later.version = "1.1"
+    identities = [path_identities(model, v2_path=plugin_path(p))[1].identity for p in (first, later)]
+    assert identities[0] != identities[1] and key(identity=identities[0]) != key(identity=identities[1])
+
+    code_fingerprint.cache_clear()
+    monkeypatch.setattr(cache_module, "versions", lambda: {"torch": "2.11.0", "flash-attn": "2.8.3"})
+    before = code_fingerprint()
+    for changed in ({"torch": "2.12.0", "flash-attn": "2.8.3"}, {"torch": "2.11.0", "flash-attn": "2.8.4"},
+                    {"torch": "2.11.0"}):
+        code_fingerprint.cache_clear()
+        monkeypatch.setattr(cache_module, "versions", lambda changed=changed: changed)
+        assert code_fingerprint() != before, changed
+    code_fingerprint.cache_clear()
