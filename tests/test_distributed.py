@@ -152,7 +152,21 @@ def test_two_ranks_report_what_one_process_reports(two_ranks, single_process):
     assert list(table_many["length"]) == list(table_one["length"])
     assert list(table_many["label_v1"]) == list(table_one["label_v1"])
     assert list(table_many["label_v2"]) == list(table_one["label_v2"])
-    np.testing.assert_allclose(table_many["cosine"], table_one["cosine"], atol=1e-6, rtol=0)
+    for column in ("cosine", "mean_abs_diff", "max_abs_diff", "confidence_v1", "confidence_v2"):
+        np.testing.assert_allclose(table_many[column], table_one[column], atol=1e-6, rtol=0, err_msg=column)
+
+    # the numerics gate (rank 0 measures the sample on the whole set) and the per-layer profile, not only labels
+    gate_many, gate_one = many["numerics"], one["numerics"]
+    for key in ("kind", "dtype", "n_sample", "n_probes", "passed", "first_departing_layer"):
+        assert gate_many[key] == gate_one[key], key
+    assert [t["layer"] for t in gate_many["layers"]] == [t["layer"] for t in gate_one["layers"]]
+    for a, b in zip(gate_many["layers"], gate_one["layers"]):
+        assert a["baseline_error"] == pytest.approx(b["baseline_error"], rel=1e-3, abs=1e-9), a["layer"]
+        assert a["candidate_error"] == pytest.approx(b["candidate_error"], rel=1e-3, abs=1e-9), a["layer"]
+    for a, b in zip(many["layers"], one["layers"]):
+        for key in ("cosine_min", "mean_abs_diff", "max_abs_diff", "v1_mean_abs_error", "v2_mean_abs_error"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-7), (a["layer"], key)
+        assert a["label_agreement"] == b["label_agreement"], a["layer"]
 
 
 def test_two_ranks_read_the_cache_rank_0_filled_and_run_checks(tmp_path, two_ranks):

@@ -25,6 +25,7 @@ from streamlit.testing.v1 import app_test
 
 import core.embed.run
 import core.pipeline
+import dashboard.jobs
 import dashboard.server
 import dashboard.state
 from core.analysis.analyse import AnalysisOptions, analyse
@@ -98,7 +99,17 @@ def gpu_monitor(monkeypatch, tmp_path):
     st.cache_data.clear()
     original = core.embed.run.run_both_paths
     lock = threading.Lock()
-    stats = {"calls": 0, "now": 0, "max": 0}
+    stats = {"calls": 0, "now": 0, "max": 0, "in_queue": 0}
+    submit = dashboard.jobs.JobQueue.submit
+
+    def counting_submit(queue, *args, **kwargs):
+        """How many jobs were queued or running at once: sessions run one after another would leave it at 1."""
+        job = submit(queue, *args, **kwargs)
+        with queue._lock:
+            active = len(queue._waiting) + (queue._running is not None)
+        with lock:
+            stats["in_queue"] = max(stats["in_queue"], active)
+        return job
 
     def monitored(*args, **kwargs):
         with lock:
@@ -113,6 +124,7 @@ def gpu_monitor(monkeypatch, tmp_path):
                 stats["now"] -= 1
 
     monkeypatch.setattr(core.pipeline, "run_both_paths", monitored)  # the page calls it through the pipeline
+    monkeypatch.setattr(dashboard.jobs.JobQueue, "submit", counting_submit)
     return stats
 
 
@@ -150,6 +162,7 @@ def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, g
 
     assert gpu_monitor["calls"] == SESSIONS, "one embedding pass per session"
     assert gpu_monitor["max"] == 1, "GPU work overlapped"
+    assert gpu_monitor["in_queue"] >= 2, "the sessions never waited on each other: they did not run at once"
 
     model, alphabet = demo_fp32
     all_ids = {k: [seq_id for seq_id, _ in session_records(k)] for k in range(SESSIONS)}
