@@ -8,7 +8,7 @@ scatters draw at most MAX_POINTS points and its histograms are binned here (core
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,18 +86,25 @@ def cosine_ecdf(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> 
                    xaxis_title=LOG_DISTANCE_TITLE)
 
 
-def cosine_vs_length(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
-    """Cosine distance against sequence length; label flips in red (at most MAX_POINTS sequences drawn)."""
-    fig = go.Figure()
+def flip_groups(table: pd.DataFrame) -> Iterator[tuple[pd.DataFrame, str, dict]]:
+    """The rows a scatter draws (core.report.sampling.plotted_rows), agreeing ones then flipped ones, each
+    non-empty group with its legend name and marker (flips as red crosses)."""
     shown = plotted_rows(table)
     for flipped, colour, name in ((False, AGREE_COLOUR, "labels agree"), (True, FLIP_COLOUR, "label flip")):
         part = shown[shown["label_flip"] == flipped]
         if len(part):
-            fig.add_trace(go.Scatter(
-                x=part["length"], y=log_cosine_distance(part["cosine"]), mode="markers", name=name, text=part["id"],
-                customdata=part["cosine"], marker=dict(color=colour, size=10, symbol="x" if flipped else "circle"),
-                hovertemplate="%{text}<br>length %{x}<br>cosine %{customdata:.10f}<extra></extra>",
-            ))
+            yield part, name, dict(color=colour, size=10, symbol="x" if flipped else "circle")
+
+
+def cosine_vs_length(table: pd.DataFrame, min_cosine: float, font_size: int = 14) -> go.Figure:
+    """Cosine distance against sequence length; label flips in red (at most MAX_POINTS sequences drawn)."""
+    fig = go.Figure()
+    for part, name, marker in flip_groups(table):
+        fig.add_trace(go.Scatter(
+            x=part["length"], y=log_cosine_distance(part["cosine"]), mode="markers", name=name, text=part["id"],
+            customdata=part["cosine"], marker=marker,
+            hovertemplate="%{text}<br>length %{x}<br>cosine %{customdata:.10f}<extra></extra>",
+        ))
     _threshold_line(fig, min_cosine, vertical=False)
     return _layout(fig, "Cosine distance against sequence length", font_size, xaxis_title="residues",
                    yaxis_title=LOG_DISTANCE_TITLE)
@@ -107,17 +114,13 @@ def confidence_scatter(table: pd.DataFrame, font_size: int = 14) -> go.Figure:
     """Proxy-classifier confidence, v1.0 against v2.0; points off the diagonal moved, red ones flipped (at
     most MAX_POINTS sequences drawn)."""
     fig = go.Figure()
-    shown = plotted_rows(table)
-    for flipped, colour, name in ((False, AGREE_COLOUR, "labels agree"), (True, FLIP_COLOUR, "label flip")):
-        part = shown[shown["label_flip"] == flipped]
-        if len(part):
-            fig.add_trace(go.Scatter(
-                x=part["confidence_v1"], y=part["confidence_v2"], mode="markers", name=name,
-                text=part["id"], customdata=np.stack([part["label_v1"], part["label_v2"]], axis=1),
-                marker=dict(color=colour, size=10, symbol="x" if flipped else "circle"),
-                hovertemplate="%{text}<br>v1.0 label %{customdata[0]} at %{x:.6f}"
-                              "<br>v2.0 label %{customdata[1]} at %{y:.6f}<extra></extra>",
-            ))
+    for part, name, marker in flip_groups(table):
+        fig.add_trace(go.Scatter(
+            x=part["confidence_v1"], y=part["confidence_v2"], mode="markers", name=name,
+            text=part["id"], customdata=np.stack([part["label_v1"], part["label_v2"]], axis=1), marker=marker,
+            hovertemplate="%{text}<br>v1.0 label %{customdata[0]} at %{x:.6f}"
+                          "<br>v2.0 label %{customdata[1]} at %{y:.6f}<extra></extra>",
+        ))
     fig.add_trace(go.Scatter(x=[0.5, 1], y=[0.5, 1], mode="lines", name="v1.0 = v2.0",
                              line=dict(color="#888", dash="dot"), hoverinfo="skip"))
     return _layout(fig, "Proxy-classifier confidence", font_size,
