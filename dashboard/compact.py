@@ -16,7 +16,9 @@ Precision kept, and why:
 - A layer with a value float16 cannot hold (|x| > 65504, or not finite) stays as computed.
 
 Expanded to the run's dtype on access (v2.0 = v1.0 + the scaled difference), the same way every time:
-the analysis when the run finishes and after it is reopened read the same numbers.
+the analysis when the run finishes and after it is reopened read the same numbers. Heads never need the
+expansion: their labels at a half layer come from float32 products of the stored arrays
+(``HalfLayer.products``, read through core.analysis.projection), several times cheaper on a large run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+import torch
 
 from core.embed.passes import PathEmbeddings
 from core.embed.run import EmbeddingRun
@@ -63,19 +66,32 @@ class HalfLayer:
 
     def baseline(self) -> np.ndarray:
         """v1.0, (n, d) in ``dtype``."""
-        values = self.v1.astype(self.dtype)
+        values = _widened(self.v1, self.dtype)
         values[self.rows] = self.exact_v1
         return values
 
     def candidate(self) -> np.ndarray:
         """v2.0, (n, d) in ``dtype``: v1.0 plus the scaled difference. (In ``dtype``: v1.0 from float16 is
         exact there, and the sum's rounding is the half unit in the last place v2.0 was rounded to anyway.)"""
-        values = self.v1.astype(self.dtype)
-        difference = self.delta.astype(self.dtype)
-        difference *= self.scale.astype(self.dtype)[:, None]
+        values = torch.from_numpy(_widened(self.v1, self.dtype))
+        difference = torch.from_numpy(_widened(self.delta, self.dtype))
+        difference *= torch.from_numpy(self.scale.astype(self.dtype))[:, None]  # a product, then a sum: never fused
         values += difference
-        values[self.rows] = self.exact_v2
-        return values
+        expanded = values.numpy()
+        expanded[self.rows] = self.exact_v2
+        return expanded
+
+    def products(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(v1.0 @ ``matrix``, v2.0 @ ``matrix``): (n, K) float64 for ``matrix`` (d, K), from the compact form,
+        in float32 products (the float16 values are exact there; a head's labels need no more): v1.0's, and
+        v2.0's as v1.0's plus each sequence's scale times the difference's. The numerics sample's rows come
+        from their exact values in float64."""
+        matrix = np.asarray(matrix, np.float64)
+        v1_products = _float32_products(self.v1, matrix)
+        v2_products = v1_products + self.scale.astype(np.float64)[:, None] * _float32_products(self.delta, matrix)
+        v1_products[self.rows] = np.asarray(self.exact_v1, np.float64) @ matrix
+        v2_products[self.rows] = np.asarray(self.exact_v2, np.float64) @ matrix
+        return v1_products, v2_products
 
     @property
     def nbytes(self) -> int:
@@ -101,11 +117,36 @@ class CompactLayers(Mapping[int, np.ndarray]):
         self._last = (layer, values)
         return values
 
+    def compact_products(self, layer: int, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(v1.0's ``layer`` @ ``matrix``, v2.0's), float64, from a half layer's stored form
+        (core.analysis.projection); None for a layer kept as computed."""
+        return self.half[layer].products(matrix) if layer in self.half else None
+
+    def width(self, layer: int) -> int:
+        return int((self.full[layer] if layer in self.full else self.half[layer].v1).shape[1])
+
     def __iter__(self) -> Iterator[int]:
         return iter(sorted({*self.full, *self.half}))
 
     def __len__(self) -> int:
         return len(self.full) + len(self.half)
+
+
+def _widened(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(n, d) float16 ``values`` cast to ``dtype`` (exactly), by torch: its cast is vectorised and threaded,
+    several times numpy's on a large layer."""
+    return torch.from_numpy(values).to(torch.from_numpy(np.zeros(0, dtype)).dtype).numpy()
+
+
+def _float32_products(values: np.ndarray, matrix: np.ndarray, rows: int = 16384) -> np.ndarray:
+    """(n, d) float16 ``values`` @ (d, K) ``matrix`` in float32 (torch: its float16 cast is vectorised), as
+    (n, K) float64, ``rows`` at a time so no float32 copy of the whole layer is made."""
+    weights = torch.from_numpy(np.ascontiguousarray(matrix, np.float32))
+    products = np.empty((values.shape[0], matrix.shape[1]), dtype=np.float64)
+    source = torch.from_numpy(values)
+    for start in range(0, values.shape[0], rows):
+        products[start:start + rows] = (source[start:start + rows].float() @ weights).numpy()
+    return products
 
 
 def compact_run(run: EmbeddingRun, full_layers: Iterable[int]) -> EmbeddingRun:

@@ -78,6 +78,8 @@ def page_steps(run_id: str) -> list[Step]:
         ("layer 6 → 3", lambda: app.slider(key="layer").set_value(3).run()),
         ("layer 3 → 6 (seen before)", lambda: app.slider(key="layer").set_value(6).run()),
         ("seed 1 → 0 (seen before)", lambda: app.number_input(key="seed").set_value(0).run()),
+        ("layer 6 → 0", lambda: app.slider(key="layer").set_value(0).run()),
+        ("seed 0 → 123456789 at layer 0", lambda: app.number_input(key="seed").set_value(123456789).run()),
     ):
         step, app = measured(action, change)
         steps.append(step)

@@ -4,6 +4,7 @@ draw at most MAX_POINTS points with the worst sequences kept, the tables are lim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,10 +18,13 @@ import dashboard.server
 from core.analysis.analyse import AnalysisOptions, analyse
 from core.analysis.memo import compute_now
 from core.analysis.metrics import Thresholds
+from core.analysis.profile import layer_agreement, layer_profile
+from core.analysis.projection import compact_products, width
+from core.embed.run import EmbeddingRun
 from core.report import charts
 from core.report.sampling import MAX_POINTS, WORST_KEPT, binned, ecdf_ranks, plotted_rows
 from dashboard import views
-from dashboard.compact import compact_run
+from dashboard.compact import HalfLayer, compact_run
 from dashboard.memo import RunMemo
 from dashboard.runs import RunStore
 from dashboard.synthetic import DEMO_LAYERS, DEMO_WIDTH, store_synthetic_run, synthetic_input, synthetic_run
@@ -45,6 +49,45 @@ def test_a_remembered_analysis_gives_the_same_numbers_as_a_fresh_one():
         assert without_time(remembered.summary.to_json()) == without_time(fresh.summary.to_json()), (layer, options)
         pd.testing.assert_frame_equal(remembered.table, fresh.table)
     assert 0 < len(memo) and len(memo._parts["votes"]) <= 3
+
+
+def far_apart(n: int, seed: int) -> EmbeddingRun:
+    """A synthetic run whose v2.0 lies 1% off v1.0 at every layer, so heads' labels do flip."""
+    run = synthetic_run(n, seed=seed)
+    rng = np.random.default_rng(seed)
+    for layer, v1 in run.v1.layers.items():
+        run.v2.layers[layer] = v1 + np.float32(0.01) * rng.standard_normal(v1.shape, dtype=np.float32)
+    return run
+
+
+def test_compact_layers_project_onto_heads_without_expanding(monkeypatch):
+    run = compact_run(far_apart(3000, seed=5), [6])
+    matrix = np.random.default_rng(1).standard_normal((DEMO_WIDTH, 3))
+    expanded = {layer: (run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64))
+                for layer in run.layers}
+    plain = dataclasses.replace(run, v1=dataclasses.replace(run.v1, layers={l: p[0] for l, p in expanded.items()}),
+                                v2=dataclasses.replace(run.v2, layers={l: p[1] for l, p in expanded.items()}))
+    profile_of_expanded = layer_profile(plain, seed=3)
+    # From here on a compact layer may not be expanded: the products come from its stored form.
+    monkeypatch.setattr(HalfLayer, "baseline", lambda self: pytest.fail("v1.0 expanded"))
+    monkeypatch.setattr(HalfLayer, "candidate", lambda self: pytest.fail("v2.0 expanded"))
+    for layer, (v1, v2) in expanded.items():
+        products = compact_products(run.v1.layers, run.v2.layers, layer, matrix)
+        assert width(run.v1.layers, layer) == DEMO_WIDTH
+        if layer == 6:
+            assert products is None  # kept as computed: the caller multiplies in float64
+            continue
+        # float32 products of values float16 holds exactly; v2.0 also differs by its float32 expansion's rounding.
+        np.testing.assert_allclose(products[0], v1 @ matrix, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(products[1], v2 @ matrix, rtol=0, atol=1e-4)
+        assert np.abs(products[1] - products[0]).mean() > 0.05  # the difference is in it, not only v1.0
+        sample = run.yardstick.indices  # the numerics sample's rows from their exact values, in float64
+        np.testing.assert_allclose(products[0][sample], v1[sample] @ matrix, rtol=1e-13)
+    for reference in profile_of_expanded:
+        for proxy in ("balanced", "seed"):
+            expected = reference.label_agreement if proxy == "balanced" else layer_agreement(plain, reference.layer, 3, proxy)
+            assert abs(layer_agreement(run, reference.layer, 3, proxy) - expected) <= 1 / 3000
+    assert min(entry.label_agreement for entry in profile_of_expanded) < 0.995  # heads do flip here
 
 
 def table_of(n: int, flips: int = 50) -> pd.DataFrame:

@@ -5,18 +5,21 @@ it on every redraw."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
 import pandas as pd
 
 from core.analysis.attribution import DEFAULT_K, Attribution, attribute
 from core.analysis.balance import ProxyBalance, majority_share
 from core.analysis.checks import CheckResult
 from core.analysis.memo import Memo, compute_now
-from core.analysis.metrics import (Classifier, Comparison, ProxyClassifier, Thresholds, comparison_of, distances,
-                                   head_labels)
+from core.analysis.metrics import (Classifier, Comparison, Labels, ProxyClassifier, Thresholds, comparison_of,
+                                   distances, head_labels)
 from core.analysis.numerics_gate import numerics_gate, rounding_noise
 from core.analysis.profile import layer_profile
-from core.analysis.proxies import DEFAULT_HEADS, HeadBank, HeadVotes, ProxyKind, proxy_head, vote
+from core.analysis.projection import compact_products, proxy_labels, width
+from core.analysis.proxies import DEFAULT_HEADS, HeadBank, HeadVotes, ProxyKind, head_directions, vote
 from core.analysis.verdict import Headline, SeedRule, predictions_from_head, predictions_from_votes
 from core.embed.cache import CacheStats
 from core.embed.run import EmbeddingRun
@@ -62,43 +65,84 @@ class Analysis:
         return self.summary.attribution
 
 
-def chosen_head(run: EmbeddingRun, layer: int, options: AnalysisOptions, memo: Memo = compute_now,
-                ) -> tuple[Classifier, str]:
+@dataclass(frozen=True)
+class LayerValues:
+    """One layer of both paths, read when first asked for: ``v1``, ``v2`` (n, embed_dim) as stored (float32
+    or float64; a compact stored layer expanded), ``wide_v1``, ``wide_v2`` the same in float64. Parts that
+    a memo remembers, or that a compact layer gives from its stored form, never ask."""
+
+    run: EmbeddingRun
+    layer: int
+
+    @cached_property
+    def v1(self) -> np.ndarray:
+        return self.run.v1.layers[self.layer]
+
+    @cached_property
+    def v2(self) -> np.ndarray:
+        return self.run.v2.layers[self.layer]
+
+    @cached_property
+    def wide_v1(self) -> np.ndarray:
+        return np.asarray(self.v1, np.float64)
+
+    @cached_property
+    def wide_v2(self) -> np.ndarray:
+        return np.asarray(self.v2, np.float64)
+
+    def wide(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.wide_v1, self.wide_v2
+
+    def proxy(self, kind: ProxyKind, seed: int, memo: Memo) -> tuple[ProxyClassifier, Labels]:
+        """The ``seed``'s ``kind`` proxy head at this layer and its labels (memo key shared with the layer
+        profile: core.analysis.profile.layer_agreement)."""
+        return memo(("proxy", self.layer, kind, seed), lambda: proxy_labels(
+            self.run.v1.layers, self.run.v2.layers, self.layer, kind, seed, self.wide))
+
+
+def chosen_head(values: LayerValues, options: AnalysisOptions, memo: Memo = compute_now) -> tuple[Classifier, str]:
     """The head whose labels are drawn (a user's head, else the ``seed``'s proxy) and its name."""
     if options.classifier is not None:
         return options.classifier, options.classifier_name or "your head"
-    width = run.v1.layers[layer].shape[1]
     kind = "balanced" if options.proxy == "balanced" else "uncentred"
-    head = memo(("head", layer, options.proxy, options.seed),
-                lambda: proxy_head(options.proxy, options.seed, run.v1.layers[layer]))
-    return head, f"{kind} proxy (random linear {width}→2, seed {options.seed})"
+    head, _ = values.proxy(options.proxy, options.seed, memo)
+    return head, f"{kind} proxy (random linear {head.weight.shape[0]}→2, seed {options.seed})"
 
 
-def compare(run: EmbeddingRun, layer: int, options: AnalysisOptions, classifier: Classifier,
+def compare(values: LayerValues, options: AnalysisOptions, classifier: Classifier,
             memo: Memo = compute_now) -> Comparison:
-    """core.analysis.metrics.compare_embeddings at ``layer``: the distances remembered per layer, a proxy
+    """core.analysis.metrics.compare_embeddings at the layer: the distances remembered per layer, a proxy
     head's labels per (layer, proxy, seed), a user's head's never."""
-    v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
-    measured = memo(("distances", layer), lambda: distances(v1, v2))
-    labels = (head_labels(v1, v2, classifier) if options.classifier is not None else
-              memo(("labels", layer, options.proxy, options.seed), lambda: head_labels(v1, v2, classifier)))
+    measured = memo(("distances", values.layer), lambda: distances(values.wide_v1, values.wide_v2))
+    labels = (head_labels(values.wide_v1, values.wide_v2, classifier) if options.classifier is not None
+              else values.proxy(options.proxy, options.seed, memo)[1])
     return comparison_of(measured, labels, options.thresholds)
 
 
-def judge(run: EmbeddingRun, layer: int, options: AnalysisOptions, comparison: Comparison, head_name: str,
+def heads_vote(values: LayerValues, kind: ProxyKind, seeds: tuple[int, ...], k: float) -> HeadVotes:
+    """The bank of ``seeds``' ``kind`` heads fitted at the layer, and its votes (a compact layer's gaps from
+    its stored form)."""
+    run, layer = values.run, values.layer
+    directions = head_directions(seeds, width(run.v1.layers, layer))
+    products = compact_products(run.v1.layers, run.v2.layers, layer, directions.T)
+    noise = rounding_noise(run, layer)
+    if products is None:
+        bank, baseline_gaps = HeadBank.fitted(kind, seeds, values.wide_v1)
+        return vote(bank, values.v1, values.wide_v2, noise, k, baseline_gaps)
+    bank, baseline_gaps = HeadBank.fitted_to(kind, seeds, directions, products[0])
+    return vote(bank, values.v1, values.v2, noise, k, baseline_gaps, products[1] - bank.offsets)
+
+
+def judge(values: LayerValues, options: AnalysisOptions, comparison: Comparison, head_name: str,
           memo: Memo = compute_now) -> tuple[Headline, HeadVotes, ProxyBalance]:
     """The headline (predictions, numerics, cosine, seed rule), the proxy heads' votes and their balance."""
-    v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
+    run, layer = values.run, values.layer
     seeds = tuple(range(options.n_heads)) if options.n_heads > 0 else (options.seed,)
-    votes = memo(("votes", layer, options.proxy, seeds, options.k), lambda: vote(
-        HeadBank.build(options.proxy, seeds, v1), v1, v2, rounding_noise(run, layer), options.k))
+    votes = memo(("votes", layer, options.proxy, seeds, options.k), lambda: heads_vote(values, options.proxy, seeds, options.k))
     predictions = (predictions_from_head(comparison, head_name, options.thresholds) if options.classifier is not None
                    else predictions_from_votes(votes, options.thresholds))
-    seed_comparison = comparison_of(
-        memo(("distances", layer), lambda: distances(v1, v2)),
-        memo(("labels", layer, "seed", options.seed),
-             lambda: head_labels(v1, v2, ProxyClassifier.from_seed(v1.shape[1], options.seed))),
-        options.thresholds)
+    seed_comparison = comparison_of(memo(("distances", layer), lambda: distances(values.wide_v1, values.wide_v2)),
+                                    values.proxy("seed", options.seed, memo)[1], options.thresholds)
     seed_rule = SeedRule(seed_comparison, options.seed, majority_share(seed_comparison.labels_v1))
     failing = tuple(seq_id for seq_id, bad in zip(run.ids, comparison.cosine_failures) if bad)
     gate = memo(("numerics", options.k), lambda: numerics_gate(run, options.k))
@@ -115,13 +159,13 @@ def analyse(run: EmbeddingRun, layer: int, options: AnalysisOptions = AnalysisOp
     this same run (core.analysis.memo)."""
     if layer not in run.v1.layers:
         raise ValueError(f"layer {layer} was not pooled in this run (pooled: {sorted(run.v1.layers)})")
-    v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
-    classifier, head_name = chosen_head(run, layer, options, memo)
-    comparison = compare(run, layer, options, classifier, memo)
-    headline, votes, balance = judge(run, layer, options, comparison, head_name, memo)
+    values = LayerValues(run, layer)
+    classifier, head_name = chosen_head(values, options, memo)
+    comparison = compare(values, options, classifier, memo)
+    headline, votes, balance = judge(values, options, comparison, head_name, memo)
     sample = run.reference_sample
     attribution = (
-        attribute(v1[sample.indices], v2[sample.indices], sample.reference_rows(layer), classifier, options.k,
+        attribute(values.v1[sample.indices], values.v2[sample.indices], sample.reference_rows(layer), classifier, options.k,
                   sample.dtype)
         if sample is not None and sample.indices.size else None
     )

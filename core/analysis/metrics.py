@@ -91,8 +91,11 @@ class ProxyClassifier:
         does; half the baseline's sequences fall on each side (the median one in class 0).
         """
         head = cls.from_seed(baseline.shape[1], seed)
-        gap = np.asarray(baseline, np.float64) @ head.direction
-        return cls(weight=head.weight, bias=np.array([0.0, -float(np.median(gap))]), seed=seed)
+        return head.thresholded_at(float(np.median(np.asarray(baseline, np.float64) @ head.direction)))
+
+    def thresholded_at(self, gap: float) -> "ProxyClassifier":
+        """This head with its boundary where the logit gap (class 1 − class 0) equals ``gap``."""
+        return ProxyClassifier(weight=self.weight, bias=np.array([0.0, -gap]), seed=self.seed)
 
     @property
     def direction(self) -> np.ndarray:
@@ -101,7 +104,11 @@ class ProxyClassifier:
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Softmax class probabilities, (n, 2) float64."""
-        return softmax(np.asarray(embeddings, np.float64) @ self.weight + self.bias)
+        return self.probabilities_of(np.asarray(embeddings, np.float64) @ self.weight)
+
+    def probabilities_of(self, products: np.ndarray) -> np.ndarray:
+        """Softmax class probabilities, (n, 2) float64, from ``products``: the embeddings @ ``weight``."""
+        return softmax(products + self.bias)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -246,8 +253,12 @@ def distances(v1: np.ndarray, v2: np.ndarray) -> Distances:
     the float64 difference taken once (the same numbers as calling each)."""
     check_pair(v1, v2)
     v1, v2 = np.asarray(v1, np.float64), np.asarray(v2, np.float64)
-    difference = np.abs(v1 - v2)
-    return Distances(cosine_similarity(v1, v2), difference.mean(axis=1), difference.max(axis=1),
+    return distances_from(cosine_similarity(v1, v2), np.abs(v1 - v2))
+
+
+def distances_from(cosine: np.ndarray, difference: np.ndarray) -> Distances:
+    """Distances from the (n,) cosines and the (n, embed_dim) float64 |v1 − v2| already computed."""
+    return Distances(cosine, difference.mean(axis=1), difference.max(axis=1),
                      {atol: float((difference <= atol).mean()) for atol in MATCH_TOLERANCES})
 
 

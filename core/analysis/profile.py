@@ -12,9 +12,10 @@ import torch
 from core.embed.batching import pack_tokens, padded_tokens
 from core.embed.run import EmbeddingRun
 from core.analysis.memo import Memo, compute_now
-from core.analysis.metrics import cosine_similarity, max_abs_diff, mean_abs_diff
+from core.analysis.metrics import cosine_similarity, distances_from, max_abs_diff, mean_abs_diff
 from core.numerics.esm2_packed import ESM2WithFlashAttention
-from core.analysis.proxies import proxy_head, ProxyKind
+from core.analysis.projection import proxy_labels
+from core.analysis.proxies import ProxyKind
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,21 @@ def layer_profile(run: EmbeddingRun, seed: int = 0, proxy: ProxyKind = "balanced
 
 
 def profile_layer(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind, memo: Memo = compute_now) -> LayerProfile:
-    measured = memo(("profile-distances", layer), lambda: layer_distances(run, layer))
-    agreement = memo(("profile-agreement", layer, proxy, seed), lambda: layer_agreement(run, layer, seed, proxy))
+    measured = memo(("profile-distances", layer), lambda: layer_distances(run, layer, memo))
+    agreement = memo(("profile-agreement", layer, proxy, seed), lambda: layer_agreement(run, layer, seed, proxy, memo))
     return LayerProfile(layer, *measured[:4], agreement, *measured[4:])
 
 
-def layer_distances(run: EmbeddingRun, layer: int) -> tuple[float, float, float, float, float | None, float | None]:
+def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now,
+                    ) -> tuple[float, float, float, float, float | None, float | None]:
     """(min cosine, mean cosine, mean |v1 − v2|, max |v1 − v2|, v1.0's and v2.0's mean abs error against the
-    reference on the numerics sample, or None without one) at ``layer``; none of it depends on a head."""
+    reference on the numerics sample, or None without one) at ``layer``; none of it depends on a head. The
+    per-sequence distances made on the way are left in ``memo`` (key ``("distances", layer)``, the analysis
+    of that layer reads them there), so a large run's layer is measured once, when the run is opened."""
     v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
     cosine = cosine_similarity(v1, v2)
     abs_diff = np.abs(v1 - v2)
+    memo(("distances", layer), lambda: distances_from(cosine, abs_diff))
     errors: tuple[float | None, float | None] = (None, None)
     sample = run.reference_sample
     if sample is not None:
@@ -63,11 +68,12 @@ def layer_distances(run: EmbeddingRun, layer: int) -> tuple[float, float, float,
     return float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max()), *errors
 
 
-def layer_agreement(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind) -> float:
-    """Label agreement of the ``seed``'s ``proxy`` head fitted at ``layer``."""
-    v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
-    classifier = proxy_head(proxy, seed, v1)
-    return float((classifier.probabilities(v1).argmax(1) == classifier.probabilities(v2).argmax(1)).mean())
+def layer_agreement(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind, memo: Memo = compute_now) -> float:
+    """Label agreement of the ``seed``'s ``proxy`` head fitted at ``layer``: the labels an analysis of that
+    layer draws (``memo`` key ``("proxy", layer, proxy, seed)``, shared with it; a compact stored layer's from
+    its stored form, not expanded: on a large stored run a new seed is this at every layer)."""
+    _, labels = memo(("proxy", layer, proxy, seed), lambda: proxy_labels(run.v1.layers, run.v2.layers, layer, proxy, seed))
+    return float((labels.labels_v1 == labels.labels_v2).mean())
 
 
 @torch.inference_mode()

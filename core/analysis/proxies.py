@@ -52,14 +52,25 @@ class HeadBank:
 
     @classmethod
     def build(cls, kind: ProxyKind, seeds: Sequence[int], baseline: np.ndarray) -> "HeadBank":
+        return cls.fitted(kind, seeds, baseline)[0]
+
+    @classmethod
+    def fitted(cls, kind: ProxyKind, seeds: Sequence[int], baseline: np.ndarray) -> tuple["HeadBank", np.ndarray]:
+        """The bank of ``kind`` for ``seeds`` fitted on ``baseline`` (n, embed_dim), and the baseline's (n, K)
+        gaps under it (``bank.gaps(baseline)``, from the one product the fit needs)."""
+        directions = head_directions(seeds, baseline.shape[1])
+        return cls.fitted_to(kind, seeds, directions, np.asarray(baseline, np.float64) @ directions.T)
+
+    @classmethod
+    def fitted_to(cls, kind: ProxyKind, seeds: Sequence[int], directions: np.ndarray, products: np.ndarray,
+                  ) -> tuple["HeadBank", np.ndarray]:
+        """The bank fitted from the baseline's ``products`` (n, K) with ``directions`` (K, embed_dim) (from
+        head_directions), and the baseline's (n, K) gaps under it."""
         if kind not in PROXY_KINDS:
             raise ValueError(f"unknown proxy kind {kind!r}; choose {' or '.join(PROXY_KINDS)}")
-        width = baseline.shape[1]
-        directions = np.stack([ProxyClassifier.from_seed(width, int(seed)).direction for seed in seeds])
-        offsets = np.zeros(len(seeds))
-        if kind == "balanced":
-            offsets = np.median(np.asarray(baseline, np.float64) @ directions.T, axis=0)
-        return cls(kind, np.asarray(seeds, dtype=np.int64), directions, offsets)
+        # The median along contiguous rows: the same values as along axis 0, in less time on (100,000, K).
+        offsets = np.median(np.ascontiguousarray(products.T), axis=1) if kind == "balanced" else np.zeros(len(seeds))
+        return cls(kind, np.asarray(seeds, dtype=np.int64), directions, offsets), products - offsets
 
     @property
     def size(self) -> int:
@@ -72,6 +83,11 @@ class HeadBank:
     def describe(self) -> str:
         noun = "balanced proxy head" if self.kind == "balanced" else "uncentred proxy head (seed rule)"
         return f"{self.size} {noun}{'s' * (self.size != 1)}"
+
+
+def head_directions(seeds: Sequence[int], width: int) -> np.ndarray:
+    """(K, width) float64: each seed's head's logit-gap direction (ProxyClassifier.from_seed)."""
+    return np.stack([ProxyClassifier.from_seed(width, int(seed)).direction for seed in seeds])
 
 
 def proxy_head(kind: ProxyKind, seed: int, baseline: np.ndarray) -> ProxyClassifier:
@@ -97,7 +113,8 @@ def rounding_floor(bank: HeadBank, baseline: np.ndarray, noise: np.ndarray | Non
     """
     baseline = np.asarray(baseline)
     eps = np.finfo(baseline.dtype if baseline.dtype.kind == "f" else np.float64).eps
-    largest = np.abs(baseline.astype(np.float64)).max(axis=0)  # (embed_dim,)
+    # (embed_dim,) largest |value| per column, exact in the stored dtype, without an |baseline| copy
+    largest = np.maximum(baseline.max(axis=0), -baseline.min(axis=0)).astype(np.float64)
     least = eps * (np.abs(bank.directions) @ largest)
     if noise is None or noise.size == 0:
         return least
@@ -185,9 +202,13 @@ class HeadVotes:
         }
 
 
-def vote(bank: HeadBank, baseline: np.ndarray, candidate: np.ndarray, noise: np.ndarray | None, k: float) -> HeadVotes:
-    """Label baseline and candidate (n, embed_dim) with every head of ``bank``; see HeadVotes."""
-    baseline_gaps, candidate_gaps = bank.gaps(baseline), bank.gaps(candidate)
+def vote(bank: HeadBank, baseline: np.ndarray, candidate: np.ndarray, noise: np.ndarray | None, k: float,
+         baseline_gaps: np.ndarray | None = None, candidate_gaps: np.ndarray | None = None) -> HeadVotes:
+    """Label baseline and candidate (n, embed_dim) with every head of ``bank``; see HeadVotes.
+    ``baseline_gaps``, ``candidate_gaps``: ``bank.gaps`` of each when already computed (HeadBank.fitted, or
+    from a compact layer's stored form)."""
+    baseline_gaps = bank.gaps(baseline) if baseline_gaps is None else baseline_gaps
+    candidate_gaps = bank.gaps(candidate) if candidate_gaps is None else candidate_gaps
     return HeadVotes(
         bank=bank,
         flips=((baseline_gaps > 0) != (candidate_gaps > 0)).T,
