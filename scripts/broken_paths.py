@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from core.numerics.attention import available_backends  # noqa: E402
-from core.bench import device_label  # noqa: E402
+from core.bench_measure import device_label  # noqa: E402
 from core.embed.paths import fallback_path, packed_path
 from core.embed.run import run_both_paths
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, plan_yardstick
