@@ -55,6 +55,19 @@ def perturbed_fp64(demo_fp64):
     return perturbed(demo_fp64[0]), demo_fp64[1]
 
 
+@pytest.fixture
+def short_examples(monkeypatch):
+    """The "patterns" example set cut to at most 100 residues a sequence (18 sequences still): for tests
+    of the page's behaviour, not of its numbers, a run costs a fifth. The set's own numbers are held
+    at full length by the golden files (tests/test_golden.py) and the CLI tests."""
+    import core.input.examples as examples
+
+    monkeypatch.setattr(examples, "_PATTERN_MAX_LENGTH", 100)
+    examples._pattern_records.cache_clear()
+    yield
+    examples._pattern_records.cache_clear()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def runs_in_a_temporary_directory(tmp_path_factory):
     """Dashboard runs saved by any test go to a temporary runs directory, not ./runs."""

@@ -37,6 +37,8 @@ from dashboard.state import Submission
 from dashboard.views import CHECKPOINT
 from tests.test_dashboard import new_app
 
+pytestmark = pytest.mark.usefixtures("short_examples")  # the page's limits, not the example set's numbers
+
 POLICY = LinkPolicy(("demo-8M", "demo-35M"), (Path("/srv/checkpoints"),), ("packed", "fallback"))
 DEFAULTS = Settings(model="demo-8M", dtype="fp32", device="cpu")
 SETTINGS = Settings(model="demo-8M", dtype="fp32", device="cpu", seeds=0)

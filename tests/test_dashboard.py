@@ -25,6 +25,7 @@ from dashboard.runs import RunStore
 from dashboard.views import CHECKPOINT
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+pytestmark = pytest.mark.usefixtures("short_examples")  # the page's behaviour, not the example set's numbers
 TIMEOUT = 180
 GOOD_AND_BAD = (
     ">good_one\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n"

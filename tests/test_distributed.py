@@ -88,6 +88,53 @@ def test_assembled_shards_equal_one_run_in_input_order(demo_fp32):
         assemble_runs(shards, parts[:2] + [None], ids)
 
 
+def _gather_on_rank(rank: int, world_size: int, store: str, counts: list[int], out: str) -> None:
+    """One gloo rank of test_pooled_arrays_travel_as_tensors: rank r's rows hold r·1000 + row·10 + layer."""
+    import torch.distributed as dist
+
+    from core.embed.distributed import Communicator, gather_layers, with_layers, without_layers
+    from core.embed.passes import PathEmbeddings
+    from core.embed.run import EmbeddingRun
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    comm = Communicator(DistEnv(rank, rank, world_size), None)
+    part = None
+    if counts[rank]:
+        def path(offset: float) -> PathEmbeddings:
+            return PathEmbeddings({layer: np.full((counts[rank], 4), rank * 1000.0 + offset + layer)
+                                   + 10.0 * np.arange(counts[rank])[:, None] for layer in (2, 5)}, "b", 1.0)
+        part = EmbeddingRun([f"r{rank}"] * counts[rank], np.ones(counts[rank]), path(0.0), path(0.5),
+                            "m", "demo", "fp64", "cpu", [2, 5])
+    layers = gather_layers(comm, [2, 5], part, counts)
+    if rank == 0:
+        stripped = without_layers(part)
+        assert stripped.v1.layers == {} and with_layers(stripped, layers[0]).v1.layers[2].shape == (counts[0], 4)
+        lines = []
+        for r, entry in enumerate(layers):
+            if entry is None:
+                lines.append(f"{r}: none")
+                continue
+            v1, v2 = entry
+            expected = r * 1000.0 + 10.0 * np.arange(counts[r])[:, None]
+            ok = all(np.array_equal(v1[l], np.broadcast_to(expected + l, (counts[r], 4))) and
+                     np.array_equal(v2[l], np.broadcast_to(expected + 0.5 + l, (counts[r], 4))) and
+                     v1[l].dtype == np.float64 for l in (2, 5))
+            lines.append(f"{r}: {'exact' if ok else 'WRONG'} {v1[2].shape}")
+        Path(out).write_text("\n".join(lines))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_pooled_arrays_travel_as_tensors_and_an_empty_shard_arrives_as_none(tmp_path):
+    """gather_layers over a real 3-rank gloo group: every row exact, in order, float64 kept; a rank with
+    no sequences sends nothing and rank 0 gets None for it (the pickled gather carries no arrays)."""
+    import torch.multiprocessing as mp
+
+    counts, out = [3, 1, 0], tmp_path / "gathered.txt"
+    mp.spawn(_gather_on_rank, args=(3, str(tmp_path / "store"), counts, str(out)), nprocs=3, join=True)
+    assert out.read_text().splitlines() == ["0: exact (3, 4)", "1: exact (1, 4)", "2: none"]
+
+
 def test_checks_from_ranks_merge_to_the_worst():
     ok = CheckResult("determinism", True, 0.0, 1.0, 3, "d")
     bad = CheckResult("determinism", False, 2e-3, 0.999, 4, "d")

@@ -107,11 +107,13 @@ def timeout_seconds(environ: dict[str, str] | None = None) -> float:
 
 
 class Communicator:
-    """Object collectives over a gloo group (CPU memory, whatever the compute backend)."""
+    """Object collectives over a gloo group (CPU memory, whatever the compute backend), and tensor
+    collectives over the default group (NCCL between GPUs, gloo on the CPU) on ``device``."""
 
-    def __init__(self, env: DistEnv, group: Any):
+    def __init__(self, env: DistEnv, group: Any, device: torch.device = torch.device("cpu")):
         self.env = env
         self.group = group
+        self.device = device
 
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, on every rank, in rank order."""
@@ -124,6 +126,20 @@ class Communicator:
         out: list[Any] | None = [None] * self.env.world_size if self.env.is_root else None
         dist.gather_object(value, out, dst=0, group=self.group)
         return out
+
+    def gather_rows(self, rows: np.ndarray | None, counts: Sequence[int], width: int, dtype: np.dtype,
+                    ) -> list[np.ndarray] | None:
+        """Every rank's (counts[rank], width) ``rows`` of ``dtype`` (None where a rank has none) on rank 0,
+        as tensors over the default group: NCCL device to device on GPUs, no pickling. Each rank pads
+        its rows to the largest count. Rank 0 gets one array per rank; the others None."""
+        padded = torch.zeros((max(counts), width), dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, device=self.device)
+        if rows is not None and len(rows):
+            padded[: len(rows)] = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
+        received = [torch.empty_like(padded) for _ in counts] if self.env.is_root else None
+        dist.gather(padded, received, dst=0)
+        if received is None:
+            return None
+        return [tensor[:count].cpu().numpy() for tensor, count in zip(received, counts)]
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (the others pass anything)."""
@@ -153,7 +169,7 @@ def init(env: DistEnv, device: torch.device, timeout_s: float | None = None) -> 
         raise DistributedSetupError(
             f"cannot join the torchrun process group ({backend}): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
         ) from error
-    return Communicator(env, group)
+    return Communicator(env, group, device)
 
 
 # ---------------------------------------------------------------- reassembly
@@ -197,6 +213,45 @@ def assemble_runs(shards: Sequence[Sequence[int]], runs: Sequence[EmbeddingRun |
     )
 
 
+def without_layers(run: EmbeddingRun | None) -> EmbeddingRun | None:
+    """``run`` with no pooled arrays (they travel as tensors: gather_layers)."""
+    if run is None:
+        return None
+    return replace(run, v1=replace(run.v1, layers={}), v2=replace(run.v2, layers={}))
+
+
+def with_layers(run: EmbeddingRun | None, layers: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] | None,
+                ) -> EmbeddingRun | None:
+    """``run`` (from without_layers) with its paths' ``layers`` back."""
+    if run is None or layers is None:
+        return None
+    return replace(run, v1=replace(run.v1, layers=layers[0]), v2=replace(run.v2, layers=layers[1]))
+
+
+def gather_layers(comm: Communicator, layers: Sequence[int], part: EmbeddingRun | None, counts: Sequence[int],
+                  ) -> list[tuple[dict[int, np.ndarray], dict[int, np.ndarray]] | None]:
+    """Every rank's pooled (count, embed_dim) arrays of both paths at every layer, on rank 0: one
+    tensor gather per path and layer (NCCL on GPUs). Rank 0 gets, per rank, (v1 layers, v2 layers) or
+    None for an empty shard; the other ranks an empty list. Width and dtype are agreed first, since a
+    rank with an empty shard has no array to read them from."""
+    shape = None if part is None or not counts[comm.env.rank] else (
+        part.v1.layers[layers[0]].shape[1], part.v1.layers[layers[0]].dtype.str)
+    known = [entry for entry in comm.all_gather(shape) if entry is not None]
+    if not known:
+        return [None] * len(counts) if comm.env.is_root else []
+    width, dtype = known[0][0], np.dtype(known[0][1])
+    per_rank: list[tuple[dict[int, np.ndarray], dict[int, np.ndarray]]] = [({}, {}) for _ in counts]
+    for layer in layers:
+        for side in (0, 1):
+            own = None if part is None else (part.v1 if side == 0 else part.v2).layers[layer]
+            received = comm.gather_rows(own, counts, width, dtype)
+            for rank, rows in enumerate(received or []):
+                per_rank[rank][side][layer] = rows
+    if not comm.env.is_root:
+        return []
+    return [entry if count else None for entry, count in zip(per_rank, counts)]
+
+
 def merge_checks(per_rank: Sequence[Sequence[CheckResult]]) -> list[CheckResult]:
     """Each rank's checks on its shard into one result per check: all must pass; worst numbers; summed counts."""
     by_name: dict[str, list[CheckResult]] = {}
@@ -228,8 +283,9 @@ def describe_rank_errors(errors: Sequence[str | None]) -> str:
 class TorchrunExecutor:
     """core.pipeline's executor for one torchrun rank: a token-balanced shard of what is missing, gathered
     on rank 0; errors travel through the group so every rank stops together. Collectives, in the same
-    order on every rank: all_gather (setup), broadcast (what is missing), gather (shards), broadcast
-    (the exit code, ``finish``)."""
+    order on every rank: all_gather (setup), broadcast (what is missing), all_gather (errors), the
+    shards' pooled arrays as tensors (all_gather of their shape, then one gather per path and layer:
+    NCCL between GPUs), gather (the rest of each shard: small), broadcast (the exit code, ``finish``)."""
 
     def __init__(self, comm: Communicator):
         self.comm = comm
@@ -249,20 +305,24 @@ class TorchrunExecutor:
         rank = self.comm.env.rank
         shards = shard_indices([len(sequences[i]) for i in missing], self.world_size)
         check_shard = shard_indices([len(s) for s in sequences], self.world_size)[rank]
+        part, checks, error = None, [], None
         try:
             part, checks = embed_and_check(prepared, ids, sequences, [missing[p] for p in shards[rank]], check_shard,
                                            None, check_limit=max(1, -(-32 // self.world_size)))
-            result: tuple = ("ok", part, checks)
-        except SETUP_ERRORS as error:
-            result = ("error", str(error))
-        gathered = self.comm.gather(result)
+        except SETUP_ERRORS as caught:
+            error = str(caught)
+        errors = self.comm.all_gather(error)  # every rank learns whether the gathers below happen
+        if any(errors):
+            if self.is_root:
+                raise SetupFailed(describe_rank_errors(errors))
+            return None, []
+        layers = gather_layers(self.comm, prepared.layers, part, [len(shard) for shard in shards])
+        gathered = self.comm.gather((without_layers(part), checks))  # the rest: small
         if not self.is_root:
             return None, []
-        errors = [entry[1] if entry[0] == "error" else None for entry in gathered]
-        if any(errors):
-            raise SetupFailed(describe_rank_errors(errors))
-        computed = assemble_runs(shards, [entry[1] for entry in gathered], [ids[i] for i in missing]) if missing else None
-        return computed, merge_checks([entry[2] for entry in gathered])
+        parts = [with_layers(entry[0], rank_layers) for entry, rank_layers in zip(gathered, layers)]
+        computed = assemble_runs(shards, parts, [ids[i] for i in missing]) if missing else None
+        return computed, merge_checks([entry[1] for entry in gathered])
 
     def finish(self, code: int) -> int:
         """Every rank leaves with rank 0's exit code, once rank 0 has flushed what it printed (torchrun stops
