@@ -1,15 +1,12 @@
 import os
 import sys
 
-from core.cli import main
+from core.threads import is_torchrun_worker, share_the_cores
 
+if is_torchrun_worker():
+    share_the_cores()
 
-def is_torchrun_worker() -> bool:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
-
+from core.cli import main  # noqa: E402  (after the thread count is settled)
 
 code = main()
 if is_torchrun_worker():

@@ -135,6 +135,24 @@ def test_pooled_arrays_travel_as_tensors_and_an_empty_shard_arrives_as_none(tmp_
     assert out.read_text().splitlines() == ["0: exact (3, 4)", "1: exact (1, 4)", "2: none"]
 
 
+def test_each_torchrun_rank_gets_its_share_of_the_cores_unless_told():
+    from core.threads import THREADS_ENV, is_torchrun_worker, share_the_cores
+
+    torchrun_default = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    environ = dict(torchrun_default)
+    share_the_cores(environ, cpus=32)
+    assert is_torchrun_worker(environ) and environ["OMP_NUM_THREADS"] == "16"
+    chosen = {**torchrun_default, "OMP_NUM_THREADS": "4"}  # set by the user: kept
+    share_the_cores(chosen, cpus=32)
+    assert chosen["OMP_NUM_THREADS"] == "4"
+    told = {**torchrun_default, THREADS_ENV: "1"}
+    share_the_cores(told, cpus=32)
+    assert told["OMP_NUM_THREADS"] == "1"
+    alone = {"WORLD_SIZE": "1"}
+    share_the_cores(alone, cpus=32)
+    assert not is_torchrun_worker(alone) and "OMP_NUM_THREADS" not in alone
+
+
 def test_checks_from_ranks_merge_to_the_worst():
     ok = CheckResult("determinism", True, 0.0, 1.0, 3, "d")
     bad = CheckResult("determinism", False, 2e-3, 0.999, 4, "d")
