@@ -15,23 +15,21 @@ import pytest
 
 from core.cli import main
 from core.embed.paths import fallback_path, packed_path
-from core.embed.run import run_both_paths
-from core.embed.yardstick import plan_yardstick
 from core.embed.plugins import make_plugin_path
 from core.analysis.analyse import analyse
 from core.input.examples import example_sequences
+from scripts.broken_paths import baseline_run, compare, row
 from core.embed.run import with_v2
 from tests.plugins.broken_paths import CATALOGUE
 
 RECORDS = example_sequences("patterns")
-IDS, SEQUENCES = [r.id for r in RECORDS], [r.sequence for r in RECORDS]
+SEQUENCES = [r.sequence for r in RECORDS]
 
 
 @pytest.fixture(scope="module")
 def faithful_run(demo_fp32):
-    model, alphabet = demo_fp32
-    plan = plan_yardstick("auto", 64, model.dtype, model.device)  # the CLI's and the page's defaults
-    return run_both_paths(model, alphabet, IDS, SEQUENCES, yardstick=plan)
+    """The mutation script's shared baseline (scripts/broken_paths.py: the CLI's and the page's defaults)."""
+    return baseline_run(*demo_fp32, SEQUENCES)
 
 
 def summary_of(run, model) -> dict:
@@ -46,8 +44,10 @@ def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_r
 
 @pytest.mark.parametrize("name", list(CATALOGUE))
 def test_each_catalogued_bug_is_never_accepted(demo_fp32, faithful_run, name):
+    """Through the mutation script's own compare(), so CI runs the script the device record comes from."""
     model, alphabet = demo_fp32
-    summary = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model)), model)
+    summary = compare(model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model), faithful_run)
+    assert row(name, "not ACCEPT", summary)[1]
     assert summary["verdict"] != "ACCEPT", summary["headline"]
     assert not summary["numerics"]["passed"]
     assert summary["numerics"]["first_departing_layer"] in (0, 1)  # before or at the first attention
