@@ -32,6 +32,7 @@ import torch
 
 from core.embed.passes import PathEmbeddings
 from core.embed.run import EmbeddingRun
+from core.numerics.precision import torch_dtype
 
 HALF_MAX = float(np.finfo(np.float16).max)
 
@@ -135,7 +136,7 @@ class CompactLayers(Mapping[int, np.ndarray]):
 def _widened(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """(n, d) float16 ``values`` cast to ``dtype`` (exactly), by torch: its cast is vectorised and threaded,
     several times numpy's on a large layer."""
-    return torch.from_numpy(values).to(torch.from_numpy(np.zeros(0, dtype)).dtype).numpy()
+    return torch.from_numpy(values).to(torch_dtype(dtype)).numpy()
 
 
 def _float32_products(values: np.ndarray, matrix: np.ndarray, rows: int = 16384) -> np.ndarray:

@@ -22,3 +22,8 @@ class Memo(Protocol):
 def compute_now(key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
     """No memory: compute every part."""
     return compute()
+
+
+def remembers(memo: Memo) -> bool:
+    """Whether ``memo`` keeps what it computes (so offering it a part made on the way is worth the work)."""
+    return memo is not compute_now

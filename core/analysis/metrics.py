@@ -242,6 +242,12 @@ class Labels:
     confidence_v1: np.ndarray
     confidence_v2: np.ndarray
 
+    @classmethod
+    def of(cls, probabilities_v1: np.ndarray, probabilities_v2: np.ndarray) -> "Labels":
+        """From each path's (n, n_classes) class probabilities: the most probable class and its probability."""
+        return cls(probabilities_v1.argmax(axis=1), probabilities_v2.argmax(axis=1), probabilities_v1.max(axis=1),
+                   probabilities_v2.max(axis=1))
+
 
 def check_pair(v1: np.ndarray, v2: np.ndarray) -> None:
     if v1.shape != v2.shape or v1.ndim != 2 or v1.shape[0] == 0:
@@ -264,8 +270,7 @@ def distances_from(cosine: np.ndarray, difference: np.ndarray) -> Distances:
 
 def head_labels(v1: np.ndarray, v2: np.ndarray, classifier: Classifier) -> Labels:
     """``classifier``'s labels and confidences for (n, embed_dim) v1 and v2."""
-    probs_v1, probs_v2 = classifier.probabilities(v1), classifier.probabilities(v2)
-    return Labels(probs_v1.argmax(axis=1), probs_v2.argmax(axis=1), probs_v1.max(axis=1), probs_v2.max(axis=1))
+    return Labels.of(classifier.probabilities(v1), classifier.probabilities(v2))
 
 
 def comparison_of(measured: Distances, labels: Labels, thresholds: Thresholds = Thresholds()) -> Comparison:

@@ -11,7 +11,7 @@ import torch
 
 from core.embed.batching import pack_tokens, padded_tokens
 from core.embed.run import EmbeddingRun
-from core.analysis.memo import Memo, compute_now
+from core.analysis.memo import Memo, compute_now, remembers
 from core.analysis.metrics import cosine_similarity, distances_from, max_abs_diff, mean_abs_diff
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.analysis.projection import proxy_labels
@@ -59,7 +59,8 @@ def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now,
     v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
     cosine = cosine_similarity(v1, v2)
     abs_diff = np.abs(v1 - v2)
-    memo(("distances", layer), lambda: distances_from(cosine, abs_diff))
+    if remembers(memo):  # the CLI's one analysis would only throw them away
+        memo(("distances", layer), lambda: distances_from(cosine, abs_diff))
     errors: tuple[float | None, float | None] = (None, None)
     sample = run.reference_sample
     if sample is not None:

@@ -61,6 +61,4 @@ def proxy_labels(baseline: Mapping[int, np.ndarray], candidate: Mapping[int, np.
         return head, head_labels(v1, v2, head)
     if kind == "balanced":
         head = head.thresholded_at(float(np.median(products[0][:, 2])))
-    v1_probabilities, v2_probabilities = (head.probabilities_of(side[:, :2]) for side in products)
-    return head, Labels(v1_probabilities.argmax(1), v2_probabilities.argmax(1), v1_probabilities.max(1),
-                        v2_probabilities.max(1))
+    return head, Labels.of(*(head.probabilities_of(side[:, :2]) for side in products))

@@ -25,6 +25,7 @@ from core.analysis.checks import CheckResult
 from core.pipeline import SETUP_ERRORS, Prepared, SetupFailed, embed_and_check
 from core.embed.passes import PathEmbeddings
 from core.embed.run import EmbeddingRun
+from core.numerics.precision import torch_dtype
 
 TIMEOUT_ENV = "ESM2_DIVERGENCE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600.0  # how long a rank waits at a collective for the slowest rank (its shard's compute)
@@ -132,7 +133,7 @@ class Communicator:
         """Every rank's (counts[rank], width) ``rows`` of ``dtype`` (None where a rank has none) on rank 0,
         as tensors over the default group: NCCL device to device on GPUs, no pickling. Each rank pads
         its rows to the largest count. Rank 0 gets one array per rank; the others None."""
-        padded = torch.zeros((max(counts), width), dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, device=self.device)
+        padded = torch.zeros((max(counts), width), dtype=torch_dtype(dtype), device=self.device)
         if rows is not None and len(rows):
             padded[: len(rows)] = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
         received = [torch.empty_like(padded) for _ in counts] if self.env.is_root else None

@@ -11,6 +11,7 @@ import contextlib
 from typing import Iterator
 
 import esm.multihead_attention
+import numpy as np
 import torch
 
 
@@ -33,6 +34,11 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def torch_dtype(dtype: np.dtype | str) -> torch.dtype:
+    """torch's dtype for a numpy ``dtype`` (the one ``torch.from_numpy`` gives an array of it)."""
+    return torch.from_numpy(np.empty(0, np.dtype(dtype))).dtype
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
