@@ -136,6 +136,12 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
             reset_peak(device)
             other = embed_path(model, alphabet, sequences, None, packed_path(model, backend), max_tokens)
             rows.append(row(f"v2.0 {backend}", other.seconds, 1))
+        if model.fuses():  # the same v2.0 with PyTorch's op sequence instead of the fused kernels
+            model.fused = False
+            reset_peak(device)
+            unfused = embed_path(model, alphabet, sequences, None, packed_path(model), max_tokens)
+            rows.append(row(f"v2.0 {unfused.backend}, PyTorch ops (unfused)", unfused.seconds, 1))
+            model.fused = True
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -38,8 +38,9 @@ def standard_path(model: ESM2WithFlashAttention) -> ForwardPath:
 def packed_path(model: ESM2WithFlashAttention, backend: str | None = None) -> ForwardPath:
     """v2.0: this project's forward_packed with a varlen attention backend."""
     resolved = model.resolved_backend(backend)
+    fused = ", fused rotary + GELU" if model.fuses() else ""
     return ForwardPath(
-        resolved, f"core ESM2WithFlashAttention.forward_packed ({resolved})", packed=True,
+        resolved, f"core ESM2WithFlashAttention.forward_packed ({resolved}{fused})", packed=True,
         run=lambda ids, cu_seqlens, max_seqlen, layers: model.forward_packed(ids, cu_seqlens, max_seqlen, layers, backend=resolved),
         padded_batches=False,
     )

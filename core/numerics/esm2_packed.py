@@ -9,6 +9,8 @@ The packed path reuses fair-esm's modules and repeats its arithmetic in the same
 model's ``inv_freq`` buffer, exact erf GELU), so that with the ``reference`` backend the
 two paths agree to rounding; the FlashAttention backends differ only in attention. Each step
 is a small method, so a test can replace exactly one (tests/plugins/broken_paths.py).
+On a GPU in FP16/BF16 the q scaling + rotary and the GELU run as fused Triton kernels that repeat
+the same steps (core.numerics.fused); ``fused=False`` keeps PyTorch's op sequence.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from esm.rotary_embedding import rotate_half
 from torch import nn
 
 from core.numerics.attention import resolve_backend, varlen_attention
+from core.numerics.fused import fused_available, fused_gelu, fused_scaled_rotary
 from core.numerics.precision import float64_softmax
 from core.numerics.specs import WeightsKind
 
@@ -75,12 +78,14 @@ class ESM2WithFlashAttention(nn.Module):
         name: str = "esm2",
         weights: WeightsKind = "pretrained",
         backend: str = "auto",
+        fused: bool = True,
     ):
         super().__init__()
         self.esm2 = esm2
         self.name = name
         self.weights = weights
         self.backend = backend
+        self.fused = fused  # the fused element-wise kernels wherever they run (fuses()); False: PyTorch's ops
         self.activation = gelu  # fair-esm's exact erf GELU; tests swap it to prove they would notice
 
     @property
@@ -110,6 +115,10 @@ class ESM2WithFlashAttention(nn.Module):
         softmax in float64 too, so that a float64 run is a true float64 reference."""
         with float64_softmax():
             return self.esm2(tokens, repr_layers=list(repr_layers), **kwargs)
+
+    def fuses(self) -> bool:
+        """Whether forward_packed runs the fused rotary and GELU kernels (on, and a CUDA FP16/BF16 model)."""
+        return self.fused and fused_available(self.device, self.dtype)
 
     def resolved_backend(self, backend: str | None = None) -> str:
         """The attention backend a packed forward will run with (``'auto'`` resolved)."""
@@ -191,7 +200,8 @@ class ESM2WithFlashAttention(nn.Module):
         x = x + self._packed_self_attention(
             layer.self_attn, layer.self_attn_layer_norm(x), positions, cu_seqlens, max_seqlen, backend
         )
-        return x + layer.fc2(self.activation(layer.fc1(layer.final_layer_norm(x))))
+        activation = fused_gelu if self.activation is gelu and self.fuses() else self.activation
+        return x + layer.fc2(activation(layer.fc1(layer.final_layer_norm(x))))
 
     def _packed_self_attention(
         self,
@@ -204,12 +214,16 @@ class ESM2WithFlashAttention(nn.Module):
     ) -> torch.Tensor:
         total_tokens = x.shape[0]
         shape = (total_tokens, attn.num_heads, attn.head_dim)
-        # fair-esm scales q before the rotary rotation; the kernel then runs with scale 1.
-        q = (attn.q_proj(x) * attn.scaling).view(shape)
-        k = attn.k_proj(x).view(shape)
-        v = attn.v_proj(x).view(shape)
         cos, sin = self._rotary(attn.rot_emb.inv_freq, positions, max_seqlen)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # fair-esm scales q before the rotary rotation; the attention kernel then runs with scale 1.
+        if self.fuses() and cos.dtype == sin.dtype == x.dtype:
+            q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
+            fused_scaled_rotary(q, cos, sin, attn.scaling, out=q)
+            fused_scaled_rotary(k, cos, sin, out=k)
+        else:
+            q = apply_rotary((attn.q_proj(x) * attn.scaling).view(shape), cos, sin)
+            k = apply_rotary(attn.k_proj(x).view(shape), cos, sin)
+        v = attn.v_proj(x).view(shape)
         out = self._attend(q, k, v, cu_seqlens, max_seqlen, backend)
         return attn.out_proj(out.reshape(total_tokens, attn.embed_dim))
 
