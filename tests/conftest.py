@@ -75,3 +75,23 @@ def runs_in_a_temporary_directory(tmp_path_factory):
 
     os.environ.setdefault("ESM2_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
     yield
+
+
+@pytest.fixture
+def light_numerics(monkeypatch):
+    """A numerics sample of at most 4 sequences (no probe top-up beyond that) and a 256-token deep pack,
+    for tests of what the CLI and the page do with a run, not of the numerics gate's power: a demo-8M
+    run costs a third. The full sample stays under test where the gate decides: tests/test_numerics_gate.py,
+    test_broken_paths.py, test_end_to_end.py, test_golden.py, test_attribution.py, and the browser and
+    torchrun tests (their own processes)."""
+    import core.embed.yardstick as yardstick
+    import core.pipeline as pipeline
+
+    monkeypatch.setattr(yardstick, "MIN_NUMERICS_SAMPLE", 4)
+    monkeypatch.setattr(yardstick, "DEEP_PACK_OFFSET", 256)
+    full_plan = pipeline.plan_yardstick
+
+    def light_plan(reference, sample, model_dtype, device):
+        return full_plan(reference, 4 if sample is None else min(sample, 4), model_dtype, device)
+
+    monkeypatch.setattr(pipeline, "plan_yardstick", light_plan)

@@ -23,6 +23,8 @@ from core.numerics.loading import load_esm2_model, save_checkpoint
 from core.numerics.precision import dtype_name
 from core.pipeline import ComparisonRequest, LoadedModel, run_comparison
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 RECORDS = example_sequences("patterns")[:8]
 IDS = [r.id for r in RECORDS]
 SEQS = [r.sequence for r in RECORDS]

@@ -24,6 +24,8 @@ from core.numerics.specs import DEMO_SIZES, PRETRAINED
 from core.input.examples import example_sequences
 from core.input.records import MAX_RESIDUES
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_DEMO = ["--model", "demo-8M", "--device", "cpu"]
 SUMMARY_KEYS = {

@@ -26,6 +26,8 @@ from core.input.fasta import _bytes_too_large, read_sequences
 from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES
 from core.input.sources import InputUnavailable, read_stdin
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = str(REPO_ROOT / "dashboard" / "app.py")
 TWO_GOOD = ">alpha\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n>beta\nGSGSGSLLKKLLEEPEVKVNGQ\n"

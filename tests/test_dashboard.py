@@ -25,7 +25,7 @@ from dashboard.runs import RunStore
 from dashboard.views import CHECKPOINT
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-pytestmark = pytest.mark.usefixtures("short_examples")  # the page's behaviour, not the example set's numbers
+pytestmark = pytest.mark.usefixtures("short_examples", "light_numerics")  # the page's behaviour, not the numbers
 TIMEOUT = 180
 GOOD_AND_BAD = (
     ">good_one\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n"

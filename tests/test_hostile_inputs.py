@@ -32,6 +32,8 @@ from core.cli import main as cli_main
 from core.input.fasta import parse_sequences, read_sequences
 from core.input.records import ALLOWED_RESIDUES, MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, ParsedInput
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 180
 

@@ -29,6 +29,8 @@ from dashboard.memo import RunMemo
 from dashboard.runs import RunStore
 from dashboard.synthetic import DEMO_LAYERS, DEMO_WIDTH, store_synthetic_run, synthetic_input, synthetic_run
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 

@@ -30,6 +30,8 @@ import dashboard.server
 import dashboard.state
 from core.analysis.analyse import AnalysisOptions, analyse
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 SESSIONS = 8
 TIMEOUT = 300

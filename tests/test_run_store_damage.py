@@ -22,6 +22,8 @@ from dashboard.runs import INTERRUPTED_MESSAGE, RunStorageError, RunStore
 from dashboard.stored import disk_status, opened_store
 from dashboard.synthetic import store_synthetic_run, synthetic_run
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 

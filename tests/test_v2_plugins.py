@@ -19,6 +19,8 @@ from core.embed.plugins import PluginError, distribution_version, make_plugin_pa
 from core.analysis.analyse import analyse
 from core.input.examples import example_sequences
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 RECORDS = example_sequences("all")
 IDS, SEQUENCES = [r.id for r in RECORDS], [r.sequence for r in RECORDS]
 PLUGINS = "tests.plugins.example_v2"

@@ -18,6 +18,8 @@ from core.pipeline import ComparisonRequest, LoadedModel, run_comparison
 from dashboard import views
 from dashboard.settings import Settings
 
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+
 RECORDS = example_sequences("real")
 
 
