@@ -23,7 +23,7 @@ def rounded_product(x, y, dtype: tl.constexpr):
 def rotary_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, scale, heads, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                   BLOCK_D: tl.constexpr, SCALED: tl.constexpr):
     # One token: x (heads, 2·HALF) -> out (may be x); cos, sin: (2·HALF,) for its position.
-    token = tl.program_id(0)
+    token = tl.program_id(0).to(tl.int64)  # offsets past 2³¹ elements: large token budgets on wide models
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
     mask = (h < heads) & (d < HALF)
@@ -51,7 +51,7 @@ def rotary_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, scale, heads, HALF: tl.const
 @triton.jit
 def gelu_kernel(x_ptr, out_ptr, n, inv_sqrt2, BLOCK: tl.constexpr):
     # fair-esm's gelu: x * 0.5 * (1.0 + erf(x / sqrt(2))), each operation rounded in that order.
-    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # may pass 2³¹ (fc1 is 4 × wide)
     mask = offsets < n
     dtype = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)

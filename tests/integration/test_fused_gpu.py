@@ -71,6 +71,29 @@ def test_gelu_kernel_repeats_fair_esms_steps(dtype):
     assert not torch.equal(fused_gelu(x), torch.nn.functional.gelu(x, approximate="tanh"))
 
 
+@pytest.mark.slow
+def test_kernels_reach_elements_past_two_to_the_31():
+    """A 3B batch of ~210,000 tokens puts fc1's output past 2³¹ elements: 32-bit offsets would wrap."""
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs a GPU with 40 GiB")
+    generator = torch.Generator(device="cuda").manual_seed(2)
+    n = 2**31 + 4099
+    x = torch.empty(n, dtype=torch.float16, device="cuda")
+    x[-(1 << 20):] = (4 * torch.randn(1 << 20, device="cuda", generator=generator)).half()
+    tail = fused_gelu(x)[-(1 << 20):]
+    assert torch.equal(tail, gelu(x[-(1 << 20):]))
+    del x, tail
+    heads, head_dim = 40, 64
+    tokens = 2**31 // (heads * head_dim) + 3
+    q = torch.zeros(tokens, heads, head_dim, dtype=torch.float16, device="cuda")
+    q[-5:] = (3 * torch.randn(5, heads, head_dim, device="cuda", generator=generator)).half()
+    angles = torch.rand(tokens, head_dim // 2, device="cuda", generator=generator)
+    cos, sin = (torch.cat((f(angles), f(angles)), dim=-1).half() for f in (torch.cos, torch.sin))
+    want = apply_rotary(q[-5:] * head_dim ** -0.5, cos[-5:], sin[-5:])
+    fused_scaled_rotary(q, cos, sin, head_dim ** -0.5, out=q)
+    assert torch.equal(q[-5:], want)
+
+
 def per_layer_errors(layers: dict[int, np.ndarray], reference: dict[int, np.ndarray]) -> dict[int, tuple[float, float]]:
     out = {}
     for layer, values in layers.items():
