@@ -20,7 +20,9 @@ import torch
 
 from core.analysis.analyse import AnalysisOptions, analyse
 from core.analysis.heads import HeadClassifier, HeadError
+from core.analysis.memo import Memo, remembering
 from core.analysis.metrics import Thresholds, verdict_at_or_below
+from core.analysis.profile import prewarm_profile
 from core.cli_args import (
     EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SETUP, build_parser, parse_arguments,
 )
@@ -109,14 +111,14 @@ def _request(args: argparse.Namespace, device: torch.device, announce: bool) -> 
 
 
 def _report(args: argparse.Namespace, parsed: ParsedInput, result: ComparisonResult, head: HeadClassifier | None,
-            thresholds: Thresholds) -> int:
+            thresholds: Thresholds, memo: Memo) -> int:
     """Analyse, print the table and verdict, write the files; returns the exit code."""
     if result.cache is not None and result.cache.warning:
         print(f"warning: {result.cache.warning}", file=sys.stderr)
     options = AnalysisOptions(seed=args.seed, thresholds=thresholds, proxy=args.proxy, n_heads=args.seeds, k=args.rule_k,
                               classifier=head, classifier_name=head.describe() if head is not None else None)
     analysis = analyse(result.run, result.layer, options, parsed, versions(), checks=result.checks,
-                       cache=result.cache, world_size=result.world_size)
+                       cache=result.cache, world_size=result.world_size, memo=memo)
     summary = analysis.summary
     print(format_summary(summary))
     if args.out:
@@ -147,12 +149,14 @@ def _compare(args: argparse.Namespace, parsed: ParsedInput, device: torch.device
     try:
         thresholds = Thresholds(args.min_cosine, args.min_agreement, args.accept_agreement)
         request = _request(args, device, announce=executor.is_root)
-        result = run_comparison(request, ids, sequences, executor=executor, preflight=check_head)
+        memo = remembering()  # the metrics that need no numerics sample are computed while it runs
+        result = run_comparison(request, ids, sequences, executor=executor, preflight=check_head,
+                                meanwhile=lambda run: prewarm_profile(run, args.seed, args.proxy, memo))
     except (SetupFailed, *SETUP_ERRORS) as error:
         if executor.is_root:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_SETUP
-    return _report(args, parsed, result, heads[0], thresholds) if result is not None else 0
+    return _report(args, parsed, result, heads[0], thresholds, memo) if result is not None else 0
 
 
 def compare_command(args: argparse.Namespace) -> int:

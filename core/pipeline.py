@@ -12,8 +12,9 @@ Analysis (core.analysis.analyse) and reporting (core.report) come after, and tou
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 import esm
 
@@ -31,6 +32,7 @@ from core.numerics.loading import WeightsUnavailable, layer_indices, load_esm2_m
 
 SETUP_ERRORS = (ValueError, WeightsUnavailable, BackendUnavailable)  # a plug-in's PluginError is a ValueError
 CACHE_ERRORS = (sqlite3.Error, OSError)  # an unusable cache is a warning, never a failed comparison
+T = TypeVar("T")
 
 
 class SetupFailed(RuntimeError):
@@ -175,14 +177,16 @@ class LocalExecutor:
 def run_comparison(request: ComparisonRequest, ids: Sequence[str], sequences: Sequence[str],
                    progress: Progress | None = None, *, loaded: LoadedModel | None = None,
                    executor: Executor | None = None,
-                   preflight: Callable[[LoadedModel], None] | None = None) -> ComparisonResult | None:
+                   preflight: Callable[[LoadedModel], None] | None = None,
+                   meanwhile: Callable[[EmbeddingRun], None] | None = None) -> ComparisonResult | None:
     """Both paths over ``sequences`` (one id each) through the cache, and the numerics sample.
 
     ``loaded``: a model already loaded for this request (the page keeps one per server); ``preflight``:
     a check of the loaded model before any embedding (e.g. a user head's width), its ValueError a setup
-    error. Returns the result on the root (the only process without torchrun), None on the other
-    ranks. Raises SetupFailed, naming what to fix, when the model, backend or plug-in cannot be set up
-    or a sequence does not fit; every rank raises it together.
+    error; ``meanwhile``: host work on the run that needs no numerics sample (the CLI's metrics), done
+    while the sample runs on a GPU (see alongside). Returns the result on the root (the only process
+    without torchrun), None on the other ranks. Raises SetupFailed, naming what to fix, when the model,
+    backend or plug-in cannot be set up or a sequence does not fit; every rank raises it together.
     """
     executor = executor or LocalExecutor()
     require_one_id_per_sequence(ids, sequences)
@@ -204,8 +208,29 @@ def run_comparison(request: ComparisonRequest, ids: Sequence[str], sequences: Se
         return None
     run = computed if len(missing) == len(sequences) else merge_run(plan, prepared.loaded.model, ids, sequences, computed)
     stats = finish_cache(cache, plan, computed, request.cache_dir, len(sequences), warning)
-    run.yardstick = sample(prepared, sequences, progress)
+    run.yardstick = alongside(lambda: sample(prepared, sequences, progress),
+                              None if meanwhile is None else lambda: meanwhile(run),
+                              concurrently=prepared.loaded.model.device.type == "cuda")
     return ComparisonResult(run, prepared.layer, stats, checks, executor.world_size)
+
+
+def alongside(work: Callable[[], T], meanwhile: Callable[[], None] | None, concurrently: bool) -> T:
+    """``work()``'s result, with ``meanwhile()`` done too: at the same time on two threads when
+    ``concurrently`` (the numerics sample keeps a GPU busy while the host computes what needs no sample),
+    else first. An exception from either is raised once both have finished."""
+    if meanwhile is None:
+        return work()
+    if not concurrently:
+        meanwhile()
+        return work()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="numerics-sample") as pool:
+        future = pool.submit(work)
+        try:
+            meanwhile()
+        except BaseException:
+            wait([future])
+            raise
+        return future.result()
 
 
 def lookup(cache: EmbeddingCache | None, prepared: Prepared, sequences: Sequence[str], warning: str | None):

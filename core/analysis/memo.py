@@ -27,3 +27,16 @@ def compute_now(key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
 def remembers(memo: Memo) -> bool:
     """Whether ``memo`` keeps what it computes (so offering it a part made on the way is worth the work)."""
     return memo is not compute_now
+
+
+def remembering() -> Memo:
+    """A memo that keeps every part it computes, for one run (the CLI's: the parts prewarmed while the
+    numerics sample is measured are not computed again)."""
+    parts: dict[tuple[Hashable, ...], object] = {}
+
+    def memo(key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
+        if key not in parts:
+            parts[key] = compute()
+        return parts[key]  # type: ignore[return-value]
+
+    return memo

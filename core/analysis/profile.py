@@ -40,33 +40,59 @@ class LayerProfile:
 def layer_profile(run: EmbeddingRun, seed: int = 0, proxy: ProxyKind = "balanced",
                   memo: Memo = compute_now) -> tuple[LayerProfile, ...]:
     """One LayerProfile per pooled layer, from the one all-layer pass. ``memo`` may reuse each layer's
-    distances (key ``("profile-distances", layer)``) and agreement (``("profile-agreement", layer, proxy, seed)``)."""
+    distances (key ``("profile-distances", layer)``), sample errors (``("profile-errors", layer)``) and
+    agreement (``("profile-agreement", layer, proxy, seed)``)."""
     return tuple(profile_layer(run, layer, seed, proxy, memo) for layer in run.layers)
 
 
 def profile_layer(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind, memo: Memo = compute_now) -> LayerProfile:
     measured = memo(("profile-distances", layer), lambda: layer_distances(run, layer, memo))
+    errors = memo(("profile-errors", layer), lambda: sample_errors(run, layer))
     agreement = memo(("profile-agreement", layer, proxy, seed), lambda: layer_agreement(run, layer, seed, proxy, memo))
-    return LayerProfile(layer, *measured[:4], agreement, *measured[4:])
+    return LayerProfile(layer, *measured, agreement, *errors)
 
 
-def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now,
-                    ) -> tuple[float, float, float, float, float | None, float | None]:
-    """(min cosine, mean cosine, mean |v1 − v2|, max |v1 − v2|, v1.0's and v2.0's mean abs error against the
-    reference on the numerics sample, or None without one) at ``layer``; none of it depends on a head. The
-    per-sequence distances made on the way are left in ``memo`` (key ``("distances", layer)``, the analysis
-    of that layer reads them there), so a large run's layer is measured once, when the run is opened."""
+def prewarm_profile(run: EmbeddingRun, seed: int, proxy: ProxyKind, memo: Memo) -> None:
+    """Into ``memo``, the bulk of the layer profile and of the analysed layer's comparison: every layer's
+    distances and its proxy head's labels. None of it needs the numerics sample, so it can run while the
+    sample is measured (core.pipeline.run_comparison's ``meanwhile``)."""
+    for layer in run.layers:
+        memo(("profile-distances", layer), lambda: layer_distances(run, layer, memo))
+        memo(("profile-agreement", layer, proxy, seed), lambda: layer_agreement(run, layer, seed, proxy, memo))
+
+
+def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now) -> tuple[float, float, float, float]:
+    """(min cosine, mean cosine, mean |v1 − v2|, max |v1 − v2|) at ``layer``: needs no head and no numerics
+    sample. What a remembering ``memo`` is offered on the way, from the same float64 copies: the per-sequence
+    distances (key ``("distances", layer)``, the analysis of that layer reads them there) and, when the run
+    has its reference sample, the sample errors (``("profile-errors", layer)``): a large run's layer is
+    measured once, when the run is opened."""
     v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
     cosine = cosine_similarity(v1, v2)
     abs_diff = np.abs(v1 - v2)
     if remembers(memo):  # the CLI's one analysis would only throw them away
         memo(("distances", layer), lambda: distances_from(cosine, abs_diff))
-    errors: tuple[float | None, float | None] = (None, None)
+        sample = run.reference_sample
+        if sample is not None:
+            memo(("profile-errors", layer),
+                 lambda: errors_on_rows(v1[sample.indices], v2[sample.indices], sample.reference_rows(layer)))
+    return float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max())
+
+
+def errors_on_rows(v1_rows: np.ndarray, v2_rows: np.ndarray, wide: np.ndarray) -> tuple[float, float]:
+    """v1.0's and v2.0's mean abs error against the reference; each (m, embed_dim), float64."""
+    return float(mean_abs_diff(v1_rows, wide).mean()), float(mean_abs_diff(v2_rows, wide).mean())
+
+
+def sample_errors(run: EmbeddingRun, layer: int) -> tuple[float | None, float | None]:
+    """errors_on_rows on the numerics sample's rows at ``layer`` (reading only those rows); (None, None)
+    without a reference sample."""
     sample = run.reference_sample
-    if sample is not None:
-        rows, wide = sample.indices, sample.reference_rows(layer)
-        errors = (float(mean_abs_diff(v1[rows], wide).mean()), float(mean_abs_diff(v2[rows], wide).mean()))
-    return float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max()), *errors
+    if sample is None:
+        return None, None
+    rows = sample.indices
+    return errors_on_rows(np.asarray(run.v1.layers[layer][rows], np.float64),
+                          np.asarray(run.v2.layers[layer][rows], np.float64), sample.reference_rows(layer))
 
 
 def layer_agreement(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind, memo: Memo = compute_now) -> float:

@@ -1,0 +1,78 @@
+"""The numerics sample alongside the metrics that need none (core.pipeline.alongside): the two overlap,
+errors are never lost, and an analysis from the prewarmed memo equals a fresh one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core.analysis.analyse import AnalysisOptions, analyse
+from core.analysis.memo import remembering
+from core.analysis.profile import prewarm_profile
+from core.input.examples import example_sequences
+from core.pipeline import ComparisonRequest, SetupFailed, alongside, run_comparison
+
+
+def test_concurrently_both_run_at_once_and_the_work_is_returned():
+    started, released = threading.Event(), threading.Event()
+
+    def work():
+        started.set()
+        assert released.wait(10), "meanwhile never ran while the work was running"
+        return 42
+
+    def meanwhile():
+        assert started.wait(10), "the work never started while meanwhile was running"
+        released.set()
+
+    assert alongside(work, meanwhile, concurrently=True) == 42
+
+
+def test_in_sequence_meanwhile_comes_first():
+    order: list[str] = []
+    assert alongside(lambda: order.append("work") or "done", lambda: order.append("meanwhile"), concurrently=False) == "done"
+    assert order == ["meanwhile", "work"]
+
+
+def test_an_error_on_either_side_is_raised_after_both_have_finished():
+    finished: list[str] = []
+
+    def slow_work():
+        time.sleep(0.2)
+        finished.append("work")
+        return 1
+
+    def failing_metrics():
+        raise ValueError("metrics broke")
+
+    with pytest.raises(ValueError, match="metrics broke"):
+        alongside(slow_work, failing_metrics, concurrently=True)
+    assert finished == ["work"]
+
+    def failing_sample():
+        raise SetupFailed("the sample does not fit")
+
+    with pytest.raises(SetupFailed, match="does not fit"):
+        alongside(failing_sample, lambda: finished.append("metrics"), concurrently=True)
+    assert finished == ["work", "metrics"]
+
+
+def test_an_analysis_from_the_prewarmed_memo_equals_a_fresh_one():
+    records = example_sequences("patterns")[:8]
+    ids, sequences = [r.id for r in records], [r.sequence for r in records]
+    memo, prewarmed_without_sample = remembering(), []
+
+    def meanwhile(run):
+        prewarmed_without_sample.append(run.yardstick is None)
+        prewarm_profile(run, 3, "balanced", memo)
+
+    result = run_comparison(ComparisonRequest("demo-8M", "fp32", "cpu"), ids, sequences, meanwhile=meanwhile)
+    assert prewarmed_without_sample == [True] and result.run.yardstick is not None
+    options = AnalysisOptions(seed=3)
+    warm, fresh = analyse(result.run, result.layer, options, memo=memo), analyse(result.run, result.layer, options)
+    assert warm.summary.to_json() == fresh.summary.to_json()
+    assert warm.table.equals(fresh.table)
+    assert [p.v1_mean_abs_error for p in warm.summary.profile] == [p.v1_mean_abs_error for p in fresh.summary.profile]
+    assert all(p.v1_mean_abs_error is not None for p in warm.summary.profile)
