@@ -10,7 +10,7 @@ import pytest
 
 from core.analysis.analyse import AnalysisOptions, analyse
 from core.analysis.memo import remembering
-from core.analysis.profile import prewarm_profile
+from core.analysis.profile import prewarm_profile, prewarm_workers
 from core.input.examples import example_sequences
 from core.pipeline import ComparisonRequest, SetupFailed, alongside, run_comparison
 
@@ -66,7 +66,7 @@ def test_an_analysis_from_the_prewarmed_memo_equals_a_fresh_one():
 
     def meanwhile(run):
         prewarmed_without_sample.append(run.yardstick is None)
-        prewarm_profile(run, 3, "balanced", memo)
+        prewarm_profile(run, 3, "balanced", memo, workers=3)  # layers on three threads
 
     result = run_comparison(ComparisonRequest("demo-8M", "fp32", "cpu"), ids, sequences, meanwhile=meanwhile)
     assert prewarmed_without_sample == [True] and result.run.yardstick is not None
@@ -76,3 +76,20 @@ def test_an_analysis_from_the_prewarmed_memo_equals_a_fresh_one():
     assert warm.table.equals(fresh.table)
     assert [p.v1_mean_abs_error for p in warm.summary.profile] == [p.v1_mean_abs_error for p in fresh.summary.profile]
     assert all(p.v1_mean_abs_error is not None for p in warm.summary.profile)
+
+
+def test_prewarm_threads_are_bounded_by_cores_layers_and_memory(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+
+    def run_of(n, d, layers):
+        return SimpleNamespace(layers=list(range(layers)), v1=SimpleNamespace(layers={0: np.empty((n, d), np.float32)}))
+
+    assert prewarm_workers(run_of(100, 320, 7)) == 7  # one per layer
+    assert prewarm_workers(run_of(100, 320, 37)) == 16  # one per core
+    assert prewarm_workers(run_of(10_000, 2560, 37)) == 4  # ~1 GB of working arrays a layer, 4 GiB in all
+    assert prewarm_workers(run_of(100_000, 2560, 37)) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import esm
@@ -16,6 +18,9 @@ from core.analysis.metrics import cosine_similarity, distances_from, max_abs_dif
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.analysis.projection import proxy_labels
 from core.analysis.proxies import ProxyKind
+
+
+PREWARM_MEMORY = 4 * 2**30  # bytes of working arrays the parallel prewarm may hold at once
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,32 @@ def profile_layer(run: EmbeddingRun, layer: int, seed: int, proxy: ProxyKind, me
     return LayerProfile(layer, *measured, agreement, *errors)
 
 
-def prewarm_profile(run: EmbeddingRun, seed: int, proxy: ProxyKind, memo: Memo) -> None:
+def prewarm_profile(run: EmbeddingRun, seed: int, proxy: ProxyKind, memo: Memo, workers: int | None = None) -> None:
     """Into ``memo``, the bulk of the layer profile and of the analysed layer's comparison: every layer's
     distances and its proxy head's labels. None of it needs the numerics sample, so it can run while the
-    sample is measured (core.pipeline.run_comparison's ``meanwhile``)."""
-    for layer in run.layers:
+    sample is measured (core.pipeline.run_comparison's ``meanwhile``). Layers go to ``workers`` threads
+    (default: prewarm_workers) — numpy and torch release the interpreter in this work, and each layer's
+    memo keys are its own."""
+
+    def prewarm(layer: int) -> None:
         memo(("profile-distances", layer), lambda: layer_distances(run, layer, memo))
         memo(("profile-agreement", layer, proxy, seed), lambda: layer_agreement(run, layer, seed, proxy, memo))
+
+    workers = workers or prewarm_workers(run)
+    if workers <= 1:
+        for layer in run.layers:
+            prewarm(layer)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prewarm") as pool:
+        list(pool.map(prewarm, run.layers))
+
+
+def prewarm_workers(run: EmbeddingRun, memory_budget: int = PREWARM_MEMORY) -> int:
+    """Threads for prewarm_profile: one per core, at most one per layer, and no more than ``memory_budget``
+    bytes of working arrays at once (a layer needs about five float64 copies of one path's (n, d))."""
+    n, d = np.shape(run.v1.layers[run.layers[0]])
+    per_layer = 5 * 8 * n * d
+    return int(max(1, min(len(run.layers), os.cpu_count() or 1, memory_budget // max(per_layer, 1))))
 
 
 def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now) -> tuple[float, float, float, float]:

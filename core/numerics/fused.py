@@ -56,11 +56,12 @@ def fused_scaled_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, s
         raise ValueError("fused rotary needs a contiguous x with an even head_dim and tables in its dtype")
     half = head_dim // 2
     out = torch.empty_like(x) if out is None else out
-    kernels.rotary_kernel[(total_tokens,)](
-        x, out, cos.contiguous(), sin.contiguous(), 1.0 if scaling is None else float(scaling), heads,
-        HALF=half, BLOCK_H=kernels.triton.next_power_of_2(heads), BLOCK_D=kernels.triton.next_power_of_2(half),
-        SCALED=scaling is not None,
-    )
+    with torch.cuda.device(x.device):  # Triton launches on the current device: the model's may be another
+        kernels.rotary_kernel[(total_tokens,)](
+            x, out, cos.contiguous(), sin.contiguous(), 1.0 if scaling is None else float(scaling), heads,
+            HALF=half, BLOCK_H=kernels.triton.next_power_of_2(heads), BLOCK_D=kernels.triton.next_power_of_2(half),
+            SCALED=scaling is not None,
+        )
     return out
 
 
@@ -71,5 +72,6 @@ def fused_gelu(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     n = x.numel()
     block = 1024
-    kernels.gelu_kernel[(kernels.triton.cdiv(n, block),)](x, out, n, INV_SQRT2, BLOCK=block)
+    with torch.cuda.device(x.device):
+        kernels.gelu_kernel[(kernels.triton.cdiv(n, block),)](x, out, n, INV_SQRT2, BLOCK=block)
     return out
