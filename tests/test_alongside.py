@@ -79,17 +79,17 @@ def test_an_analysis_from_the_prewarmed_memo_equals_a_fresh_one():
 
 
 def test_prewarm_threads_are_bounded_by_cores_layers_and_memory(monkeypatch):
-    import os
     from types import SimpleNamespace
 
     import numpy as np
+    import torch
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
 
     def run_of(n, d, layers):
         return SimpleNamespace(layers=list(range(layers)), v1=SimpleNamespace(layers={0: np.empty((n, d), np.float32)}))
 
     assert prewarm_workers(run_of(100, 320, 7)) == 7  # one per layer
-    assert prewarm_workers(run_of(100, 320, 37)) == 16  # one per core
+    assert prewarm_workers(run_of(100, 320, 37)) == 16  # one per thread torch may use
     assert prewarm_workers(run_of(10_000, 2560, 37)) == 4  # ~1 GB of working arrays a layer, 4 GiB in all
     assert prewarm_workers(run_of(100_000, 2560, 37)) == 1

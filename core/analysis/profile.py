@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -78,11 +77,12 @@ def prewarm_profile(run: EmbeddingRun, seed: int, proxy: ProxyKind, memo: Memo, 
 
 
 def prewarm_workers(run: EmbeddingRun, memory_budget: int = PREWARM_MEMORY) -> int:
-    """Threads for prewarm_profile: one per core, at most one per layer, and no more than ``memory_budget``
-    bytes of working arrays at once (a layer needs about five float64 copies of one path's (n, d))."""
+    """Threads for prewarm_profile: as many as torch may use (a torchrun rank's share of the host,
+    core.threads), at most one per layer, and no more than ``memory_budget`` bytes of working arrays at
+    once (a layer needs about five float64 copies of one path's (n, d))."""
     n, d = np.shape(run.v1.layers[run.layers[0]])
     per_layer = 5 * 8 * n * d
-    return int(max(1, min(len(run.layers), os.cpu_count() or 1, memory_budget // max(per_layer, 1))))
+    return int(max(1, min(len(run.layers), torch.get_num_threads(), memory_budget // max(per_layer, 1))))
 
 
 def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now) -> tuple[float, float, float, float]:
