@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/ first
@@ -25,11 +24,11 @@ from dashboard.session import (forget_link_notes, init_session, load_example, re
                                show_link_notes)
 from dashboard.settings import Settings  # noqa: E402
 from dashboard.sidebar import sidebar  # noqa: E402
-from dashboard.state import RunStatus, cancel_run, run_contents, run_status, submit_run  # noqa: E402
+from dashboard.state import RunStatus, cancel_run, run_contents, run_status, submit_run, wait_for_run  # noqa: E402
 from dashboard.views import EXAMPLES  # noqa: E402
 
 UPLOAD_TYPES = ["fasta", "fa", "faa", "txt", "gz"]
-POLL_SECONDS = 1.0  # how often a waiting page looks at its job again
+POLL_SECONDS = 1.0  # how often a waiting page refreshes its progress (it redraws at once when the run ends)
 
 
 # ---------------------------------------------------------------- input
@@ -147,7 +146,7 @@ def show_run(run_id: str, settings: Settings) -> None:
     status = run_status(run_id)
     if status.state in ("queued", "running"):
         show_waiting(status)
-        time.sleep(POLL_SECONDS)
+        wait_for_run(run_id, POLL_SECONDS)
         st.rerun()
         return
     if status.state != "done":

@@ -268,6 +268,16 @@ def run_status(run_id: str) -> RunStatus:
     return RunStatus(disk.state, error=disk.error, pruned=disk.pruned)
 
 
+def wait_for_run(run_id: str, seconds: float) -> None:
+    """Block for at most ``seconds``, returning as soon as this process's job ``run_id`` finishes (a run
+    another process owns, or one already over, is only waited on for the time)."""
+    job = job_queue().get(run_id)
+    if job is None:
+        time.sleep(seconds)
+    else:
+        job.finished.wait(seconds)
+
+
 # One loaded run is shared by every session that shows it, not copied per rerun (a 100,000-sequence run
 # holds ~1 GB); the page never changes it.
 @st.cache_resource(max_entries=4, ttl=1800, show_spinner="Reading the saved run…")
