@@ -176,3 +176,23 @@ def test_padded_paths_get_no_deep_pack(demo_fp32):
     run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[6],
                          v2_path=fallback_path(model), yardstick=YardstickPlan("reference", "fp64", None))
     assert run.yardstick.deep is None
+
+
+def test_a_cpu_reference_alone_per_sequence_equals_the_batched_one(demo_fp32):
+    """On the CPU the float64 reference runs each sequence alone (cheaper than fair-esm's padded batches);
+    its values are the batched ones to float64 rounding, so the choice decides no result."""
+    from core.embed.passes import embed_path
+    from core.embed.paths import standard_path
+    from core.embed.yardstick import reference_budget
+    from core.numerics.loading import layer_indices, reference_copy
+
+    model, alphabet = demo_fp32
+    wide = reference_copy(model, torch.float64)
+    assert reference_budget(wide, 4096) == 1
+    sequences = list(probe_sequences(6))
+    layers = layer_indices(wide, None)
+    alone = embed_path(wide, alphabet, sequences, layers, standard_path(wide), reference_budget(wide, None))
+    batched = embed_path(wide, alphabet, sequences, layers, standard_path(wide), None)
+    for layer in layers:
+        np.testing.assert_allclose(alone.layers[layer], batched.layers[layer], rtol=0, atol=1e-13)
+    assert any(not np.array_equal(alone.layers[layer], batched.layers[layer]) for layer in layers)  # two ways
