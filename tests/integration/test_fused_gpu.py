@@ -132,3 +132,33 @@ def test_fused_v2_meets_the_rule_and_is_no_worse_than_unfused_at_every_layer(spe
         if f_max > RULE_MULTIPLE * v1_max or f_max > MARGIN * u_max or f_mean > MARGIN * u_mean:
             failures.append(layer)
     assert not failures, f"layers where the fused path breaks the rule or adds error: {failures}"
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_kernels_launch_on_the_tensors_device_not_the_current_one():
+    """Triton launches on the current device; the wrappers switch to the tensor's. With GPU 0 current,
+    inputs on GPU 1 give GPU 1's results, bit for bit what the same inputs give on GPU 0."""
+    generator = torch.Generator(device="cuda:0").manual_seed(5)
+    x = (4 * torch.randn(3001, 20 * 64, device="cuda:0", generator=generator)).half()
+    q = (3 * torch.randn(3001, 20, 64, device="cuda:0", generator=generator)).half()
+    angles = torch.rand(3001, 32, device="cuda:0", generator=generator) * 1000
+    cos, sin = (torch.cat((f(angles), f(angles)), dim=-1).half() for f in (torch.cos, torch.sin))
+    on_0 = fused_gelu(x), fused_scaled_rotary(q.clone(), cos, sin, 0.125)
+    with torch.cuda.device(0):
+        on_1 = fused_gelu(x.to("cuda:1")), fused_scaled_rotary(q.to("cuda:1"), cos.to("cuda:1"), sin.to("cuda:1"), 0.125)
+        torch.cuda.synchronize(1)
+    assert all(t.device == torch.device("cuda:1") for t in on_1)
+    assert torch.equal(on_1[0].cpu(), on_0[0].cpu()) and torch.equal(on_1[1].cpu(), on_0[1].cpu())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_a_model_on_the_second_gpu_gives_the_first_gpus_embeddings():
+    """``--device cuda:1`` in one process: the fused v2.0 on GPU 1 equals the same model on GPU 0."""
+    sequences = [r.sequence for r in example_sequences("patterns")]
+    results = []
+    for device in ("cuda:0", "cuda:1"):
+        model, alphabet = load_esm2_model("demo-35M", dtype="fp16", device=device)
+        assert model.fuses()
+        results.append(embed_path(model, alphabet, sequences, [model.num_layers], packed_path(model)).layers)
+        del model
+    assert np.array_equal(results[0][max(results[0])], results[1][max(results[1])])
