@@ -9,6 +9,7 @@ The device runs the same catalogue in FP16 (scripts/broken_paths.py, docs/gpu-ru
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -32,6 +33,15 @@ def faithful_run(demo_fp32):
     return baseline_run(*demo_fp32, SEQUENCES)
 
 
+@pytest.fixture(scope="module")
+def judged(demo_fp32, faithful_run):
+    """name -> the catalogued bug's summary.json document through the mutation script's own compare(),
+    against the shared baseline; each bug computed once for the module's tests."""
+    model, alphabet = demo_fp32
+    return functools.cache(lambda name: compare(model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model),
+                                                faithful_run))
+
+
 def summary_of(run, model) -> dict:
     return analyse(run, model.num_layers).summary.to_json()
 
@@ -43,10 +53,9 @@ def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_r
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))
-def test_each_catalogued_bug_is_never_accepted(demo_fp32, faithful_run, name):
+def test_each_catalogued_bug_is_never_accepted(judged, name):
     """Through the mutation script's own compare(), so CI runs the script the device record comes from."""
-    model, alphabet = demo_fp32
-    summary = compare(model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model), faithful_run)
+    summary = judged(name)
     assert row(name, "not ACCEPT", summary)[1]
     assert summary["verdict"] != "ACCEPT", summary["headline"]
     assert not summary["numerics"]["passed"]
@@ -67,12 +76,9 @@ def test_faithful_paths_are_accepted(demo_fp32, faithful_run, faithful):
     assert summary["numerics"]["passed"] and summary["numerics"]["first_departing_layer"] is None
 
 
-def test_the_catalogue_names_its_bug_classes(demo_fp32, faithful_run):
-    model, alphabet = demo_fp32
-    causes = {}
-    for name in ("attention across sequences", "token-dropout scale missing", "EOS in the pool", "tanh GELU"):
-        summary = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model)), model)
-        causes[name] = summary["numerics"]["likely_cause"]
+def test_the_catalogue_names_its_bug_classes(judged):
+    causes = {name: judged(name)["numerics"]["likely_cause"]
+              for name in ("attention across sequences", "token-dropout scale missing", "EOS in the pool", "tanh GELU")}
     assert "masking or packing" in causes["attention across sequences"]
     assert "token-dropout scaling" in causes["token-dropout scale missing"]
     assert "which positions are pooled" in causes["EOS in the pool"]

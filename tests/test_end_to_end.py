@@ -21,6 +21,7 @@ from tests.test_dashboard import new_app, run_example, server_config, verdict_ht
 from tests.test_dashboard import run_counter, runs_dir  # noqa: F401 (the page's fixtures, found by name)
 
 NEGATED = "tests.plugins.example_v2:make_negated"
+pytestmark = pytest.mark.usefixtures("light_numerics")  # what the CLI and page do with a verdict, not the gate's power
 
 
 @pytest.fixture(scope="module")

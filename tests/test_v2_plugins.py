@@ -12,7 +12,7 @@ import torch
 from core.embed.batching import pack_sequences, padded_tokens
 from core.cli import main
 from core.embed.paths import fallback_path
-from core.embed.run import run_both_paths
+from core.embed.run import run_both_paths, with_v2
 from core.embed.yardstick import YardstickPlan
 from core.numerics.fallback import V1CompatiblePacked
 from core.embed.plugins import PluginError, distribution_version, make_plugin_path, plugin_label
@@ -26,10 +26,16 @@ IDS, SEQUENCES = [r.id for r in RECORDS], [r.sequence for r in RECORDS]
 PLUGINS = "tests.plugins.example_v2"
 
 
-def test_fallback_is_exact_against_v1_in_float32(demo_fp32):
+@pytest.fixture(scope="module")
+def baseline(demo_fp32):
+    """v1.0 and an fp64 reference sample on the whole set, once: each test swaps its own v2.0 in (with_v2
+    computes what run_both_paths would for that v2.0; tests/test_broken_paths.py holds it to that)."""
+    return run_both_paths(*demo_fp32, IDS, SEQUENCES, yardstick=YardstickPlan("reference", "fp64", None))
+
+
+def test_fallback_is_exact_against_v1_in_float32(demo_fp32, baseline):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=fallback_path(model),
-                         yardstick=YardstickPlan("reference", "fp64", 64))
+    run = with_v2(baseline, model, alphabet, SEQUENCES, fallback_path(model))
     assert run.v2.backend == "v1-compatible (fair-esm torch.bmm)"
     for layer in run.layers:
         assert np.array_equal(run.v1.layers[layer], run.v2.layers[layer]), f"layer {layer} differs"
@@ -66,10 +72,9 @@ def test_plugin_named_module_factory_runs_end_to_end(tmp_path, capsys, factory, 
 
 
 @pytest.mark.parametrize("factory", ["make_eos_in_pool", "make_no_token_dropout_scale"])
-def test_broken_plugins_are_caught(demo_fp32, factory):
+def test_broken_plugins_are_caught(demo_fp32, baseline, factory):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path(f"tests.plugins.broken_paths:{factory}", model),
-                         yardstick=YardstickPlan("reference", "fp64", None))
+    run = with_v2(baseline, model, alphabet, SEQUENCES, make_plugin_path(f"tests.plugins.broken_paths:{factory}", model))
     summary = analyse(run, model.num_layers).summary.to_json()
     below = summary["cosine"]["min"] <= 0.99 or summary["label_agreement"] <= 0.99
     assert below, (summary["cosine"], summary["label_agreement"])
@@ -77,10 +82,9 @@ def test_broken_plugins_are_caught(demo_fp32, factory):
     assert summary["reference"]["closer"] == "v1" and not summary["reference"]["rule_passed"]
 
 
-def test_eos_in_pool_fails_the_cosine_check(demo_fp32):
+def test_eos_in_pool_fails_the_cosine_check(demo_fp32, baseline):
     model, alphabet = demo_fp32
-    run = run_both_paths(model, alphabet, IDS, SEQUENCES, v2_path=make_plugin_path("tests.plugins.broken_paths:make_eos_in_pool", model),
-                         yardstick=YardstickPlan("reference", "fp64", 64))
+    run = with_v2(baseline, model, alphabet, SEQUENCES, make_plugin_path("tests.plugins.broken_paths:make_eos_in_pool", model))
     summary = analyse(run, model.num_layers).summary.to_json()
     assert not summary["checks"]["cosine_all_above_threshold"]
     assert "pattern_01" in summary["cosine_failures"]  # the 10-residue sequence: EOS is a tenth of its pool
