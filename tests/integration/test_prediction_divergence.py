@@ -115,28 +115,29 @@ class TestReferenceAttribution:
         assert len(numerics["layers"]) == 37 and numerics["deep_pack"] is not None
 
 
+@pytest.fixture(scope="module")
+def fallback_summaries(model_and_alphabet):
+    from core.embed.paths import fallback_path, ForwardPath
+
+    model, alphabet = model_and_alphabet
+    records = example_sequences("all")
+    ids, sequences = [r.id for r in records], [r.sequence for r in records]
+    layer = model.num_layers
+    summaries = {}
+    same_batches = fallback_path(model)
+    own_packing = ForwardPath(**{**same_batches.__dict__, "padded_batches": False})
+    for name, path in (("v1 batches", same_batches), ("packed batches", own_packing)):
+        run = run_both_paths(model, alphabet, ids, sequences, v2_path=path,
+                             yardstick=plan_yardstick("auto", 64, model.dtype, model.device))
+        summaries[name] = analyse(run, layer, AnalysisOptions(seed=SEED)).summary.to_json()
+        summary = summaries[name]
+        log.warning("fallback fed %s: cosine min %.10f  max |v1 - v2| %.3e  agreement %.2f%%", name,
+                    summary["cosine"]["min"], summary["max_abs_diff"], 100 * summary["label_agreement"])
+    return summaries
+
+
 class TestFallbackOnDevice:
     """The v1-compatible fallback against v1.0 in FP16 on the GPU: cosine > 0.999999, max abs diff < 1e-3."""
-
-    @pytest.fixture(scope="class")
-    def fallback_summaries(self, model_and_alphabet):
-        from core.embed.paths import fallback_path, ForwardPath
-
-        model, alphabet = model_and_alphabet
-        records = example_sequences("all")
-        ids, sequences = [r.id for r in records], [r.sequence for r in records]
-        layer = model.num_layers
-        summaries = {}
-        same_batches = fallback_path(model)
-        own_packing = ForwardPath(**{**same_batches.__dict__, "padded_batches": False})
-        for name, path in (("v1 batches", same_batches), ("packed batches", own_packing)):
-            run = run_both_paths(model, alphabet, ids, sequences, v2_path=path,
-                                 yardstick=plan_yardstick("auto", 64, model.dtype, model.device))
-            summaries[name] = analyse(run, layer, AnalysisOptions(seed=SEED)).summary.to_json()
-            summary = summaries[name]
-            log.warning("fallback fed %s: cosine min %.10f  max |v1 - v2| %.3e  agreement %.2f%%", name,
-                        summary["cosine"]["min"], summary["max_abs_diff"], 100 * summary["label_agreement"])
-        return summaries
 
     def test_fallback_on_v1_batches_is_bit_identical_and_accepted(self, fallback_summaries):
         summary = fallback_summaries["v1 batches"]
