@@ -28,8 +28,8 @@ exit codes:
   1    the verdict is at or below --fail-on (the CI gate; nothing else exits 1)
   2    usage or input: a bad argument (one line on stderr), an unreadable input,
        or refused records (named on stderr; the valid ones are still compared)
-  3    setup: the model, the backend or the --v2 plug-in cannot be set up,
-       or --out cannot be written
+  3    setup: the model, the backend or the --v2 plug-in cannot be set up
+       (or the plug-in fails while it runs), or --out cannot be written
   4    internal error: a bug; the traceback is printed, please report it
   130  interrupted (Ctrl-C)
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 
 import numpy as np
 import pytest
@@ -163,3 +164,46 @@ def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
     assert determinism(model, alphabet, sequences, baseline, layer, path=path).max_abs_diff == 0.0
     assert packing_invariance(model, alphabet, sequences, baseline, layer, path=path).passed
     assert determinism(model, alphabet, sequences, baseline, layer).max_abs_diff > 0.0  # the built-in path differs
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("make_crashing", r"failed in forward_packed on a batch of \d+ tokens: RuntimeError: CUDA error: an illegal "
+                      r"memory access was encountered \(at .*example_v2.py:\d+ in forward_packed\)"),
+    ("make_dropping_layers", r"forward_packed returned no representation for layer \d+ \(it returned layers \[6\]\)"),
+    ("make_padded_output", r"forward_packed returned layer \d+ shaped \(\d+, \d+, 320\), expected \(\d+, 'embed_dim'\)"),
+])
+def test_a_plugin_failing_while_it_runs_is_a_setup_error_naming_it(capsys, factory, message):
+    """Not 'internal error … please report' with the tool's traceback: exit 3, one line, the plug-in and
+    the line of its code that raised."""
+    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--layer", "3",
+                 "--v2", f"{PLUGINS}:{factory}"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "Traceback" not in err and "internal error" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert re.search(rf"plug-in '{PLUGINS}:{factory}'.*{message}", line), line
+
+
+def test_out_of_memory_inside_a_plugin_still_splits_the_batch(demo_fp32, monkeypatch):
+    """The guard lets out-of-memory through, so the passes halve the batch and retry as for any path."""
+    model, alphabet = demo_fp32
+    path = make_plugin_path(f"{PLUGINS}:make_packed", model)
+    calls = []
+    inner = path.run
+
+    def running_out_on_big_batches(ids, cu_seqlens, max_seqlen, layers):
+        calls.append(len(cu_seqlens) - 1)
+        if len(cu_seqlens) - 1 > 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return inner(ids, cu_seqlens, max_seqlen, layers)
+
+    from dataclasses import replace
+
+    from core.embed.passes import embed_path
+    from core.embed.plugins import guarded
+
+    sequences = SEQUENCES[:3]
+    flaky = replace(path, run=guarded("flaky:make", running_out_on_big_batches, "forward_packed"))
+    embedded = embed_path(model, alphabet, sequences, [model.num_layers], flaky)
+    assert embedded.layers[model.num_layers].shape == (3, model.embed_dim)
+    assert calls[0] == 3 and calls.count(1) == 3 and len(calls) > 3  # the batch of 3 split until each fit

@@ -13,7 +13,9 @@ after its ``module:factory``; without a ``version``, after its distribution's ve
 when no installed distribution provides the module); reports then say the name was derived.
 
 Every failure to build it (an import, a factory that raises or takes other arguments, an object
-without the interface) is a one-line PluginError naming the plug-in.
+without the interface) is a one-line PluginError naming the plug-in; so is a failure while it runs —
+an exception from its method (out-of-memory aside: the passes split the batch and retry) or
+representations missing a layer or shaped unlike the batch — with the line of its code that raised.
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
-from typing import Any, Callable
+import traceback
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
+import torch
+
+from core.embed.passes import out_of_memory
 from core.embed.paths import ForwardPath, plugin_path
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 
@@ -53,7 +60,55 @@ def make_plugin_path(spec: str, model: ESM2WithFlashAttention) -> ForwardPath:
     label, derived = plugin_label(spec, implementation)
     description = (f"{label} (name derived from module:factory and its distribution's version: the plug-in has "
                    f"no string {' or '.join(derived)} attribute)") if derived else label
-    return plugin_path(implementation, label, description)
+    path = plugin_path(implementation, label, description)
+    return replace(path, run=guarded(spec, path.run, "forward_packed" if path.packed else "forward"))
+
+
+def guarded(spec: str, run: Callable[..., dict], method: str) -> Callable[..., dict]:
+    """``run(tokens_or_input_ids, …, layers)`` whose failures and malformed results are PluginErrors."""
+
+    def call(*args):
+        tokens, layers = args[0], args[-1]
+        try:
+            out = run(*args)
+        except Exception as error:  # noqa: BLE001 - third-party code; its failure is a PluginError naming it
+            if out_of_memory(error):
+                raise
+            message = " ".join(str(error).split())
+            raise PluginError(f"plug-in {spec!r} failed in {method} on a batch of {tokens.numel()} tokens: "
+                              f"{type(error).__name__}: {message}{raised_at(error)}") from error
+        check_representations(spec, method, out, tokens, layers)
+        return out
+
+    return call
+
+
+def raised_at(error: BaseException) -> str:
+    """' (at file:line in function)' for the innermost frame outside torch, or ''."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if "/torch/" not in frame.filename.replace("\\", "/")]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+
+
+def check_representations(spec: str, method: str, out: Any, tokens: torch.Tensor, layers: Sequence[int]) -> None:
+    """A PluginError unless ``out["representations"]`` holds every requested layer as a tensor shaped
+    like ``tokens`` plus one embedding dimension."""
+    representations = out.get("representations") if isinstance(out, dict) else None
+    if not isinstance(representations, dict):
+        raise PluginError(f"plug-in {spec!r}: {method} must return {{'representations': {{layer: tensor}}}}, "
+                          f"got {type(out).__name__}")
+    for layer in layers:
+        rep = representations.get(layer)
+        if not isinstance(rep, torch.Tensor):
+            raise PluginError(f"plug-in {spec!r}: {method} returned no representation for layer {layer} "
+                              f"(it returned layers {sorted(representations)})")
+        if rep.dim() != tokens.dim() + 1 or rep.shape[:tokens.dim()] != tokens.shape:
+            expected = (*tokens.shape, "embed_dim")
+            raise PluginError(f"plug-in {spec!r}: {method} returned layer {layer} shaped {tuple(rep.shape)}, "
+                              f"expected {expected} for this batch")
 
 
 def build_implementation(spec: str, factory: Callable[[ESM2WithFlashAttention], Any], model: ESM2WithFlashAttention) -> Any:

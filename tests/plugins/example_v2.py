@@ -98,3 +98,46 @@ class Negated(PackedReference):
 
 def make_negated(model):
     return Negated(model)
+
+
+class CrashesInForward(PackedReference):
+    """Builds, then fails inside its own forward_packed, as a kernel with a bug would."""
+
+    name = "example crashing"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+class DropsLayers(PackedReference):
+    """Returns only the last layer, whatever was asked."""
+
+    name = "example dropping layers"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        last = max(out["representations"])
+        return {"representations": {last: out["representations"][last]}}
+
+
+class PadsItsOutput(PackedReference):
+    """Returns (batch, longest, E) padded representations from the packed API instead of (total_tokens, E)."""
+
+    name = "example padded output"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        return {"representations": {layer: rep.new_zeros(len(cu_seqlens) - 1, max_seqlen, rep.shape[-1])
+                                    for layer, rep in out["representations"].items()}}
+
+
+def make_crashing(model):
+    return CrashesInForward(model)
+
+
+def make_dropping_layers(model):
+    return DropsLayers(model)
+
+
+def make_padded_output(model):
+    return PadsItsOutput(model)
