@@ -26,6 +26,7 @@ from core.analysis.profile import prewarm_profile
 from core.cli_args import (
     EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SETUP, build_parser, parse_arguments,
 )
+from core.cli_stdout import reader_may_leave
 from core.embed import distributed
 from core.embed.cache_store import cache_dir_from_env
 from core.input.examples import example_sequences
@@ -221,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Anything unexpected is a bug, exit EXIT_INTERNAL: never 1, which CI reads as the --fail-on verdict."""
     try:
-        return _dispatch(argv)
+        with reader_may_leave():
+            return _dispatch(argv)
     except KeyboardInterrupt:
         print(f"interrupted (exit {EXIT_INTERRUPTED})", file=sys.stderr)
         return EXIT_INTERRUPTED

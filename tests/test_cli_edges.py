@@ -187,6 +187,20 @@ def test_a_closed_stdin_is_an_input_error_not_a_traceback():
     assert "stdin is closed" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_reader_that_leaves_early_changes_neither_exit_code_nor_files(tmp_path):
+    """``compare … | head -1``: stdout's reader is gone before the table is printed. No traceback, no
+    'internal error', the files are written and the exit code is the comparison's (here the gate's 1)."""
+    command = [sys.executable, "-m", "core", "compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
+               "--seeds", "0", "--min-cosine", "1.0", "--fail-on", "validate", "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    process.stdout.close()  # the reader leaves before anything is printed
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 1, stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    assert "failing: verdict VALIDATE is at or below --fail-on validate" in stderr
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "sequences.csv").exists()
+
+
 @pytest.mark.parametrize("stream", [None, io.TextIOWrapper(io.BytesIO())])
 def test_unreadable_stdin_raises_input_unavailable(stream):
     if stream is not None:
