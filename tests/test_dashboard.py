@@ -261,12 +261,13 @@ def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, t
 
     config = tmp_path / "config.toml"
     config.write_text('[v2_plugins]\n"Example packed" = "tests.plugins.example_v2:make_packed"\n'
-                      '"Broken import" = "tests.plugins.not_there:make"\n')
+                      '"Broken import" = "tests.plugins.not_there:make"\n'
+                      '"Crashes" = "tests.plugins.example_v2:make_crashing"\n')
     monkeypatch.setattr(dashboard.server, "CONFIG_FILE", config)
 
     app = new_app()
     assert app.selectbox(key="v2").options == [
-        "This project's packed path (v2.0)", "v1-compatible fallback", "Example packed", "Broken import",
+        "This project's packed path (v2.0)", "v1-compatible fallback", "Example packed", "Broken import", "Crashes",
     ]
     app.selectbox(key="v2").set_value("fallback").run()
     app = run_example(app)
@@ -281,6 +282,12 @@ def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, t
     app.selectbox(key="v2").set_value("Broken import").run()
     app.button(key="run").click().run()
     assert any("Cannot run" in e.value and "cannot import" in e.value for e in app.error)
+    assert not app.exception
+
+    app.selectbox(key="v2").set_value("Crashes").run()
+    app.button(key="run").click().run()
+    shown = [unescaped(e.value) for e in app.error]
+    assert any("Cannot run" in e and "failed in forward_packed" in e and "illegal memory access" in e for e in shown), shown
     assert not app.exception
 
 
