@@ -89,7 +89,7 @@ def test_compact_layers_project_onto_heads_without_expanding(monkeypatch):
         for proxy in ("balanced", "seed"):
             expected = reference.label_agreement if proxy == "balanced" else layer_agreement(plain, reference.layer, 3, proxy)
             assert abs(layer_agreement(run, reference.layer, 3, proxy) - expected) <= 1 / 3000
-    assert min(entry.label_agreement for entry in profile_of_expanded) < 0.995  # heads do flip here
+    assert min(entry.label_agreement for entry in profile_of_expanded) < 1.0  # heads do flip here
 
 
 def table_of(n: int, flips: int = 50) -> pd.DataFrame:
