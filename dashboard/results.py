@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from core.analysis.analyse import Analysis, analyse
@@ -112,7 +113,7 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
         return
     tabs = st.tabs(["Overview", "Numerics", "Reference", "Layers", "Residues", "Heads", "Checks", "Table & share"])
     with tabs[0]:
-        overview_tab(table, summary, font_size)
+        figures = overview_tab(table, summary, font_size)
     with tabs[1]:
         numerics_tab(summary)
     with tabs[2]:
@@ -130,10 +131,11 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
         checks_tab(run, parsed, used, summary.provenance.layer,
                    fresh_baseline=bool(cache and cache.hits) or compact)
     with tabs[7]:
-        share_tab(summary, table)
+        share_tab(summary, table, figures)
 
 
-def overview_tab(table: pd.DataFrame, summary: Summary, font_size: int) -> None:
+def overview_tab(table: pd.DataFrame, summary: Summary, font_size: int) -> dict[str, go.Figure]:
+    """The overview's charts; returns them (report.html embeds the same figures)."""
     figures = charts.all_figures(table, summary, font_size)
     st.plotly_chart(figures["agreement"], key="chart_agreement")
     for left_name, right_name in (("histogram", "ecdf"), ("length", "confidence")):
@@ -143,6 +145,7 @@ def overview_tab(table: pd.DataFrame, summary: Summary, font_size: int) -> None:
     thinned = sampling_caption(len(table))
     if thinned:
         st.caption(thinned)
+    return figures
 
 
 def numerics_tab(summary: Summary) -> None:
@@ -234,7 +237,7 @@ def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_basel
               f"min cosine {check.min_cosine:.10f} over {check.n_sequences} sequences. {check.detail}.")
 
 
-def share_tab(summary: Summary, table: pd.DataFrame) -> None:
+def share_tab(summary: Summary, table: pd.DataFrame, figures: dict[str, go.Figure]) -> None:
     """The per-sequence table (a large run's most divergent rows) and the downloads: sequences.csv with every
     sequence, summary.json, report.html with the table shown. A large run's are built when clicked (a
     100,000-row CSV takes seconds), a small run's at once."""
@@ -244,7 +247,7 @@ def share_tab(summary: Summary, table: pd.DataFrame) -> None:
         st.caption(caption)
     builders = {"csv": lambda: spreadsheet_safe(table).to_csv(index=False),
                 "json": lambda: json.dumps(summary.to_json(), indent=2),
-                "html": lambda: html_report(summary, shown, charts.all_figures(table, summary), caption)}
+                "html": lambda: html_report(summary, shown, figures, caption)}
     data = builders if caption else {kind: build() for kind, build in builders.items()}
     columns = st.columns(3)
     columns[0].download_button("sequences.csv", data["csv"], "sequences.csv", "text/csv", key="download_csv")
