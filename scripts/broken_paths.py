@@ -14,6 +14,7 @@ Exit code 1 when any row is wrong (a bug accepted, a faithful path flagged).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="sequences in a realistic set")
     parser.add_argument("--false-alarms", type=int, default=0, metavar="N",
                         help="instead: the built-in v2.0 on N random realistic sets (seeds 1 … N)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write every row's summary.json document, by row name, to PATH")
     args = parser.parse_args(argv)
     device = default_device()
     dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
@@ -128,10 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = [(name, "ACCEPT", path) for name, path in faithful_paths(model).items()]
     cases += [(name, "not ACCEPT", make_plugin_path(spec, model)) for name, spec in CATALOGUE.items()]
     shared = baseline_run(model, alphabet, sequences)
+    summaries = {}
     for name, expected, path in cases:
-        line, right = row(name, expected, compare(model, alphabet, sequences, path, shared))
+        summaries[name] = compare(model, alphabet, sequences, path, shared)
+        line, right = row(name, expected, summaries[name])
         wrong += not right
         print(line, flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(summaries, indent=1))
     print(f"\n{wrong} wrong of {len(cases)} ({time.perf_counter() - start:.0f} s)")
     return 1 if wrong else 0
 
