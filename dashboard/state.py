@@ -270,12 +270,11 @@ def run_status(run_id: str) -> RunStatus:
 
 def wait_for_run(run_id: str, seconds: float) -> None:
     """Block for at most ``seconds``, returning as soon as this process's job ``run_id`` finishes (a run
-    another process owns, or one already over, is only waited on for the time)."""
-    job = job_queue().get(run_id)
-    if job is None:
+    another process owns is waited on for the whole time)."""
+    try:
+        job_queue().wait(run_id, seconds)
+    except KeyError:  # not in this process's queue
         time.sleep(seconds)
-    else:
-        job.finished.wait(seconds)
 
 
 # One loaded run is shared by every session that shows it, not copied per rerun (a 100,000-sequence run
