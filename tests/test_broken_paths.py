@@ -59,7 +59,9 @@ def test_each_catalogued_bug_is_never_accepted(judged, name):
     assert row(name, "not ACCEPT", summary)[1]
     assert summary["verdict"] != "ACCEPT", summary["headline"]
     assert not summary["numerics"]["passed"]
-    assert summary["numerics"]["first_departing_layer"] in (0, 1)  # before or at the first attention
+    # Before or at the first attention; the final layer norm only at the last layer (the pooled one here).
+    expected = (summary["layer"],) if name == "final layer norm missing" else (0, 1)
+    assert summary["numerics"]["first_departing_layer"] in expected
     assert summary["recommendation"].startswith(("Validate", "Fall back"))
 
 
@@ -78,8 +80,13 @@ def test_faithful_paths_are_accepted(demo_fp32, faithful_run, faithful):
 
 def test_the_catalogue_names_its_bug_classes(judged):
     causes = {name: judged(name)["numerics"]["likely_cause"]
-              for name in ("attention across sequences", "token-dropout scale missing", "EOS in the pool", "tanh GELU")}
+              for name in ("attention across sequences", "token-dropout scale missing", "EOS in the pool", "tanh GELU",
+                           "attention scale missing", "final layer norm missing", "layers off by one")}
     assert "masking or packing" in causes["attention across sequences"]
+    assert "the attention scale" in causes["attention scale missing"]
+    assert "layers returned off by one" in causes["layers off by one"]
+    assert "final layer norm" in causes["final layer norm missing"]
+    assert "final layer norm" not in causes["attention across sequences"]
     assert "token-dropout scaling" in causes["token-dropout scale missing"]
     assert "which positions are pooled" in causes["EOS in the pool"]
     assert causes["tanh GELU"] is not None

@@ -71,7 +71,10 @@ def test_one_flip_in_ten_thousand_does_not_say_100_percent():
     ((layer(0, candidate=0.5, min_cosine=1.0 - 1e-9),), "uniform scale from layer 0"),
     ((layer(0, candidate=0.5, min_cosine=0.999),), "which positions are pooled"),
     ((layer(0), layer(1, candidate=0.5, min_cosine=0.9)), "first attention: attention masking or packing"),
-    ((layer(0), layer(1), layer(2, candidate=0.5, min_cosine=0.9)), "large from layer 2"),
+    ((layer(0), layer(1, candidate=0.5, min_cosine=0.9)), "the attention scale"),
+    ((layer(0), layer(1), layer(2, candidate=0.5, min_cosine=0.9), layer(3)), "large from layer 2, after the layers"),
+    ((layer(0), layer(1), layer(2), layer(3, candidate=0.5, min_cosine=0.9)), "the final layer norm"),
+    ((layer(3, candidate=0.5, min_cosine=0.9),), "layer 3, the first attention layer measured: attention masking"),
     ((layer(0), layer(1, closer=(30, 2), p=1e-7, min_cosine=0.9999999)), "GELU form, rotary tables"),
 ])
 def test_likely_cause_follows_the_first_departure(layers, cause):

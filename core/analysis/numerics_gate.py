@@ -170,12 +170,29 @@ class NumericsGate:
             return ("from layer 0, before any attention: the embedding, or which positions are pooled "
                     "(EOS, BOS or padding in the mean)")
         if large:
-            where = "the first attention" if first.layer == 1 else f"layer {first.layer}"
-            return (f"large from {where}: attention masking or packing (sequences attending across boundaries, a "
-                    "missing BOS or EOS) or position ids that do not restart per sequence")
+            return self._structural_cause(first.layer)
         side = "farther from" if first.farther else "closer to"
         return (f"small but systematic from layer {first.layer} (v2.0 {side} the reference on most sequences): "
                 "an activation or precision difference — GELU form, rotary tables or positions, softmax precision")
+
+    def _structural_cause(self, layer: int) -> str:
+        """The likely cause of a large departure first seen at ``layer`` (>= 1). A bug in attention itself
+        shows from the first attention layer; one that appears only later, after measured layers agreed, is
+        in something only that layer has (at the model's last layer: the final layer norm)."""
+        attention = ("attention masking or packing (sequences attending across boundaries, a causal mask, a missing "
+                     "BOS or EOS), position ids that do not restart per sequence, the attention scale (1/√head_dim "
+                     "missing or applied twice), or layers returned off by one")
+        agreed_before = any(1 <= test.layer < layer for test in self.layers)
+        if layer == 1 or not agreed_before:
+            where = "the first attention" if layer == 1 else f"layer {layer}, the first attention layer measured"
+            return f"large from {where}: {attention}"
+        if layer == max(test.layer for test in self.layers):
+            return (f"large only at layer {layer}, the last one measured, after the layers before it agreed: a step "
+                    "only that layer takes — at the model's final layer, the final layer norm (emb_layer_norm_after) "
+                    "missing, or applied twice")
+        return (f"large from layer {layer}, after the layers before it agreed: something particular to that layer "
+                "(its weights, or which layer's output is returned); masking, position and scaling bugs show from "
+                "the first attention")
 
     def line(self) -> str:
         """The Numerics line of the headline."""

@@ -155,6 +155,46 @@ class BosDropped(Mutant):
         return {**out, "representations": restored}
 
 
+class NoAttentionScale(Mutant):
+    """Attention logits not divided by √head_dim (fair-esm scales q by head_dim ** -0.5 before the rotary)."""
+
+    bug = "attention scale 1/√head_dim missing"
+
+    @staticmethod
+    def _attend(q, k, v, cu_seqlens, max_seqlen, backend):
+        return ESM2WithFlashAttention._attend(q * q.shape[-1] ** 0.5, k, v, cu_seqlens, max_seqlen, backend)
+
+
+class NoFinalLayerNorm(Mutant):
+    """The last layer returned without fair-esm's final layer norm (``emb_layer_norm_after``), as reading a
+    Hugging Face ``hidden_states[-1]`` instead of ``last_hidden_state`` gives."""
+
+    bug = "final layer norm missing"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
+        last = self.esm2.num_layers
+        if last not in repr_layers:
+            return super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers, backend)
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, sorted({*repr_layers, last - 1} - {last}), backend)
+        _, _, positions = self._packed_positions(cu_seqlens, input_ids.numel())
+        before = out["representations"][last - 1]
+        x = self._packed_layer(self.esm2.layers[-1], before, positions, cu_seqlens, max_seqlen, out["backend"])
+        kept = {layer: rep for layer, rep in out["representations"].items() if layer in repr_layers}
+        return {**out, "representations": {**kept, last: x}}
+
+
+class LayersOffByOne(Mutant):
+    """Layer l returned as layer l + 1 (an index shift between fair-esm's 0 = embeddings and a 0-based
+    list of block outputs): every layer from the first block on is the one before it."""
+
+    bug = "layers returned off by one"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
+        below = {layer: max(layer - 1, 0) for layer in repr_layers}
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, sorted(set(below.values())), backend)
+        return {**out, "representations": {layer: out["representations"][source] for layer, source in below.items()}}
+
+
 class Plugin:
     """A mutant as a v2.0 plug-in (``name``, ``version``, ``forward_packed``)."""
 
@@ -180,6 +220,9 @@ make_tanh_gelu = _factory(TanhGelu)
 make_bf16_rotary_tables = _factory(Bf16RotaryTables)
 make_fp16_softmax = _factory(Fp16Softmax)
 make_global_positions = _factory(GlobalPositions)
+make_no_attention_scale = _factory(NoAttentionScale)
+make_no_final_layer_norm = _factory(NoFinalLayerNorm)
+make_layers_off_by_one = _factory(LayersOffByOne)
 
 CATALOGUE: dict[str, str] = {
     "attention across sequences": "tests.plugins.broken_paths:make_cross_sequence_attention",
@@ -190,4 +233,7 @@ CATALOGUE: dict[str, str] = {
     "rotary tables in bf16": "tests.plugins.broken_paths:make_bf16_rotary_tables",
     "softmax in FP16": "tests.plugins.broken_paths:make_fp16_softmax",
     "position ids not restarting": "tests.plugins.broken_paths:make_global_positions",
+    "attention scale missing": "tests.plugins.broken_paths:make_no_attention_scale",
+    "final layer norm missing": "tests.plugins.broken_paths:make_no_final_layer_norm",
+    "layers off by one": "tests.plugins.broken_paths:make_layers_off_by_one",
 }
