@@ -179,8 +179,8 @@ class NumericsGate:
         """The likely cause of a large departure first seen at ``layer`` (>= 1). A bug in attention itself
         shows from the first attention layer; one that appears only later, after measured layers agreed, is
         in something only that layer has (at the model's last layer: the final layer norm)."""
-        attention = ("attention masking or packing (sequences attending across boundaries, a causal mask, a missing "
-                     "BOS or EOS), position ids that do not restart per sequence, the attention scale (1/√head_dim "
+        attention = ("attention masking or packing (sequences attending across boundaries or to padding, a causal "
+                     "mask, a missing BOS or EOS), position ids that do not restart per sequence, the attention scale (1/√head_dim "
                      "missing or applied twice), or layers returned off by one")
         agreed_before = any(1 <= test.layer < layer for test in self.layers)
         if layer == 1 or not agreed_before:
