@@ -288,6 +288,8 @@ def test_fallback_and_server_configured_plugin_as_v2(run_counter, monkeypatch, t
     app.button(key="run").click().run()
     shown = [unescaped(e.value) for e in app.error]
     assert any("Cannot run" in e and "failed in forward_packed" in e and "illegal memory access" in e for e in shown), shown
+    assert any("(at tests/plugins/example_v2.py:" in e for e in shown), shown  # no server directory layout
+    assert not any(str(Path.cwd().resolve()) in e for e in shown), shown
     assert not app.exception
 
 

@@ -25,6 +25,7 @@ import importlib.metadata
 import inspect
 import traceback
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -84,13 +85,20 @@ def guarded(spec: str, run: Callable[..., dict], method: str) -> Callable[..., d
 
 
 def raised_at(error: BaseException) -> str:
-    """' (at file:line in function)' for the innermost frame outside torch, or ''."""
+    """' (at file:line in function)' for the innermost frame outside torch, or ''. The file is named relative
+    to the working directory when it lies inside it, else by its name alone: the message may reach a browser,
+    which has no business learning the server's directory layout."""
     frames = [frame for frame in traceback.extract_tb(error.__traceback__)
               if "/torch/" not in frame.filename.replace("\\", "/")]
     if not frames:
         return ""
     frame = frames[-1]
-    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+    path = Path(frame.filename)
+    try:
+        shown = path.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        shown = path.name
+    return f" (at {shown}:{frame.lineno} in {frame.name})"
 
 
 def check_representations(spec: str, method: str, out: Any, tokens: torch.Tensor, layers: Sequence[int]) -> None:
