@@ -237,6 +237,17 @@ def test_a_broken_plugin_is_flagged_on_the_page(run_counter, monkeypatch, tmp_pa
     assert any(e.value.startswith("Numerics: different") for e in app.error)
 
 
+def test_a_plugin_returning_nan_is_a_fallback_card_naming_its_sequences(run_counter, monkeypatch, tmp_path):
+    server_config(monkeypatch, tmp_path, '[v2_plugins]\n"NaN at W" = "tests.plugins.example_v2:make_nan_at_tryptophan"\n')
+    app = new_app()
+    app.selectbox(key="v2").set_value("NaN at W").run()
+    app = run_example(app)
+    assert not app.exception
+    card = unescaped(verdict_html(app))
+    assert "FALLBACK" in card.split("</div>")[0]
+    assert "v2.0 returned NaN or infinity for" in card and "where v1.0 did not (pattern_" in card
+
+
 def test_uploaded_head_replaces_the_proxy_and_a_wrong_width_is_refused(run_counter, tmp_path):
     import torch
 

@@ -128,6 +128,33 @@ def test_pooling_excludes_bos_eos_and_padding():
     assert not torch.allclose(packed[0:3].mean(0), expected[0])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_value_stays_in_its_own_sequence(bad):
+    """A 0/1 matrix product multiplies every row: without care one NaN would make every sequence of the
+    batch NaN (0 × NaN), and one in BOS, EOS or padding would reach a mean that excludes them."""
+    lengths = torch.tensor([2, 4, 3])
+    padded = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    packed = torch.cat([padded[i, : int(n) + 2] for i, n in enumerate(lengths)])
+    cu_seqlens = torch.tensor([0, 4, 10, 15], dtype=torch.int32)
+    clean_padded, clean_packed = pool_padded(padded, lengths), pool_packed(packed, cu_seqlens)
+    torch.testing.assert_close(clean_padded, clean_packed)
+
+    outside = padded.clone()
+    outside[0, 0, 1] = outside[1, 5, 2] = outside[0, 4, 0] = bad  # a BOS, an EOS, a padding row
+    assert torch.equal(pool_padded(outside, lengths), clean_padded)
+    outside_packed = packed.clone()
+    outside_packed[0, 1] = outside_packed[9, 2] = outside_packed[14, 0] = bad  # BOS, EOS, EOS
+    assert torch.equal(pool_packed(outside_packed, cu_seqlens), clean_packed)
+
+    inside = padded.clone()
+    inside[1, 2, 3] = bad  # a residue of the second sequence
+    inside_packed = packed.clone()
+    inside_packed[6, 3] = bad
+    for pooled, clean in ((pool_padded(inside, lengths), clean_padded), (pool_packed(inside_packed, cu_seqlens), clean_packed)):
+        assert torch.isnan(pooled[1]).all()
+        assert torch.equal(pooled[[0, 2]], clean[[0, 2]])
+
+
 def test_token_dropout_scaling_is_applied(demo_fp64):
     model, alphabet = demo_fp64
     pack = pack_sequences(alphabet, ["MKTAYIAKQR", "GSW"])

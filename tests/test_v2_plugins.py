@@ -92,6 +92,35 @@ def test_eos_in_pool_fails_the_cosine_check(demo_fp32, baseline):
     assert "cosine" in summary["recommendation"]
 
 
+def test_a_plugin_returning_nan_names_its_sequences_and_falls_back(tmp_path, capsys):
+    """NaN from v2.0 on one sequence: that sequence named, the others compared as usual (one NaN must not
+    reach its batch-mates through the pooling), a strict-JSON summary, and never ACCEPT."""
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">plain\nMKTAYIAKQRQISFVKSHFSRQ\n>with_w\nMKWVTFISLLFLFSSAYS\n>also_plain\nGSHMLEDPVDAFQ\n")
+    code = main(["compare", str(fasta), "--model", "demo-8M", "--device", "cpu",
+                 "--v2", f"{PLUGINS}:make_nan_at_tryptophan", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"summary.json holds {name}"))
+    assert summary["verdict"] == "FALLBACK"
+    assert summary["non_finite"] == {"v1": [], "v2": ["with_w"]}
+    assert summary["recommendation"].startswith(
+        "Fall back to a v1.0-compatible path: v2.0 returned NaN or infinity for 1 sequence(s) where v1.0 did not (with_w)")
+    assert summary["cosine_failures"] == ["with_w"]
+    assert summary["numerics"]["likely_cause"].startswith("NaN or infinity in v2.0 from layer 0")
+    assert "non-finite embeddings" in out and "(with_w)" in out
+
+
+def test_nan_left_in_the_padding_of_a_padded_plugin_is_not_pooled(demo_fp32, baseline):
+    model, alphabet = demo_fp32
+    run = with_v2(baseline, model, alphabet, SEQUENCES, make_plugin_path(f"{PLUGINS}:make_padded_nan_padding", model))
+    summary = analyse(run, model.num_layers).summary.to_json()
+    assert summary["non_finite"] == {"v1": [], "v2": []}
+    assert summary["verdict"] == "ACCEPT", summary["headline"]
+    assert summary["max_abs_diff"] < 1e-5
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

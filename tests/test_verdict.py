@@ -9,7 +9,7 @@ import pytest
 
 from core.analysis.metrics import compare_embeddings, ProxyClassifier, Thresholds
 from core.analysis.numerics_gate import LayerNumerics, NumericsGate
-from core.analysis.verdict import Headline, Predictions, SeedRule
+from core.analysis.verdict import Headline, NonFinite, Predictions, SeedRule
 
 
 def layer(number: int, baseline: float = 1e-3, candidate: float = 1e-3, closer: tuple[int, int] = (16, 16),
@@ -30,9 +30,9 @@ def seed_rule(share: float = 0.6) -> SeedRule:
 
 
 def headline(verdict: str = "ACCEPT", agreement: Fraction = Fraction(1), numerics: NumericsGate | None = PASSING,
-             failing: tuple[str, ...] = (), share: float = 0.6) -> Headline:
+             failing: tuple[str, ...] = (), share: float = 0.6, non_finite: NonFinite = NonFinite()) -> Headline:
     predictions = Predictions(verdict, agreement, "100 balanced proxy heads", 0)
-    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share))
+    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share), non_finite)
 
 
 def test_accept_needs_predictions_numerics_and_cosine():
@@ -41,6 +41,25 @@ def test_accept_needs_predictions_numerics_and_cosine():
     assert headline(numerics=gate(layer(0), layer(1, closer=(32, 0), p=4e-10))).verdict == "VALIDATE"
     assert headline(numerics=None).verdict == "VALIDATE"
     assert headline(failing=("seq5",)).verdict == "VALIDATE"
+
+
+def test_a_non_finite_embedding_decides_on_its_own():
+    """NaN or infinity from v2.0 alone is FALLBACK whatever the statistics say; from v1.0 it caps at VALIDATE
+    (those sequences cannot be compared), and each case names its sequences."""
+    broken_v2 = headline(non_finite=NonFinite(v2=("s2",)))
+    assert broken_v2.verdict == "FALLBACK"
+    assert broken_v2.recommendation().startswith(
+        "Fall back to a v1.0-compatible path: v2.0 returned NaN or infinity for 1 sequence(s) where v1.0 did not (s2).")
+    assert headline("FALLBACK", Fraction(80, 100), non_finite=NonFinite(v2=("s2",))).recommendation().startswith(
+        "Fall back to a v1.0-compatible path: v2.0 returned NaN")
+    broken_v1 = headline(non_finite=NonFinite(v1=("s1",)))
+    assert broken_v1.verdict == "VALIDATE"
+    assert "v1.0 returned NaN or infinity for 1 sequence(s) where v2.0 did not (s1)" in broken_v1.recommendation()
+    both = headline(non_finite=NonFinite(v1=("s1", "s3"), v2=("s3",)))
+    assert both.verdict == "VALIDATE"
+    assert "both paths returned NaN or infinity for 1 sequence(s) (s3)" in both.recommendation()
+    assert "(s1)" in both.recommendation()
+    assert headline(non_finite=NonFinite()).verdict == "ACCEPT"
 
 
 def test_numerics_never_lift_a_worse_prediction_verdict():

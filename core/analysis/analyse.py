@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from core.analysis.numerics_gate import numerics_gate, rounding_noise
 from core.analysis.profile import layer_profile
 from core.analysis.projection import compact_products, proxy_labels, width
 from core.analysis.proxies import DEFAULT_HEADS, HeadBank, HeadVotes, ProxyKind, head_directions, vote
-from core.analysis.verdict import Headline, SeedRule, predictions_from_head, predictions_from_votes
+from core.analysis.verdict import Headline, NonFinite, SeedRule, predictions_from_head, predictions_from_votes
 from core.embed.cache import CacheStats
 from core.embed.run import EmbeddingRun
 from core.input.records import ParsedInput
@@ -133,6 +134,13 @@ def heads_vote(values: LayerValues, kind: ProxyKind, seeds: tuple[int, ...], k: 
     return vote(bank, values.v1, values.v2, noise, k, baseline_gaps, products[1] - bank.offsets)
 
 
+def non_finite_ids(ids: Sequence[str], v1: np.ndarray, v2: np.ndarray) -> NonFinite:
+    """The ids whose pooled embedding ((n, embed_dim) each) holds a NaN or an infinity, per path."""
+    def broken(values: np.ndarray) -> tuple[str, ...]:
+        return tuple(seq_id for seq_id, finite in zip(ids, np.isfinite(values).all(axis=1)) if not finite)
+    return NonFinite(broken(v1), broken(v2))
+
+
 def judge(values: LayerValues, options: AnalysisOptions, comparison: Comparison, head_name: str,
           memo: Memo = compute_now) -> tuple[Headline, HeadVotes, ProxyBalance]:
     """The headline (predictions, numerics, cosine, seed rule), the proxy heads' votes and their balance."""
@@ -146,7 +154,8 @@ def judge(values: LayerValues, options: AnalysisOptions, comparison: Comparison,
     seed_rule = SeedRule(seed_comparison, options.seed, majority_share(seed_comparison.labels_v1))
     failing = tuple(seq_id for seq_id, bad in zip(run.ids, comparison.cosine_failures) if bad)
     gate = memo(("numerics", options.k), lambda: numerics_gate(run, options.k))
-    headline = Headline(predictions, gate, failing, options.thresholds, seed_rule)
+    non_finite = memo(("non_finite", layer), lambda: non_finite_ids(run.ids, values.v1, values.v2))
+    headline = Headline(predictions, gate, failing, options.thresholds, seed_rule, non_finite)
     return headline, votes, ProxyBalance(head_name, majority_share(comparison.labels_v1), votes, seed_rule)
 
 

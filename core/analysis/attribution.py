@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from core.analysis.metrics import Classifier, cosine_similarity, max_abs_diff, mean_abs_diff, ProxyClassifier
+from core.analysis.metrics import Classifier, cosine_similarity, max_abs_diff, mean_abs_diff, nan_as_inf, ProxyClassifier
 
 Closer = Literal["v1", "v2", "tie"]
 DEFAULT_K = 2.0
@@ -53,6 +53,7 @@ class PathError:
 
 
 def _closer(v1_error: np.ndarray | float, v2_error: np.ndarray | float) -> np.ndarray:
+    v1_error, v2_error = nan_as_inf(v1_error), nan_as_inf(v2_error)  # a NaN result is the farther one
     return np.where(v1_error < v2_error, "v1", np.where(v2_error < v1_error, "v2", "tie"))
 
 

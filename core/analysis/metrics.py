@@ -35,6 +35,12 @@ class Thresholds:
             raise ValueError("min_agreement must not exceed accept_agreement")
 
 
+def nan_as_inf(errors: np.ndarray | float) -> np.ndarray:
+    """Errors with NaN (a path that returned NaN) as +inf, so comparisons rank it farthest, not nowhere."""
+    errors = np.asarray(errors, np.float64)
+    return np.where(np.isnan(errors), np.inf, errors)
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity, (n,) float64. A zero row against a zero row counts as 1."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -31,7 +31,7 @@ from scipy.stats import binomtest
 from core.analysis.attribution import DEFAULT_K
 from core.embed.run import EmbeddingRun
 from core.embed.yardstick import YardstickKind
-from core.analysis.metrics import cosine_similarity
+from core.analysis.metrics import cosine_similarity, nan_as_inf
 
 ALPHA = 1e-3  # family-wise level of the per-layer sign tests
 FLOOR_MULTIPLE = 4.0  # without a reference: v2.0 may be this many rounding floors from v1.0
@@ -112,7 +112,7 @@ def measure_layer(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: Y
         return LayerNumerics(layer, float(max(floor, least)), float(np.abs(v2 - v1).max()), floor_multiple,
                              None, None, None, None, alpha, min_cosine)
     error_v1, error_v2 = np.abs(v1 - yardstick), np.abs(v2 - yardstick)
-    mean_v1, mean_v2 = error_v1.mean(axis=1), error_v2.mean(axis=1)
+    mean_v1, mean_v2 = nan_as_inf(error_v1.mean(axis=1)), nan_as_inf(error_v2.mean(axis=1))
     closer_v1, closer_v2 = int((mean_v1 < mean_v2).sum()), int((mean_v2 < mean_v1).sum())
     return LayerNumerics(
         layer, float(error_v1.max()), float(error_v2.max()), k, closer_v1, closer_v2,
@@ -160,6 +160,9 @@ class NumericsGate:
         first = self.first_departure
         if first is None:
             return None
+        if not math.isfinite(first.candidate_error):
+            return (f"NaN or infinity in v2.0 from layer {first.layer}: a value beyond the dtype's range (an overflow), "
+                    "or a division by zero (an empty or fully masked row)")
         if self.departs_only_deep:
             return ("only deep in a pack: the result depends on where a sequence sits in its pack — position ids "
                     "that run on instead of restarting per sequence, or attention across sequence boundaries")
@@ -214,7 +217,7 @@ class NumericsGate:
                             f"{first.closer_v1 + first.closer_v2} sequences, p = {first.sign_p:.1e}")
         if not first.within_bound:
             ratio = first.ratio
-            evidence.append(f"{'unbounded' if ratio is None or math.isinf(ratio) else f'{ratio:.3g}'}{unit}, "
+            evidence.append(f"{'unbounded' if ratio is None or not math.isfinite(ratio) else f'{ratio:.3g}'}{unit}, "
                             f"above {first.bound:g}")
         deep = " in a deep pack" if self.departs_only_deep else ""
         return (f"Numerics: different — departs from layer {first.layer}{deep} ({'; '.join(evidence)}; {where}, "

@@ -108,6 +108,49 @@ class SeedRule:
         }
 
 
+def named(ids: tuple[str, ...], limit: int = 5) -> str:
+    """The first ``limit`` ids, comma-separated, with … when there are more."""
+    return ", ".join(ids[:limit]) + (" …" if len(ids) > limit else "")
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Sequences whose pooled embedding holds a NaN or an infinity on the standard path (``v1``) and on
+    v2.0 (``v2``), in input order. No statistic can be trusted on them, so they decide on their own."""
+
+    v1: tuple[str, ...] = ()
+    v2: tuple[str, ...] = ()
+
+    @property
+    def only_v2(self) -> tuple[str, ...]:
+        return tuple(seq_id for seq_id in self.v2 if seq_id not in set(self.v1))
+
+    @property
+    def only_v1(self) -> tuple[str, ...]:
+        return tuple(seq_id for seq_id in self.v1 if seq_id not in set(self.v2))
+
+    @property
+    def both(self) -> tuple[str, ...]:
+        return tuple(seq_id for seq_id in self.v1 if seq_id in set(self.v2))
+
+    def reasons(self) -> list[str]:
+        """One clause per kind of non-finite result, naming the sequences."""
+        clauses = []
+        if self.only_v2:
+            clauses.append(f"v2.0 returned NaN or infinity for {len(self.only_v2)} sequence(s) where v1.0 did not "
+                           f"({named(self.only_v2)})")
+        if self.both:
+            clauses.append(f"both paths returned NaN or infinity for {len(self.both)} sequence(s) ({named(self.both)}): "
+                           "an overflow of the model's dtype; compare in a wider one")
+        if self.only_v1:
+            clauses.append(f"v1.0 returned NaN or infinity for {len(self.only_v1)} sequence(s) where v2.0 did not "
+                           f"({named(self.only_v1)}), so they cannot be compared")
+        return clauses
+
+    def to_json(self) -> dict:
+        return {"v1": list(self.v1), "v2": list(self.v2)}
+
+
 @dataclass(frozen=True)
 class Headline:
     """Predictions and numerics, the cosine check, and the verdict they give together."""
@@ -117,6 +160,7 @@ class Headline:
     cosine_failures: tuple[str, ...]
     thresholds: Thresholds
     seed_rule: SeedRule
+    non_finite: NonFinite = NonFinite()
 
     @property
     def numerics_passed(self) -> bool:
@@ -124,8 +168,13 @@ class Headline:
 
     @property
     def verdict(self) -> Verdict:
+        """The predictions' verdict, capped at VALIDATE by the cosine check, the numerics or a non-finite
+        result of v1.0; FALLBACK whenever v2.0 returns NaN or infinity where v1.0 does not."""
+        if self.non_finite.only_v2:
+            return "FALLBACK"
         verdict = self.predictions.verdict
-        if verdict == "ACCEPT" and (self.cosine_failures or not self.numerics_passed):
+        capped = self.cosine_failures or not self.numerics_passed or self.non_finite.v1
+        if verdict == "ACCEPT" and capped:
             return "VALIDATE"
         return verdict
 
@@ -148,9 +197,14 @@ class Headline:
         departure = self._numerics_reason()
         others = ([f"its numerics {departure}"] if departure else []) + self._cosine_reason()
         if self.verdict == "FALLBACK":
+            reasons = self.non_finite.reasons()  # the most specific reason first
+            if predictions.verdict == "FALLBACK":
+                reasons.append(f"label agreement {pct} ({predictions.decided_by}) is below "
+                               f"{100 * thresholds.min_agreement:g}%, so v2.0 changes predictions")
+            lead, others = reasons[0], reasons[1:] + others
             also = f" Also: {'; '.join(others)}." if others else ""
-            return (f"Fall back to a v1.0-compatible path: label agreement {pct} ({predictions.decided_by}) is below "
-                    f"{100 * thresholds.min_agreement:g}%, so v2.0 changes predictions.{also}")
+            return f"Fall back to a v1.0-compatible path: {lead}.{also}"
+        others = self.non_finite.reasons() + others
         reasons = []
         if predictions.verdict == "VALIDATE":
             reasons.append(f"label agreement {pct} ({predictions.decided_by}) is between "
@@ -160,8 +214,8 @@ class Headline:
     def _cosine_reason(self) -> list[str]:
         if not self.cosine_failures:
             return []
-        named = ", ".join(self.cosine_failures[:5]) + (" …" if len(self.cosine_failures) > 5 else "")
-        return [f"{len(self.cosine_failures)} sequence(s) are at or below cosine {self.thresholds.min_cosine:g} ({named})"]
+        return [f"{len(self.cosine_failures)} sequence(s) are at or below cosine {self.thresholds.min_cosine:g} "
+                f"({named(self.cosine_failures)})"]
 
     def _numerics_reason(self) -> str | None:
         if self.numerics is None:

@@ -28,6 +28,22 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, sequences_done, sequences_total); stage is 'v1.0', 'v2.0' or 'reference' (the numerics sample)."""
 
 
+def finite_rows(representation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, finite): the activations as a float64 copy with every token row that holds a NaN or an
+    infinity zeroed, and which rows were finite ((..., T) bool). A 0/1 matrix product multiplies every
+    row, so one NaN row would otherwise turn the sums of every sequence in the batch into NaN (0 × NaN),
+    and a NaN in padding, BOS or EOS would reach a mean that excludes them."""
+    values = representation.to(torch.float64, copy=True)
+    finite = torch.isfinite(values).all(dim=-1)
+    return values.masked_fill_(~finite[..., None], 0.0), finite
+
+
+def non_finite_as_nan(pooled: torch.Tensor, broken: torch.Tensor) -> torch.Tensor:
+    """``pooled`` (batch, embed_dim) with the rows of sequences whose residues held a non-finite value
+    (``broken``, (batch,) bool) set to NaN, so they are reported as such and nothing else is."""
+    return pooled.masked_fill(broken[:, None], float("nan"))
+
+
 def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mean over residues of padded activations.
 
@@ -38,8 +54,9 @@ def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torc
     positions = torch.arange(representation.shape[1], device=representation.device)
     lengths = lengths.to(representation.device, non_blocking=True)
     is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])  # (batch, T)
-    summed = torch.bmm(is_residue.to(torch.float64)[:, None, :], representation.to(torch.float64))[:, 0]
-    return (summed / lengths[:, None]).to(dtype)
+    values, finite = finite_rows(representation)
+    summed = torch.bmm(is_residue.to(torch.float64)[:, None, :], values)[:, 0]
+    return non_finite_as_nan(summed / lengths[:, None], (is_residue & ~finite).any(dim=1)).to(dtype)
 
 
 def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -56,8 +73,9 @@ def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: t
     token_counts = cu_seqlens[1:] - cu_seqlens[:-1]
     token = torch.arange(total_tokens, device=representation.device)
     is_residue = (token[None, :] > cu_seqlens[:-1, None]) & (token[None, :] < cu_seqlens[1:, None] - 1)
-    summed = is_residue.to(torch.float64) @ representation.to(torch.float64)
-    return (summed / (token_counts - 2)[:, None]).to(dtype)
+    values, finite = finite_rows(representation)
+    summed = is_residue.to(torch.float64) @ values
+    return non_finite_as_nan(summed / (token_counts - 2)[:, None], (is_residue & ~finite).any(dim=1)).to(dtype)
 
 
 @dataclass

@@ -30,6 +30,17 @@ def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def finite_json(value):
+    """``value`` (nested dicts, lists, tuples, scalars) with every float NaN or infinity replaced by None,
+    so that a strict JSON writer (allow_nan=False) and a browser's JSON.parse accept it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
 @dataclass(frozen=True)
 class Provenance:
     """What was compared: the model and its weights, dtype, layer, device, and each side's implementation."""
@@ -106,7 +117,10 @@ class Summary:
         return [p for p in self.notes if p.severity == "error"]
 
     def to_json(self) -> dict:
-        """The summary.json document."""
+        """The summary.json document: strict JSON (a NaN or infinity, from a path that returned one, is null)."""
+        return finite_json(self._document())
+
+    def _document(self) -> dict:
         headline, comparison, provenance = self.headline, self.comparison, self.provenance
         return {
             "verdict": self.verdict,
@@ -124,6 +138,7 @@ class Summary:
                 "numerics_equivalent": headline.numerics_passed,
             },
             "cosine_failures": list(headline.cosine_failures),
+            "non_finite": headline.non_finite.to_json(),
             "n_sequences": comparison.n,
         } | self._provenance_json() | {
             "thresholds": asdict(comparison.thresholds),

@@ -53,6 +53,7 @@ def _decision(summary: Summary) -> list[Row]:
         (f"agreement >= {100 * thresholds.min_agreement:g}%", passed[headline.predictions.verdict != "FALLBACK"]),
         ("numerics equivalent to rounding", passed[headline.numerics_passed]),
     ]
+    rows += [("non-finite embeddings", clause) for clause in headline.non_finite.reasons()]
     numerics = headline.numerics
     if numerics is not None:
         first = numerics.first_departure

@@ -141,3 +141,36 @@ def make_dropping_layers(model):
 
 def make_padded_output(model):
     return PadsItsOutput(model)
+
+
+class NanAtTryptophan(PackedReference):
+    """Faithful, except that every tryptophan's row comes back NaN (as an overflow on one residue would)."""
+
+    name = "example NaN at W"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        is_w = (input_ids.reshape(-1) == self.model.esm2.alphabet.get_idx("W"))[:, None]
+        return {"representations": {layer: rep.masked_fill(is_w, float("nan"))
+                                    for layer, rep in out["representations"].items()}}
+
+
+class PaddedNanInPadding(PaddedStandard):
+    """Faithful fair-esm padded forward that leaves NaN in every padding row, BOS and EOS untouched (a
+    kernel may leave garbage where the mask says nothing is read): the tool pools residues only."""
+
+    name = "example padded NaN padding"
+
+    def forward(self, tokens: torch.Tensor, repr_layers: Sequence[int]) -> dict:
+        out = super().forward(tokens, repr_layers)
+        is_pad = (tokens == self.model.esm2.padding_idx)[..., None]
+        return {**out, "representations": {layer: rep.masked_fill(is_pad, float("nan"))
+                                           for layer, rep in out["representations"].items()}}
+
+
+def make_nan_at_tryptophan(model):
+    return NanAtTryptophan(model)
+
+
+def make_padded_nan_padding(model):
+    return PaddedNanInPadding(model)
