@@ -200,6 +200,9 @@ def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
                       r"memory access was encountered \(at .*example_v2.py:\d+ in forward_packed\)"),
     ("make_dropping_layers", r"forward_packed returned no representation for layer \d+ \(it returned layers \[6\]\)"),
     ("make_padded_output", r"forward_packed returned layer \d+ shaped \(\d+, \d+, 320\), expected \(\d+, 'embed_dim'\)"),
+    ("make_numpy_output", r"forward_packed returned layer \d+ as ndarray, not a torch.Tensor"),
+    ("make_string_keys", r"forward_packed returned no representation for layer \d+ \(it returned layers \['0', .*\]; "
+                         r"layer keys must be ints\)"),
 ])
 def test_a_plugin_failing_while_it_runs_is_a_setup_error_naming_it(capsys, factory, message):
     """Not 'internal error … please report' with the tool's traceback: exit 3, one line, the plug-in and

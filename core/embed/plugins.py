@@ -110,9 +110,14 @@ def check_representations(spec: str, method: str, out: Any, tokens: torch.Tensor
                           f"got {type(out).__name__}")
     for layer in layers:
         rep = representations.get(layer)
-        if not isinstance(rep, torch.Tensor):
+        if rep is None:
+            returned = sorted(representations, key=repr)
+            hint = "; layer keys must be ints" if str(layer) in map(str, returned) else ""
             raise PluginError(f"plug-in {spec!r}: {method} returned no representation for layer {layer} "
-                              f"(it returned layers {sorted(representations)})")
+                              f"(it returned layers {returned}{hint})")
+        if not isinstance(rep, torch.Tensor):
+            raise PluginError(f"plug-in {spec!r}: {method} returned layer {layer} as {type(rep).__name__}, "
+                              "not a torch.Tensor")
         if rep.dim() != tokens.dim() + 1 or rep.shape[:tokens.dim()] != tokens.shape:
             expected = (*tokens.shape, "embed_dim")
             raise PluginError(f"plug-in {spec!r}: {method} returned layer {layer} shaped {tuple(rep.shape)}, "

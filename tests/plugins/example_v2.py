@@ -174,3 +174,27 @@ def make_nan_at_tryptophan(model):
 
 def make_padded_nan_padding(model):
     return PaddedNanInPadding(model)
+
+
+class ReturnsNumpy(PackedReference):
+    """Returns numpy arrays instead of tensors."""
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        return {"representations": {layer: rep.numpy() for layer, rep in out["representations"].items()}}
+
+
+class StringLayerKeys(PackedReference):
+    """Keys its representations by str(layer), as a JSON round trip would."""
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        return {"representations": {str(layer): rep for layer, rep in out["representations"].items()}}
+
+
+def make_numpy_output(model):
+    return ReturnsNumpy(model)
+
+
+def make_string_keys(model):
+    return StringLayerKeys(model)
