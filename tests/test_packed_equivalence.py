@@ -130,8 +130,9 @@ def test_pooling_excludes_bos_eos_and_padding():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_a_non_finite_value_stays_in_its_own_sequence(bad):
-    """A 0/1 matrix product multiplies every row: without care one NaN would make every sequence of the
-    batch NaN (0 × NaN), and one in BOS, EOS or padding would reach a mean that excludes them."""
+    """A 0/1 matrix product multiplies every row: one NaN makes every sequence of the batch NaN (0 × NaN),
+    and one in BOS, EOS or padding reaches a mean that excludes them — unless isolated (embed_path pools
+    a batch again that way when its fast pooling came out non-finite: tests/test_v2_plugins.py)."""
     lengths = torch.tensor([2, 4, 3])
     padded = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     packed = torch.cat([padded[i, : int(n) + 2] for i, n in enumerate(lengths)])
@@ -139,18 +140,20 @@ def test_a_non_finite_value_stays_in_its_own_sequence(bad):
     clean_padded, clean_packed = pool_padded(padded, lengths), pool_packed(packed, cu_seqlens)
     torch.testing.assert_close(clean_padded, clean_packed)
 
+    assert torch.isnan(pool_packed(packed.index_fill(0, torch.tensor([0]), bad), cu_seqlens)).all()  # the fast one
     outside = padded.clone()
     outside[0, 0, 1] = outside[1, 5, 2] = outside[0, 4, 0] = bad  # a BOS, an EOS, a padding row
-    assert torch.equal(pool_padded(outside, lengths), clean_padded)
+    assert torch.equal(pool_padded(outside, lengths, isolate_non_finite=True), clean_padded)
     outside_packed = packed.clone()
     outside_packed[0, 1] = outside_packed[9, 2] = outside_packed[14, 0] = bad  # BOS, EOS, EOS
-    assert torch.equal(pool_packed(outside_packed, cu_seqlens), clean_packed)
+    assert torch.equal(pool_packed(outside_packed, cu_seqlens, isolate_non_finite=True), clean_packed)
 
     inside = padded.clone()
     inside[1, 2, 3] = bad  # a residue of the second sequence
     inside_packed = packed.clone()
     inside_packed[6, 3] = bad
-    for pooled, clean in ((pool_padded(inside, lengths), clean_padded), (pool_packed(inside_packed, cu_seqlens), clean_packed)):
+    for pooled, clean in ((pool_padded(inside, lengths, isolate_non_finite=True), clean_padded),
+                          (pool_packed(inside_packed, cu_seqlens, isolate_non_finite=True), clean_packed)):
         assert torch.isnan(pooled[1]).all()
         assert torch.equal(pooled[[0, 2]], clean[[0, 2]])
 

@@ -32,7 +32,9 @@ def finite_rows(representation: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """(values, finite): the activations as a float64 copy with every token row that holds a NaN or an
     infinity zeroed, and which rows were finite ((..., T) bool). A 0/1 matrix product multiplies every
     row, so one NaN row would otherwise turn the sums of every sequence in the batch into NaN (0 × NaN),
-    and a NaN in padding, BOS or EOS would reach a mean that excludes them."""
+    and a NaN in padding, BOS or EOS would reach a mean that excludes them. Three more passes over the
+    activations (a third of v2.0's time on a 3B model with every layer pooled): embed_path takes them only
+    for a batch whose fast pooling came out non-finite."""
     values = representation.to(torch.float64, copy=True)
     finite = torch.isfinite(values).all(dim=-1)
     return values.masked_fill_(~finite[..., None], 0.0), finite
@@ -44,22 +46,28 @@ def non_finite_as_nan(pooled: torch.Tensor, broken: torch.Tensor) -> torch.Tenso
     return pooled.masked_fill(broken[:, None], float("nan"))
 
 
-def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype = torch.float32,
+                isolate_non_finite: bool = False) -> torch.Tensor:
     """Mean over residues of padded activations.
 
     representation: (batch, T, embed_dim); lengths: (batch,) residue counts (on the same device,
     or copied there). Positions 1 … length are residues; 0 is BOS, length + 1 is EOS, the rest
     padding. Returns (batch, embed_dim) in ``dtype``. No host-device synchronisation.
+    With ``isolate_non_finite`` (see finite_rows) a NaN or infinity reaches only its own row's mean,
+    as NaN, and only from a residue.
     """
     positions = torch.arange(representation.shape[1], device=representation.device)
     lengths = lengths.to(representation.device, non_blocking=True)
     is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])  # (batch, T)
-    values, finite = finite_rows(representation)
-    summed = torch.bmm(is_residue.to(torch.float64)[:, None, :], values)[:, 0]
-    return non_finite_as_nan(summed / lengths[:, None], (is_residue & ~finite).any(dim=1)).to(dtype)
+    values, finite = finite_rows(representation) if isolate_non_finite else (representation.to(torch.float64), None)
+    pooled = torch.bmm(is_residue.to(torch.float64)[:, None, :], values)[:, 0] / lengths[:, None]
+    if finite is not None:
+        pooled = non_finite_as_nan(pooled, (is_residue & ~finite).any(dim=1))
+    return pooled.to(dtype)
 
 
-def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype = torch.float32,
+                isolate_non_finite: bool = False) -> torch.Tensor:
     """Mean over residues of packed activations.
 
     representation: (total_tokens, embed_dim); cu_seqlens: (batch + 1,) boundaries of
@@ -67,15 +75,19 @@ def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: t
 
     The sums are one float64 matrix product with a (batch, total_tokens) 0/1 residue matrix:
     no host-device synchronisation, and no atomics (an index_add into a few rows serialises).
+    A NaN or infinity anywhere makes every row NaN (0 × NaN); ``isolate_non_finite`` (see finite_rows)
+    keeps it to its own sequence, as NaN, and only from a residue.
     """
     total_tokens = representation.shape[0]
     cu_seqlens = cu_seqlens.to(representation.device, non_blocking=True).long()
     token_counts = cu_seqlens[1:] - cu_seqlens[:-1]
     token = torch.arange(total_tokens, device=representation.device)
     is_residue = (token[None, :] > cu_seqlens[:-1, None]) & (token[None, :] < cu_seqlens[1:, None] - 1)
-    values, finite = finite_rows(representation)
-    summed = is_residue.to(torch.float64) @ values
-    return non_finite_as_nan(summed / (token_counts - 2)[:, None], (is_residue & ~finite).any(dim=1)).to(dtype)
+    values, finite = finite_rows(representation) if isolate_non_finite else (representation.to(torch.float64), None)
+    pooled = (is_residue.to(torch.float64) @ values) / (token_counts - 2)[:, None]
+    if finite is not None:
+        pooled = non_finite_as_nan(pooled, (is_residue & ~finite).any(dim=1))
+    return pooled.to(dtype)
 
 
 @dataclass
@@ -147,15 +159,16 @@ def prefetched(make: Callable[[np.ndarray], HostBatch], batches: Sequence[np.nda
             yield ready
 
 
-def forward_pooled(path: ForwardPath, batch: HostBatch, layers: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def forward_pooled(path: ForwardPath, batch: HostBatch, layers: Sequence[int], device: torch.device, dtype: torch.dtype,
+                   isolate_non_finite: bool = False) -> torch.Tensor:
     """Run ``path`` on one batch and mean-pool ``layers``: (n_layers, b, embed_dim) in ``dtype``, on ``device``."""
     if path.packed:
         pack = batch.pack.to(device)
         reps = path.run(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, layers)["representations"]
-        return torch.stack([pool_packed(reps[layer], pack.cu_seqlens, dtype) for layer in layers])
+        return torch.stack([pool_packed(reps[layer], pack.cu_seqlens, dtype, isolate_non_finite) for layer in layers])
     reps = path.run(batch.tokens.to(device, non_blocking=True), layers)["representations"]
     lengths = batch.lengths.to(device, non_blocking=True)
-    return torch.stack([pool_padded(reps[layer], lengths, dtype) for layer in layers])
+    return torch.stack([pool_padded(reps[layer], lengths, dtype, isolate_non_finite) for layer in layers])
 
 
 def to_host(pooled: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -205,6 +218,14 @@ def embed_path(
     pooled_all = torch.empty(len(layers), len(sequences), model.embed_dim, dtype=out_dtype)
     for indices, values in results:
         pooled_all[:, torch.from_numpy(indices)] = values
+    if not torch.isfinite(pooled_all).all():
+        # Rare (a path returned NaN or infinity): pool those batches again keeping each to its own sequence.
+        for indices, values in results:
+            if torch.isfinite(values).all():
+                continue
+            for part, pooled in forward_within_budget(make(indices), make, path, layers, model.device, out_dtype,
+                                                      budget, stage, isolate_non_finite=True):
+                pooled_all[:, torch.from_numpy(part)] = pooled.cpu()
     return PathEmbeddings(
         layers={layer: pooled_all[i].numpy() for i, layer in enumerate(layers)},
         backend=path.backend,
@@ -225,7 +246,7 @@ class Budget:
 
 def forward_within_budget(planned: HostBatch, make: Callable[[np.ndarray], HostBatch], path: ForwardPath,
                           layers: Sequence[int], device: torch.device, dtype: torch.dtype, budget: Budget,
-                          stage: str) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+                          stage: str, isolate_non_finite: bool = False) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """(indices, pooled (n_layers, b, embed_dim)) for the planned batch: re-planned under a budget lowered
     since it was planned, and halved and retried when it runs out of memory; SequenceTooLarge when one
     sequence does not fit alone."""
@@ -236,7 +257,7 @@ def forward_within_budget(planned: HostBatch, make: Callable[[np.ndarray], HostB
             todo[:0] = [make(part) for part in split_under_budget(batch.indices, batch.lengths.tolist(), budget.tokens,
                                                                   path.padded_batches)]
             continue
-        pooled = try_forward_pooled(path, batch, layers, device, dtype)
+        pooled = try_forward_pooled(path, batch, layers, device, dtype, isolate_non_finite)
         if pooled is not None:
             yield batch.indices, pooled
             continue
@@ -259,7 +280,7 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def try_forward_pooled(path: ForwardPath, batch: HostBatch, layers: Sequence[int], device: torch.device,
-                       dtype: torch.dtype) -> torch.Tensor | None:
+                       dtype: torch.dtype, isolate_non_finite: bool = False) -> torch.Tensor | None:
     """forward_pooled, or None when the GPU (or the host) ran out of memory (the GPU cache emptied for
     the retry).
 
@@ -267,7 +288,7 @@ def try_forward_pooled(path: ForwardPath, batch: HostBatch, layers: Sequence[int
     traceback, are freed first.
     """
     try:
-        return forward_pooled(path, batch, layers, device, dtype)
+        return forward_pooled(path, batch, layers, device, dtype, isolate_non_finite)
     except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as error:
         if not out_of_memory(error):
             raise
