@@ -123,15 +123,18 @@ class NonFinite:
 
     @property
     def only_v2(self) -> tuple[str, ...]:
-        return tuple(seq_id for seq_id in self.v2 if seq_id not in set(self.v1))
+        in_v1 = set(self.v1)
+        return tuple(seq_id for seq_id in self.v2 if seq_id not in in_v1)
 
     @property
     def only_v1(self) -> tuple[str, ...]:
-        return tuple(seq_id for seq_id in self.v1 if seq_id not in set(self.v2))
+        in_v2 = set(self.v2)
+        return tuple(seq_id for seq_id in self.v1 if seq_id not in in_v2)
 
     @property
     def both(self) -> tuple[str, ...]:
-        return tuple(seq_id for seq_id in self.v1 if seq_id in set(self.v2))
+        in_v2 = set(self.v2)
+        return tuple(seq_id for seq_id in self.v1 if seq_id in in_v2)
 
     def reasons(self) -> list[str]:
         """One clause per kind of non-finite result, naming the sequences."""
