@@ -195,6 +195,22 @@ def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
     assert determinism(model, alphabet, sequences, baseline, layer).max_abs_diff > 0.0  # the built-in path differs
 
 
+def test_checks_count_the_same_nan_twice_as_the_same_result(demo_fp32):
+    """A NaN that v2.0 returns every time, packed or alone, is deterministic and packing-invariant (the NaN
+    itself is the verdict's business); a NaN against a number is an infinite difference."""
+    from core.analysis.checks import determinism, packing_invariance, repeat_difference
+
+    model, alphabet = demo_fp32
+    sequences, layer = ["MKWVTFISLL", "GSHMLEDPVD", "AWQKLLW"], model.num_layers
+    path = make_plugin_path(f"{PLUGINS}:make_nan_at_tryptophan", model)
+    pooled = run_both_paths(model, alphabet, ["a", "b", "c"], sequences, layers=[layer], v2_path=path).v2.layers[layer]
+    assert np.isnan(pooled[[0, 2]]).all() and np.isfinite(pooled[1]).all()
+    assert determinism(model, alphabet, sequences, pooled, layer, path=path).passed
+    invariance = packing_invariance(model, alphabet, sequences, pooled, layer, path=path)
+    assert invariance.passed and invariance.max_abs_diff < 1e-5  # the finite row: packing changes only rounding
+    assert repeat_difference(np.array([np.nan, 1.0, np.inf]), np.array([1.0, 1.0, np.inf])).tolist() == [np.inf, 0.0, 0.0]
+
+
 @pytest.mark.parametrize("factory, message", [
     ("make_crashing", r"failed in forward_packed on a batch of \d+ tokens: RuntimeError: CUDA error: an illegal "
                       r"memory access was encountered \(at .*example_v2.py:\d+ in forward_packed\)"),
