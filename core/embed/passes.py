@@ -28,66 +28,56 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, sequences_done, sequences_total); stage is 'v1.0', 'v2.0' or 'reference' (the numerics sample)."""
 
 
-def finite_rows(representation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, finite): the activations as a float64 copy with every token row that holds a NaN or an
-    infinity zeroed, and which rows were finite ((..., T) bool). A 0/1 matrix product multiplies every
-    row, so one NaN row would otherwise turn the sums of every sequence in the batch into NaN (0 × NaN),
-    and a NaN in padding, BOS or EOS would reach a mean that excludes them. Three more passes over the
-    activations (a third of v2.0's time on a 3B model with every layer pooled): embed_path takes them only
-    for a batch whose fast pooling came out non-finite."""
-    values = representation.to(torch.float64, copy=True)
-    finite = torch.isfinite(values).all(dim=-1)
-    return values.masked_fill_(~finite[..., None], 0.0), finite
+def residue_mean(is_residue: torch.Tensor, representation: torch.Tensor, residues: torch.Tensor,
+                 isolate_non_finite: bool = False) -> torch.Tensor:
+    """Each sequence's mean over its residue rows, (batch, embed_dim) float64: one 0/1 float64 matrix
+    product (no host-device synchronisation, no atomics). is_residue: (batch, T) bool; representation:
+    (batch, T, embed_dim) padded or (T, embed_dim) packed; residues: (batch,) counts.
 
-
-def non_finite_as_nan(pooled: torch.Tensor, broken: torch.Tensor) -> torch.Tensor:
-    """``pooled`` (batch, embed_dim) with the rows of sequences whose residues held a non-finite value
-    (``broken``, (batch,) bool) set to NaN, so they are reported as such and nothing else is."""
-    return pooled.masked_fill(broken[:, None], float("nan"))
+    The product multiplies every row, so one NaN or infinity anywhere makes every mean of the batch NaN
+    (0 × NaN), one in BOS, EOS or padding included. ``isolate_non_finite`` zeroes such rows and makes NaN
+    only the means whose residues held one — three more passes over the activations (a third of v2.0's
+    time on a 3B model with every layer pooled), so embed_path asks for it only for a batch whose fast
+    pooling came out non-finite."""
+    values = representation.to(torch.float64, copy=isolate_non_finite)
+    if isolate_non_finite:
+        finite = torch.isfinite(values).all(dim=-1)  # per token row: (batch, T) or (T,)
+        values.masked_fill_(~finite[..., None], 0.0)
+    weights = is_residue.to(torch.float64)
+    summed = (weights[:, None, :] @ values)[:, 0] if values.dim() == 3 else weights @ values
+    pooled = summed / residues[:, None]
+    if isolate_non_finite:
+        pooled = pooled.masked_fill((is_residue & ~finite).any(dim=1)[:, None], float("nan"))
+    return pooled
 
 
 def pool_padded(representation: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype = torch.float32,
                 isolate_non_finite: bool = False) -> torch.Tensor:
-    """Mean over residues of padded activations.
+    """Mean over residues of padded activations (see residue_mean).
 
     representation: (batch, T, embed_dim); lengths: (batch,) residue counts (on the same device,
     or copied there). Positions 1 … length are residues; 0 is BOS, length + 1 is EOS, the rest
-    padding. Returns (batch, embed_dim) in ``dtype``. No host-device synchronisation.
-    With ``isolate_non_finite`` (see finite_rows) a NaN or infinity reaches only its own row's mean,
-    as NaN, and only from a residue.
+    padding. Returns (batch, embed_dim) in ``dtype``.
     """
     positions = torch.arange(representation.shape[1], device=representation.device)
     lengths = lengths.to(representation.device, non_blocking=True)
     is_residue = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])  # (batch, T)
-    values, finite = finite_rows(representation) if isolate_non_finite else (representation.to(torch.float64), None)
-    pooled = torch.bmm(is_residue.to(torch.float64)[:, None, :], values)[:, 0] / lengths[:, None]
-    if finite is not None:
-        pooled = non_finite_as_nan(pooled, (is_residue & ~finite).any(dim=1))
-    return pooled.to(dtype)
+    return residue_mean(is_residue, representation, lengths, isolate_non_finite).to(dtype)
 
 
 def pool_packed(representation: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype = torch.float32,
                 isolate_non_finite: bool = False) -> torch.Tensor:
-    """Mean over residues of packed activations.
+    """Mean over residues of packed activations (see residue_mean).
 
     representation: (total_tokens, embed_dim); cu_seqlens: (batch + 1,) boundaries of
     BOS + residues + EOS per sequence. Returns (batch, embed_dim) in ``dtype``.
-
-    The sums are one float64 matrix product with a (batch, total_tokens) 0/1 residue matrix:
-    no host-device synchronisation, and no atomics (an index_add into a few rows serialises).
-    A NaN or infinity anywhere makes every row NaN (0 × NaN); ``isolate_non_finite`` (see finite_rows)
-    keeps it to its own sequence, as NaN, and only from a residue.
     """
     total_tokens = representation.shape[0]
     cu_seqlens = cu_seqlens.to(representation.device, non_blocking=True).long()
     token_counts = cu_seqlens[1:] - cu_seqlens[:-1]
     token = torch.arange(total_tokens, device=representation.device)
     is_residue = (token[None, :] > cu_seqlens[:-1, None]) & (token[None, :] < cu_seqlens[1:, None] - 1)
-    values, finite = finite_rows(representation) if isolate_non_finite else (representation.to(torch.float64), None)
-    pooled = (is_residue.to(torch.float64) @ values) / (token_counts - 2)[:, None]
-    if finite is not None:
-        pooled = non_finite_as_nan(pooled, (is_residue & ~finite).any(dim=1))
-    return pooled.to(dtype)
+    return residue_mean(is_residue, representation, token_counts - 2, isolate_non_finite).to(dtype)
 
 
 @dataclass

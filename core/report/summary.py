@@ -26,10 +26,6 @@ DEMO_NOTICE = (
 )
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def finite_json(value):
     """``value`` (nested dicts, lists, tuples, scalars) with every float NaN or infinity replaced by None,
     so that a strict JSON writer (allow_nan=False) and a browser's JSON.parse accept it."""
@@ -40,6 +36,7 @@ def finite_json(value):
     if isinstance(value, (list, tuple)):
         return [finite_json(item) for item in value]
     return value
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -161,7 +158,7 @@ class Summary:
             "label_agreement": comparison.agreement,
             "label_agreement_interval": {"low": low, "high": high, "method": "Wilson 95%, over sequences"},
             "n_label_flips": int(comparison.flips.sum()),
-            "pearson": _finite_or_none(comparison.pearson),
+            "pearson": comparison.pearson,
             "max_confidence_diff": comparison.max_confidence_diff,
             "cosine": comparison.distribution(comparison.cosine),
             "mean_abs_diff": float(comparison.mean_abs_diff.mean()),
