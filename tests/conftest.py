@@ -8,6 +8,19 @@ import torch
 from core.numerics.loading import load_esm2_model
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores: torch's own threads on top of the
+    workers' would oversubscribe a small machine: OpenMP threads that outnumber the cores run 3–6×
+    slower, and the tests' matrices are too small to gain from several threads anyway."""
+    import os
+
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)  # for the processes the tests start
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

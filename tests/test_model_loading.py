@@ -69,6 +69,22 @@ def test_demo_weights_are_deterministic():
     assert first.dtype == torch.float32 and first.device == CPU
 
 
+def test_demo_weights_built_on_the_meta_device_equal_those_built_on_the_host(monkeypatch):
+    """Small demo models skip the meta device (its ops import torch._dynamo); both routes give the same model."""
+    import core.numerics.loading as loading
+    from core.numerics.specs import Architecture
+
+    arch = Architecture(3, 64, 4)
+    on_host = loading.build_demo_model(arch, 5, torch.float32, torch.device("cpu"))
+    monkeypatch.setattr(loading, "META_FROM_LAYERS_TIMES_WIDTH_SQUARED", 0)
+    via_meta = loading.build_demo_model(arch, 5, torch.float32, torch.device("cpu"))
+    host_state, meta_state = on_host.state_dict(), via_meta.state_dict()
+    assert host_state.keys() == meta_state.keys()
+    assert all(torch.equal(host_state[name], meta_state[name]) for name in host_state)
+    for model in (on_host, via_meta):
+        assert model.lm_head.weight is model.embed_tokens.weight
+
+
 def test_demo_fixture_matches_a_fresh_load_cast(demo_fp32, demo_fp64):
     model32, _ = demo_fp32
     model64, _ = demo_fp64

@@ -45,16 +45,24 @@ def _demo_values(module: nn.Module, param_name: str, param: torch.Tensor, genera
     return torch.zeros(shape)  # the LM head's output bias
 
 
+META_FROM_LAYERS_TIMES_WIDTH_SQUARED = 33 * 1280**2  # 650M's shape: built on the meta device from here up
+
+
 def build_demo_model(arch: Architecture, seed: int, dtype: torch.dtype, device: torch.device) -> ESM2:
     """Random-init ESM-2 of the given shape, identical on every machine for the same seed.
 
-    Built on the meta device and filled one parameter at a time from a generator seeded by
-    (seed, parameter name), so a 15B model never exists in float32 on the host.
+    Filled one parameter at a time from a generator seeded by (seed, parameter name). From 650M up it
+    is built on the meta device first, so a 15B model never exists in float32 on the host; smaller ones
+    are built on the host directly (any meta-device op imports torch._dynamo, 1.5 s of every process).
     """
-    with torch.device("meta"):
+    if arch.num_layers * arch.embed_dim**2 < META_FROM_LAYERS_TIMES_WIDTH_SQUARED:
         model = ESM2(arch.num_layers, arch.embed_dim, arch.attention_heads, alphabet=_new_alphabet())
-    model = model.to(dtype).to_empty(device=device)
-    model.lm_head.weight = model.embed_tokens.weight  # to_empty() replaced the tied parameter
+        model = model.to(device=device, dtype=dtype)
+    else:
+        with torch.device("meta"):
+            model = ESM2(arch.num_layers, arch.embed_dim, arch.attention_heads, alphabet=_new_alphabet())
+        model = model.to(dtype).to_empty(device=device)
+        model.lm_head.weight = model.embed_tokens.weight  # to_empty() replaced the tied parameter
     seen: set[int] = set()
     with torch.no_grad():
         for module_name, module in model.named_modules():
