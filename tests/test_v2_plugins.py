@@ -7,6 +7,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -110,6 +111,9 @@ def test_a_plugin_returning_nan_names_its_sequences_and_falls_back(tmp_path, cap
     assert summary["cosine_failures"] == ["with_w"]
     assert summary["numerics"]["likely_cause"].startswith("NaN or infinity in v2.0 from layer 0")
     assert "non-finite embeddings" in out and "(with_w)" in out
+    table = pd.read_csv(tmp_path / "out" / "sequences.csv", keep_default_na=False).set_index("id")
+    assert table.loc["with_w", "warning"].startswith("v2.0 returned NaN or infinity: no cosine")
+    assert table.loc["plain", "warning"] == table.loc["also_plain", "warning"] == ""
 
 
 def test_nan_left_in_the_padding_of_a_padded_plugin_is_not_pooled(demo_fp32, baseline):

@@ -185,5 +185,7 @@ def analyse(run: EmbeddingRun, layer: int, options: AnalysisOptions = AnalysisOp
     )
     records = parsed.records if parsed is not None else []
     warnings_by_id = {r.id: "; ".join(r.warnings) for r in records if r.warnings}
+    for seq_id, warning in headline.non_finite.row_warnings().items():
+        warnings_by_id[seq_id] = "; ".join(filter(None, (warnings_by_id.get(seq_id), warning)))
     table = sequence_table(run, comparison, warnings_by_id, attribution, votes)
     return Analysis(summary, votes, table)

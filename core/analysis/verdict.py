@@ -150,6 +150,13 @@ class NonFinite:
                            f"({named(self.only_v1)}), so they cannot be compared")
         return clauses
 
+    def row_warnings(self) -> dict[str, str]:
+        """id -> what the sequence table says of a non-finite row (its cosine, 0, is not a measurement)."""
+        paths = {seq_id: "v2.0" for seq_id in self.only_v2} | {seq_id: "v1.0" for seq_id in self.only_v1} | {
+            seq_id: "both paths" for seq_id in self.both}
+        return {seq_id: f"{where} returned NaN or infinity: no cosine or difference can be measured (counted as "
+                        "failing)" for seq_id, where in paths.items()}
+
     def to_json(self) -> dict:
         return {"v1": list(self.v1), "v2": list(self.v2)}
 
