@@ -88,6 +88,7 @@ def test_the_catalogue_names_its_bug_classes(judged):
     assert "final layer norm" in causes["final layer norm missing"]
     assert "final layer norm" not in causes["attention across sequences"]
     assert "token-dropout scaling" in causes["token-dropout scale missing"]
+    assert "wrong count" in judged("BOS and EOS in the mean's count")["numerics"]["likely_cause"]
     assert "which positions are pooled" in causes["EOS in the pool"]
     assert causes["tanh GELU"] is not None
 

@@ -95,6 +95,8 @@ def test_one_flip_in_ten_thousand_does_not_say_100_percent():
     ((layer(0), layer(1), layer(2), layer(3, candidate=0.5, min_cosine=0.9)), "the final layer norm"),
     ((layer(3, candidate=0.5, min_cosine=0.9),), "layer 3, the first attention layer measured: attention masking"),
     ((layer(0), layer(1, closer=(30, 2), p=1e-7, min_cosine=0.9999999)), "GELU form, rotary tables"),
+    ((layer(0), layer(1), layer(2, closer=(30, 2), p=1e-7, min_cosine=0.9999999)), "final layer norm's eps or precision"),
+    ((layer(0), layer(1, closer=(30, 2), p=1e-7, min_cosine=0.9999999), layer(2)), "small but systematic from layer 1"),
 ])
 def test_likely_cause_follows_the_first_departure(layers, cause):
     numerics = gate(*layers)

@@ -170,14 +170,24 @@ class NumericsGate:
         large = 1.0 - first.min_cosine > STRUCTURAL_DISTANCE
         if first.layer == 0:
             if 1.0 - first.min_cosine < UNIFORM_SCALE_DISTANCE:
-                return "a uniform scale from layer 0, before any attention: embedding or token-dropout scaling"
+                return ("a uniform scale from layer 0, before any attention: embedding or token-dropout scaling, or "
+                        "a mean divided by the wrong count (BOS and EOS counted)")
             return ("from layer 0, before any attention: the embedding, or which positions are pooled "
                     "(EOS, BOS or padding in the mean)")
         if large:
             return self._structural_cause(first.layer)
         side = "farther from" if first.farther else "closer to"
+        if self._only_at_the_last_layer(first.layer):
+            return (f"small but systematic only at layer {first.layer}, the last one measured, after the layers before "
+                    f"it agreed (v2.0 {side} the reference on most sequences): at the model's final layer, the final "
+                    "layer norm's eps or precision; or a small activation or precision difference (GELU form, rotary "
+                    "tables, softmax precision) that grew through the layers")
         return (f"small but systematic from layer {first.layer} (v2.0 {side} the reference on most sequences): "
                 "an activation or precision difference — GELU form, rotary tables or positions, softmax precision")
+
+    def _only_at_the_last_layer(self, layer: int) -> bool:
+        """Whether ``layer`` is the last layer measured and at least one attention layer before it agreed."""
+        return layer == max(test.layer for test in self.layers) and any(1 <= test.layer < layer for test in self.layers)
 
     def _structural_cause(self, layer: int) -> str:
         """The likely cause of a large departure first seen at ``layer`` (>= 1). A bug in attention itself
@@ -190,7 +200,7 @@ class NumericsGate:
         if layer == 1 or not agreed_before:
             where = "the first attention" if layer == 1 else f"layer {layer}, the first attention layer measured"
             return f"large from {where}: {attention}"
-        if layer == max(test.layer for test in self.layers):
+        if self._only_at_the_last_layer(layer):
             return (f"large only at layer {layer}, the last one measured, after the layers before it agreed: a step "
                     "only that layer takes — at the model's final layer, the final layer norm (emb_layer_norm_after) "
                     "missing, or applied twice")

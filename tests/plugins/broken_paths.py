@@ -131,6 +131,22 @@ class EosInPool(Mutant):
         return {**out, "representations": shifted}
 
 
+class MeanOverAllTokens(Mutant):
+    """Each sequence's rows scaled by L / (L + 2): what the tool's mean over the L residues then gives is
+    the residues' sum divided by L + 2, BOS and EOS counted in the mean's denominator though not in its
+    sum. A per-sequence scale: every cosine stays exactly 1."""
+
+    bug = "BOS and EOS counted in the mean's denominator"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers, backend)
+        seq_index, seq_lengths, _ = self._packed_positions(cu_seqlens, input_ids.numel())
+        tokens = seq_lengths[seq_index].to(torch.float32)
+        scale = ((tokens - 2) / tokens).unsqueeze(-1)
+        return {**out, "representations": {layer: (rep.float() * scale).to(rep.dtype)
+                                           for layer, rep in out["representations"].items()}}
+
+
 class BosDropped(Mutant):
     """The BOS token never reaches the model: each sequence runs as residues + EOS (its rows are put back
     in place, with the BOS row a copy of the first residue's, so the tool pools the residues as usual)."""
@@ -216,6 +232,7 @@ make_cross_sequence_attention = _factory(CrossSequenceAttention)
 make_no_token_dropout_scale = _factory(NoTokenDropoutScale)
 make_eos_in_pool = _factory(EosInPool)
 make_bos_dropped = _factory(BosDropped)
+make_mean_over_all_tokens = _factory(MeanOverAllTokens)
 make_tanh_gelu = _factory(TanhGelu)
 make_bf16_rotary_tables = _factory(Bf16RotaryTables)
 make_fp16_softmax = _factory(Fp16Softmax)
@@ -236,4 +253,5 @@ CATALOGUE: dict[str, str] = {
     "attention scale missing": "tests.plugins.broken_paths:make_no_attention_scale",
     "final layer norm missing": "tests.plugins.broken_paths:make_no_final_layer_norm",
     "layers off by one": "tests.plugins.broken_paths:make_layers_off_by_one",
+    "BOS and EOS in the mean's count": "tests.plugins.broken_paths:make_mean_over_all_tokens",
 }
