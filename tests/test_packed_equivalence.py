@@ -128,6 +128,23 @@ def test_pooling_excludes_bos_eos_and_padding():
     assert not torch.allclose(packed[0:3].mean(0), expected[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_activations_are_pooled_without_rounding(dtype):
+    """The mean of FP16/BF16 activations, summed in float64 (where any sum of at most 2^29 of them is exact)
+    and rounded once to float32: a pool accumulated in the model's dtype — a bug the GPU limits once
+    missed (issue 15) — or in float32 differs."""
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([700, 1000, 3])
+    padded = (torch.randn(3, 1002, 64, generator=generator) * 3 + 5).to(dtype)
+    expected = torch.stack([padded[i, 1:n + 1].double().sum(0) / n for i, n in enumerate(lengths.tolist())]).float()
+    torch.testing.assert_close(pool_padded(padded, lengths), expected, rtol=0, atol=0)
+    packed = torch.cat([padded[i, : n + 2] for i, n in enumerate(lengths.tolist())])
+    cu_seqlens = torch.tensor([0, *torch.cumsum(lengths + 2, 0).tolist()], dtype=torch.int32)
+    torch.testing.assert_close(pool_packed(packed, cu_seqlens), expected, rtol=0, atol=0)
+    in_float32 = torch.stack([padded[i, 1:n + 1].float().cumsum(0)[-1] / n for i, n in enumerate(lengths.tolist())])
+    assert not torch.equal(in_float32, expected)  # the check can tell a float32 accumulation apart
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_a_non_finite_value_stays_in_its_own_sequence(bad):
     """A 0/1 matrix product multiplies every row: one NaN makes every sequence of the batch NaN (0 × NaN),
