@@ -16,7 +16,8 @@ def pytest_configure(config):
 
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        share = max(1, (os.cpu_count() or 1) // int(workers))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = max(1, cores // int(workers))
         torch.set_num_threads(share)
         os.environ["OMP_NUM_THREADS"] = str(share)  # for the processes the tests start
 
