@@ -185,9 +185,13 @@ class NumericsGate:
         return (f"small but systematic from layer {first.layer} (v2.0 {side} the reference on most sequences): "
                 "an activation or precision difference — GELU form, rotary tables or positions, softmax precision")
 
+    def _agreed_before(self, layer: int) -> bool:
+        """Whether at least one attention layer measured before ``layer`` agreed (the first departure is ``layer``)."""
+        return any(1 <= test.layer < layer for test in self.layers)
+
     def _only_at_the_last_layer(self, layer: int) -> bool:
-        """Whether ``layer`` is the last layer measured and at least one attention layer before it agreed."""
-        return layer == max(test.layer for test in self.layers) and any(1 <= test.layer < layer for test in self.layers)
+        """Whether ``layer`` is the last layer measured and an attention layer before it agreed."""
+        return layer == max(test.layer for test in self.layers) and self._agreed_before(layer)
 
     def _structural_cause(self, layer: int) -> str:
         """The likely cause of a large departure first seen at ``layer`` (>= 1). A bug in attention itself
@@ -196,8 +200,7 @@ class NumericsGate:
         attention = ("attention masking or packing (sequences attending across boundaries or to padding, a causal "
                      "mask, a missing BOS or EOS), position ids that do not restart per sequence, the attention scale (1/√head_dim "
                      "missing or applied twice), or layers returned off by one")
-        agreed_before = any(1 <= test.layer < layer for test in self.layers)
-        if layer == 1 or not agreed_before:
+        if layer == 1 or not self._agreed_before(layer):
             where = "the first attention" if layer == 1 else f"layer {layer}, the first attention layer measured"
             return f"large from {where}: {attention}"
         if self._only_at_the_last_layer(layer):
