@@ -127,7 +127,7 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
             prewarm.append(time.perf_counter() - prewarm_start)
 
         measure = functools.partial(measure_yardstick, model, alphabet, sequences, run.layers, plan, packed_path(model),
-                                    max_tokens)
+                                    max_tokens, None, run.v1, run.v2)
         run.yardstick = alongside(measure, metrics_meanwhile, concurrently=device.type == "cuda")
         analysis_start = time.perf_counter()
         analyse(run, model.num_layers, memo=memo)  # the defaults: 100 balanced heads, the numerics gate
@@ -140,7 +140,8 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
         rows.append(row("v1.0 fair-esm", run.v1.seconds, 1, path_note(run.v1)))
         rows.append(row(f"v2.0 {run.v2.backend}", run.v2.seconds, 1, path_note(run.v2)))
         rows.append(row(f"numerics sample ({plan.dtype} reference)", run.yardstick.seconds, 0,
-                        f"{run.yardstick.size} sequences: v1.0, v2.0, v2.0 deep in a pack, reference"))
+                        f"{run.yardstick.size} sequences ({len(run.yardstick.probes)} probes through v1.0 and v2.0), "
+                        "v2.0 deep in a pack, reference"))
         rows.append(row("comparison (both + sample + metrics)", total, 2,
                         f"metrics {prewarm[0]:.2f} s {'alongside' if device.type == 'cuda' else 'before'} the "
                         f"sample + {analysis:.2f} s after; sample + heads + gate add {gate:.2f} s = "

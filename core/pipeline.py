@@ -208,7 +208,7 @@ def run_comparison(request: ComparisonRequest, ids: Sequence[str], sequences: Se
         return None
     run = computed if len(missing) == len(sequences) else merge_run(plan, prepared.loaded.model, ids, sequences, computed)
     stats = finish_cache(cache, plan, computed, request.cache_dir, len(sequences), warning)
-    run.yardstick = alongside(lambda: sample(prepared, sequences, progress),
+    run.yardstick = alongside(lambda: sample(prepared, sequences, run, progress),
                               None if meanwhile is None else lambda: meanwhile(run),
                               concurrently=prepared.loaded.model.device.type == "cuda")
     return ComparisonResult(run, prepared.layer, stats, checks, executor.world_size)
@@ -260,12 +260,12 @@ def finish_cache(cache: EmbeddingCache | None, plan, computed: EmbeddingRun | No
     return CacheStats(dir=str(directory), hits=n - len(plan.missing), computed=len(plan.missing), warning=warning)
 
 
-def sample(prepared: Prepared, sequences: Sequence[str], progress: Progress | None):
-    """The numerics sample of the whole set (a SetupFailed when it does not fit)."""
+def sample(prepared: Prepared, sequences: Sequence[str], run: EmbeddingRun, progress: Progress | None):
+    """The numerics sample of the whole set, on the ``run``'s own rows (a SetupFailed when it does not fit)."""
     loaded, request = prepared.loaded, prepared.request
     try:
         return measure_yardstick(loaded.model, loaded.alphabet, sequences, prepared.layers, prepared.yardstick,
-                                 prepared.candidate, request.max_tokens, progress)
+                                 prepared.candidate, request.max_tokens, progress, run.v1, run.v2)
     except SETUP_ERRORS as error:
         raise SetupFailed(str(error)) from error
 

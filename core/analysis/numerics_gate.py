@@ -143,12 +143,12 @@ class NumericsGate:
 
     @property
     def first_departure(self) -> LayerNumerics | None:
-        """The earliest departing layer; the deep-pack test when only it departs."""
-        return next((layer for layer in self.layers if layer.departs), None) or (
-            self.deep_pack if self.deep_pack is not None and self.deep_pack.departs else None)
+        """The departing test at the lowest layer; at the deep pack's layer, the run's own batches first."""
+        return min((test for test in self.tests if test.departs), key=lambda test: test.layer, default=None)
 
     @property
     def departs_only_deep(self) -> bool:
+        """Whether the first departure is the deep pack's: at that layer v2.0 agreed in the run's own batches."""
         return self.first_departure is not None and self.first_departure is self.deep_pack
 
     @property
@@ -165,8 +165,9 @@ class NumericsGate:
             return (f"NaN or infinity in v2.0 from layer {first.layer}: a value beyond the dtype's range (an overflow), "
                     "or a division by zero (an empty or fully masked row)")
         if self.departs_only_deep:
-            return ("only deep in a pack: the result depends on where a sequence sits in its pack — position ids "
-                    "that run on instead of restarting per sequence, or attention across sequence boundaries")
+            return (f"at layer {first.layer} only deep in a pack: the result depends on where a sequence sits in its "
+                    "pack — position ids that run on instead of restarting per sequence, or attention across "
+                    "sequence boundaries")
         large = 1.0 - first.min_cosine > STRUCTURAL_DISTANCE
         if first.layer == 0:
             if 1.0 - first.min_cosine < UNIFORM_SCALE_DISTANCE:

@@ -9,10 +9,10 @@ from typing import Sequence
 import esm
 import numpy as np
 
-from core.embed.passes import PathEmbeddings, Progress, embed_path, embed_v1, embed_v2
+from core.embed.passes import PathEmbeddings, Progress, embed_v1, embed_v2
 from core.embed.paths import ForwardPath, packed_path
 from core.embed.yardstick import (Yardstick, YardstickPlan, deep_pack_embeddings, first_attention_layer,
-                                  measure_yardstick)
+                                  measure_yardstick, sample_rows)
 from core.numerics.environment import device_description
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.numerics.loading import layer_indices
@@ -85,7 +85,8 @@ def run_both_paths(
         layers=layers,
     )
     if yardstick is not None:
-        run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, max_tokens, progress)
+        run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, max_tokens, progress,
+                                          v1, v2)
     return run
 
 
@@ -99,7 +100,6 @@ def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet: esm.data
     chosen = [*(sequences[i] for i in sample.indices), *sample.probes]
     deep_layer = first_attention_layer(run.layers)
     deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, path)
-    return dataclasses.replace(
-        run, v2=embed_v2(model, alphabet, sequences, run.layers, max_tokens=max_tokens, path=path),
-        yardstick=dataclasses.replace(sample, candidate=embed_path(model, alphabet, chosen, run.layers, path), deep=deep),
-    )
+    v2 = embed_v2(model, alphabet, sequences, run.layers, max_tokens=max_tokens, path=path)
+    candidate = sample_rows(v2, sample.indices, model, alphabet, chosen, run.layers, path, max_tokens)
+    return dataclasses.replace(run, v2=v2, yardstick=dataclasses.replace(sample, candidate=candidate, deep=deep))

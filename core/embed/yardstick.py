@@ -4,6 +4,7 @@ few sequences spanning the set's lengths, for the numerics gate (core.analysis.n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
@@ -35,7 +36,8 @@ class Yardstick:
     Sequences: the run's rows ``indices`` ((m,) int64, chosen to span the lengths), then ``probes`` — fixed
     short proteins that top a small set up to MIN_NUMERICS_SAMPLE, so the tests have the power to decide.
     On them, each layer -> (m + len(probes), embed_dim):
-    baseline: v1.0 (fair-esm's padded forward in its own batches); candidate: v2.0 in its own batches;
+    baseline: v1.0 (fair-esm's padded forward); candidate: v2.0 — on the run's rows, the run's own
+    embeddings (the very rows the report judges), on the probes, the probes in batches of their own;
     reference: kind 'reference', the standard path on a copy of the same weights in a wider ``dtype``
     (fp32 with TF32 off, or fp64), so each path's distance from it is its own arithmetic error; kind
     'floor', the standard path again in the model's dtype, each sequence alone (another batch
@@ -162,6 +164,32 @@ def reference_budget(model: ESM2WithFlashAttention, max_tokens: int | None) -> i
     return max_tokens if model.device.type == "cuda" else 1
 
 
+def sample_rows(
+    whole: PathEmbeddings | None,
+    indices: np.ndarray,
+    model: ESM2WithFlashAttention,
+    alphabet: esm.data.Alphabet,
+    chosen: Sequence[str],
+    layers: Sequence[int],
+    path: ForwardPath,
+    max_tokens: int | None,
+) -> PathEmbeddings:
+    """``path`` on the sample ``chosen`` (the ``indices`` rows of the set, then the probes): layer ->
+    (len(chosen), embed_dim). With ``whole`` (the path's embeddings of the whole set, already computed)
+    the sampled rows are taken from it, the very rows the report judges, and only the probes are embedded;
+    without it, all of ``chosen``."""
+    if whole is None:
+        return embed_path(model, alphabet, chosen, layers, path, max_tokens)
+    probes = chosen[indices.size:]
+    fresh = embed_path(model, alphabet, probes, layers, path, max_tokens) if probes else None
+    rows = {layer: whole.layers[layer][indices] for layer in layers}
+    if fresh is not None:
+        rows = {layer: np.concatenate([rows[layer], fresh.layers[layer]]) for layer in layers}
+    return dataclasses.replace(whole, layers=rows, seconds=0.0 if fresh is None else fresh.seconds,
+                               oom_splits=0 if fresh is None else fresh.oom_splits,
+                               host_wait_seconds=0.0 if fresh is None else fresh.host_wait_seconds)
+
+
 def first_attention_layer(layers: Sequence[int]) -> int | None:
     """The lowest pooled layer that follows an attention (>= 1), or None."""
     return min((layer for layer in layers if layer >= 1), default=None)
@@ -176,17 +204,21 @@ def measure_yardstick(
     v2_path: ForwardPath,
     max_tokens: int | None = None,
     progress: Progress | None = None,
+    v1_whole: PathEmbeddings | None = None,
+    v2_whole: PathEmbeddings | None = None,
 ) -> Yardstick:
     """The numerics sample that ``plan`` asks for, at ``layers`` (see Yardstick): v1.0, the ``v2_path`` (and
-    in a deep pack), and the reference (or v1.0 again, each sequence alone)."""
+    in a deep pack), and the reference (or v1.0 again, each sequence alone). ``v1_whole`` and ``v2_whole``:
+    the two paths' embeddings of all of ``sequences`` when the run has them, so the sample's rows are the
+    run's own (see sample_rows)."""
     layers = layer_indices(model, layers)
     indices = spanning_sample([len(seq) for seq in sequences], plan.sample)
     probes = tuple(probe_sequences(max(0, MIN_NUMERICS_SAMPLE - indices.size)))
     chosen = [*(sequences[i] for i in indices), *probes]
     if progress is not None:
         progress("reference", 0, len(chosen))
-    baseline = embed_path(model, alphabet, chosen, layers, standard_path(model), max_tokens)
-    candidate = embed_path(model, alphabet, chosen, layers, v2_path, max_tokens)
+    baseline = sample_rows(v1_whole, indices, model, alphabet, chosen, layers, standard_path(model), max_tokens)
+    candidate = sample_rows(v2_whole, indices, model, alphabet, chosen, layers, v2_path, max_tokens)
     deep_layer = first_attention_layer(layers)
     deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, v2_path)
     if plan.kind == "floor":
