@@ -13,6 +13,7 @@ from core.analysis.memo import remembering
 from core.analysis.profile import prewarm_profile, prewarm_workers
 from core.input.examples import example_sequences
 from core.pipeline import ComparisonRequest, SetupFailed, alongside, run_comparison
+from tests.summaries import without_time
 
 
 def test_concurrently_both_run_at_once_and_the_work_is_returned():
@@ -57,10 +58,6 @@ def test_an_error_on_either_side_is_raised_after_both_have_finished():
     with pytest.raises(SetupFailed, match="does not fit"):
         alongside(failing_sample, lambda: finished.append("metrics"), concurrently=True)
     assert finished == ["work", "metrics"]
-
-
-def without_time(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key != "created_at"}  # two analyses can straddle a second
 
 
 def test_an_analysis_from_the_prewarmed_memo_equals_a_fresh_one():

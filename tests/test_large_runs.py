@@ -28,14 +28,11 @@ from dashboard.compact import HalfLayer, compact_run
 from dashboard.memo import RunMemo
 from dashboard.runs import RunStore
 from dashboard.synthetic import DEMO_LAYERS, DEMO_WIDTH, store_synthetic_run, synthetic_input, synthetic_run
+from tests.summaries import without_time
 
 pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-
-
-def without_time(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key != "created_at"}
 
 
 def test_a_remembered_analysis_gives_the_same_numbers_as_a_fresh_one():

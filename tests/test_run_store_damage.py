@@ -21,6 +21,7 @@ from dashboard.run_files import DamagedRun
 from dashboard.runs import INTERRUPTED_MESSAGE, RunStorageError, RunStore
 from dashboard.stored import disk_status, opened_store
 from dashboard.synthetic import store_synthetic_run, synthetic_run
+from tests.summaries import without_time
 
 pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
 
@@ -186,10 +187,6 @@ def test_the_quota_comes_from_the_server_config(monkeypatch, tmp_path):
 
 
 FASTA = ">alpha\nMKTAYIAKQRQISFVKSHFSRQ\n>beta\nGSGSGSLLKKLLEEPEVKVNGQ\n>gamma\nMQIFVKTLTGKTITLEV\n"
-
-
-def without_time(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key != "created_at"}
 
 
 def test_a_compact_run_reopens_to_the_same_summary_and_the_analysed_layer_is_exact(store, demo_fp32):
