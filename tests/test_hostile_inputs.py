@@ -317,6 +317,31 @@ CATALOGUE: list[Case] = [
         _text(f"\n\n   >first\n{PROTEIN}\n"),
         processed=("first",),
     ),
+    # ------------------------------------------------------------ FASTQ (quality lines are not residues)
+    Case(
+        "fastq_protein_reads_one_malformed",  # ';' and '@' start quality lines: not a comment, not a header
+        b"@p1 first read\nMKTAYIAKQR\n+\n;IIIIIIIII\n@p2\nGSGSG\nSLLKK\n+p2\n@IIIIIIIII\n"
+        b"@p3\nMKT\n+\nII\n@p4\nMKT\n+\nIII\n",
+        processed=("p1", "p2"),
+        warned=(("input", "read as FASTQ: each read's sequence is used and its quality line set aside"),),
+        refused=(("input", "FASTQ read 3 could not be read (Lengths of sequence and quality values differs for p3"),),
+        sequences={"p1": "MKTAYIAKQR", "p2": "GSGSGSLLKK"},
+        surface="upload",
+    ),
+    Case(
+        "fastq_dna_reads",
+        b"@r1\nACGTACGTACGT\n+\nIIIIIIIIIIII\n@r2\nGGGCCCAAATTT\n+\nIIIIIIIIIIII\n",
+        warned=(("input", "read as FASTQ"),),
+        refused=(("r1", "looks like a nucleotide sequence"), ("r2", "looks like a nucleotide sequence")),
+    ),
+    Case(
+        "fastq_read_without_id_and_a_duplicate",
+        b"@\nMKT\n+\nIII\n@a\nMKT\n+\nIII\n@a\nGSG\n+\nIII\n",
+        processed=("a",),
+        warned=(("input", "read as FASTQ"),),
+        refused=(("read 1", "FASTQ header '@' has no id (record 1)"),
+                 ("a", "duplicate id (record 3 reuses the id of record 2)")),
+    ),
 ]
 
 SURFACE_CASES = [case for case in CATALOGUE if case.surface]

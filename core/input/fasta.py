@@ -1,4 +1,4 @@
-"""Protein sequence input: FASTA (Biopython) or one sequence per line, from text, bytes or a file.
+"""Protein sequence input: FASTA or FASTQ (Biopython), or one sequence per line, from text, bytes or a file.
 
 User input (pasted text or uploaded files) is turned into a :class:`ParsedInput`
 holding the valid :class:`ProteinRecord` objects plus a list of
@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from Bio import SeqIO
+from Bio.SeqIO.QualityIO import FastqGeneralIterator
 from Bio.SeqRecord import SeqRecord
 
 from core.input.records import (
@@ -36,11 +37,12 @@ def parse_sequences(
     max_length: int = MAX_RESIDUES,
     on_too_long: TooLongPolicy = "truncate",
 ) -> ParsedInput:
-    """Parse FASTA or one-sequence-per-line text into validated protein records.
+    """Parse FASTA, FASTQ or one-sequence-per-line text into validated protein records.
 
-    Lines starting with ';' are comments, as in the classic FASTA format, and are skipped. FASTA is
-    assumed when the first other non-blank line starts with '>'; otherwise every non-blank line is
-    one sequence named ``seq_1``, ``seq_2``, ...
+    FASTQ is assumed when the first non-blank line starts with '@' (each read's sequence is used, its
+    quality line set aside). Otherwise lines starting with ';' are comments, as in the classic FASTA
+    format, and are skipped; FASTA is assumed when the first other non-blank line starts with '>', and
+    else every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
     Text over MAX_INPUT_BYTES (as UTF-8) is refused whole; only the first
     MAX_RECORDS records are read, and one error says how many were dropped.
     Never raises for bad input; see the module docstring.
@@ -54,14 +56,15 @@ def parse_sequences(
 
 def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> ParsedInput:
     """parse_sequences without the size check (the caller has done it)."""
-    text = _without_comments(_normalise_text(text))
-    if not text.strip():
-        return ParsedInput([], [_input_error("no sequences found")])
-
-    if _is_fasta(text):
-        items, total = _fasta_raw_records(text, MAX_RECORDS)
+    text = _normalise_text(text)
+    if text.lstrip().startswith("@"):  # FASTQ: no comment lines (a quality line may start with ';')
+        items, total = _fastq_raw_records(text, MAX_RECORDS)
     else:
-        items, total = _line_raw_records(text, MAX_RECORDS)
+        text = _without_comments(text)
+        if not text.strip():
+            return ParsedInput([], [_input_error("no sequences found")])
+        reader = _fasta_raw_records if text.lstrip().startswith(">") else _line_raw_records
+        items, total = reader(text, MAX_RECORDS)
     result = ParsedInput()
     for raw in items:
         if isinstance(raw, InputProblem):
@@ -156,12 +159,12 @@ def _without_comments(text: str) -> str:
     return "\n".join("" if line.lstrip().startswith(";") else line for line in text.split("\n"))
 
 
-def _is_fasta(text: str) -> bool:
-    """True when the first non-blank line starts with '>'."""
-    for line in text.split("\n"):
-        if line.strip():
-            return line.lstrip().startswith(">")
-    return False
+def _from_first_line(text: str) -> tuple[list[str], int, str]:
+    """The text's lines, the index of the first non-blank one, and the text from that line on with its
+    indentation removed: Biopython's parsers refuse anything before the first header."""
+    lines = text.split("\n")
+    first = next(i for i, line in enumerate(lines) if line.strip())
+    return lines, first, "\n".join([lines[first].lstrip(), *lines[first + 1 :]])
 
 
 def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
@@ -171,11 +174,7 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     records in the text. Records with an empty or duplicate id are replaced by
     their error so that problems stay in input order.
     """
-    lines = text.split("\n")
-    first = next(i for i, line in enumerate(lines) if line.strip())
-    # Biopython's "fasta" format refuses anything before the first header,
-    # so drop the leading blank lines (and indentation of that header line).
-    body = "\n".join([lines[first].lstrip(), *lines[first + 1 :]])
+    lines, first, body = _from_first_line(text)
     header_lines = [first + 1] + [
         i + 1 for i, line in enumerate(lines) if i > first and line.startswith(">")
     ]
@@ -191,16 +190,40 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     first_seen: dict[str, int] = {}
     for number, seq_record in enumerate(parsed, start=1):
         line_no = header_lines[number - 1] if number <= len(header_lines) else None
-        items += _fasta_record(seq_record, number, f"line {line_no}" if line_no is not None else f"record {number}",
-                               first_seen)
+        items += _raw_record(seq_record.id, _sequence_text(seq_record), number,
+                             f"line {line_no}" if line_no is not None else f"record {number}", first_seen)
     return items, total
 
 
-def _fasta_record(seq_record: SeqRecord, number: int, where: str,
-                  first_seen: dict[str, int]) -> list[RawRecord | InputProblem]:
-    """Record ``number`` (found at ``where``) as a raw record, or its problems: an escaped id warns; a
-    missing or duplicate id refuses it. ``first_seen`` (id -> record number) is updated."""
-    record_id, had_controls = printable_id(seq_record.id)
+def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
+    """Split FASTQ text (reads, each with a quality line) into raw records with Biopython, in input order:
+    each read's sequence, its qualities set aside (the model reads residues only), as one warning says.
+    A malformed read ends the reading: the reads before it are kept and one error names where it stopped.
+    Only the first ``limit`` reads are returned, with the number of reads read."""
+    _, _, body = _from_first_line(text)
+    items: list[RawRecord | InputProblem] = [InputProblem(
+        _INPUT_ID, "read as FASTQ: each read's sequence is used and its quality line set aside", "warning")]
+    first_seen: dict[str, int] = {}
+    total = 0
+    try:
+        for title, sequence, _ in FastqGeneralIterator(io.StringIO(body)):
+            total += 1
+            if total <= limit:
+                items += _raw_record(title.split(maxsplit=1)[0] if title.strip() else "", sequence, total,
+                                     f"read {total}", first_seen, header="@")
+    except ValueError as exc:  # Biopython's word for a malformed read
+        reason = str(exc).rstrip(". ")
+        items.append(_input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
+                                  "were not read; fix that read, or convert the file to FASTA"))
+    return items, total
+
+
+def _raw_record(raw_id: str, sequence: str, number: int, where: str, first_seen: dict[str, int],
+                header: str = ">") -> list[RawRecord | InputProblem]:
+    """Record ``number`` (found at ``where``, its header line starting with ``header``) as a raw record, or
+    its problems: an escaped id warns; a missing or duplicate id refuses it. ``first_seen`` (id -> record
+    number) is updated."""
+    record_id, had_controls = printable_id(raw_id)
     found: list[RawRecord | InputProblem] = []
     if had_controls:
         found.append(InputProblem(
@@ -209,7 +232,8 @@ def _fasta_record(seq_record: SeqRecord, number: int, where: str,
         ))
     if not record_id:
         return found + [InputProblem(
-            where, f"{where}: FASTA header '>' has no id (record {number}); put a name right after '>'", "error",
+            where, f"{where}: {'FASTA' if header == '>' else 'FASTQ'} header '{header}' has no id (record {number}); "
+            f"put a name right after '{header}'", "error",
         )]
     if record_id in first_seen:
         return found + [InputProblem(
@@ -219,7 +243,7 @@ def _fasta_record(seq_record: SeqRecord, number: int, where: str,
             "error",
         )]
     first_seen[record_id] = number
-    return found + [RawRecord(record_id, record_id, _sequence_text(seq_record))]
+    return found + [RawRecord(record_id, record_id, sequence)]
 
 
 def _sequence_text(seq_record: SeqRecord) -> str:
