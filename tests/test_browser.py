@@ -107,6 +107,21 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
     assert screenshot.stat().st_size > 50_000
 
 
+def test_a_fastq_file_is_taken_by_the_uploader_and_read_as_fastq(server, tmp_path):
+    """The browser checks an upload's extension against the uploader's types before the server sees it."""
+    fastq = tmp_path / "reads.fastq"
+    fastq.write_text("@p1\nMKTAYIAKQR\n+\nIIIIIIIIII\n@p2\nGSGSGSLLKK\n+\n;IIIIIIIII\n")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(server)
+        page.locator(".st-key-upload input[type=file]").set_input_files(str(fastq))
+        size = fastq.stat().st_size
+        page.get_by_text(f"2 valid sequence(s) from the uploaded file ({size} bytes); 1 warning(s)").wait_for(
+            timeout=60_000)
+        browser.close()
+
+
 def test_uploads_without_the_xsrf_token_are_refused(server):
     """XSRF protection stays on: a cross-site upload (no token) is refused by the running server."""
     request = urllib.request.Request(f"{server}/_stcore/upload_file/any-session/any-file", method="PUT",

@@ -143,9 +143,15 @@ def test_numerics_sample_tops_up_small_sets_and_packs_v2_deep(demo_fp32):
     deep = max(recorder.packs, key=len)  # the deep pack: filler first, then the sample
     starts = deep[:-1][-MIN_NUMERICS_SAMPLE:]
     assert min(starts) >= DEEP_PACK_OFFSET
-    # v2.0 deep in a pack and in its own batches agree to float32 rounding (the path is faithful).
+    # v2.0 deep in a pack and in the run's batches agree to float32 rounding (the path is faithful).
     np.testing.assert_allclose(sample.deep.layers[6], sample.candidate.layers[6], atol=1e-5)
-    np.testing.assert_allclose(sample.candidate.layers[6][: len(records)], run.v2.layers[6], atol=1e-5)
+    # The sample's rows of the set are the run's own, not embedded again: v2.0 saw each of the set's
+    # sequences once (the run) and each probe once (its own batches), besides the deep pack.
+    for layer in (0, 6):
+        assert np.array_equal(sample.baseline.layers[layer][: len(records)], run.v1.layers[layer])
+        assert np.array_equal(sample.candidate.layers[layer][: len(records)], run.v2.layers[layer])
+    seen = sorted(b - a for pack in recorder.packs if pack is not deep for a, b in zip(pack, pack[1:]))
+    assert seen == sorted(len(seq) + 2 for seq in [*(r.sequence for r in records), *sample.probes])
 
 
 def test_floor_yardstick_runs_each_sequence_alone(demo_fp32):

@@ -105,6 +105,23 @@ def test_likely_cause_follows_the_first_departure(layers, cause):
     assert f"departs from layer {numerics.first_departure.layer}" in numerics.line()
 
 
+def test_the_first_departure_is_the_lowest_departing_layer_the_deep_pack_included():
+    """The deep pack measures the first attention layer again: when only it departs there, that is the first
+    departure, even if a later layer departs in the run's own batches too; at a tie the run's batches win."""
+    later = (layer(0), layer(1), layer(2), layer(3, closer=(30, 2), p=1e-7))
+    deep = layer(1, candidate=0.5, min_cosine=0.9)
+    numerics = NumericsGate("reference", "fp32", 32, 0, 1e-3, later, deep_pack=deep)
+    assert numerics.first_departure is deep and numerics.departs_only_deep
+    assert numerics.likely_cause().startswith("at layer 1 only deep in a pack")
+    assert "departs from layer 1 in a deep pack" in numerics.line()
+    assert numerics.to_json()["first_departing_layer"] == 1
+    both = NumericsGate("reference", "fp32", 32, 0, 1e-3, (layer(0), layer(1, candidate=0.5, min_cosine=0.9)),
+                        deep_pack=deep)
+    assert both.first_departure is both.layers[1] and not both.departs_only_deep
+    alone = NumericsGate("reference", "fp32", 32, 0, 1e-3, (layer(0), layer(1)), deep_pack=deep)
+    assert alone.first_departure is deep
+
+
 def test_lines_and_seed_rule():
     predictions_line, numerics_line, seed_line = headline(share=1.0).lines()
     assert predictions_line.startswith("Predictions: agree")
