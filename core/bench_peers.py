@@ -30,7 +30,7 @@ from core.bench_measure import pass_flops, peak_gib, reset_peak
 from core.embed.passes import embed_v2
 from core.embed.paths import ForwardPath, packed_path
 from core.embed.plugins import make_plugin_path
-from core.embed.run import EmbeddingRun, run_both_paths, with_v2
+from core.embed.run import EmbeddingRun, run_both_paths, v1_baseline, with_v2
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, plan_yardstick
 from core.numerics.attention import available_backends
 from core.numerics.esm2_packed import ESM2WithFlashAttention
@@ -106,7 +106,7 @@ def bench_peers(spec: str, dtype: str, device: torch.device, sequences: Sequence
     run_both_paths(model, alphabet, ids[:4], sequences[:4], max_tokens=max_tokens)  # warm-up
     reset_peak(device)
     plan = plan_yardstick(reference, DEFAULT_REFERENCE_SAMPLE, model.dtype, model.device)
-    base = run_both_paths(model, alphabet, ids, sequences, max_tokens=max_tokens, yardstick=plan)
+    base = v1_baseline(model, alphabet, ids, sequences, plan, max_tokens)
     rows = [PeerRow(spec, dtype, f"v1.0 {base.v1.implementation}", base.v1.seconds, tokens, flops, ceiling,
                     peak_gib(device), note=f"the standard path every row is judged against; peak includes the {plan.dtype} "
                     f"reference copy (sample of {base.yardstick.size} sequences)")]

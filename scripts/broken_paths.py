@@ -26,14 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.numerics.attention import available_backends  # noqa: E402
 from core.bench_measure import device_label  # noqa: E402
 from core.embed.paths import fallback_path, packed_path
-from core.embed.run import run_both_paths
+from core.embed.run import run_both_paths, v1_baseline, with_v2
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, plan_yardstick
 from core.numerics.environment import default_device  # noqa: E402
 from core.numerics.loading import load_esm2_model  # noqa: E402
 from core.embed.plugins import make_plugin_path  # noqa: E402
 from core.analysis.analyse import analyse  # noqa: E402
 from core.input.examples import example_sequences, realistic_sequences  # noqa: E402
-from core.embed.run import with_v2
 from tests.plugins.broken_paths import CATALOGUE  # noqa: E402
 
 HF_FACTORIES = {"Hugging Face eager": "core.adapters.hf_esm:make_eager", "Hugging Face sdpa": "core.adapters.hf_esm:make_sdpa"}
@@ -75,17 +74,28 @@ def row(name: str, expected: str, summary: dict) -> tuple[str, bool]:
     return "| " + " | ".join(cells) + " |", right
 
 
+def default_plan(model):
+    return plan_yardstick("auto", DEFAULT_REFERENCE_SAMPLE, model.dtype, model.device)
+
+
+def ids_for(sequences: Sequence[str]) -> list[str]:
+    return [f"seq{i + 1}" for i in range(len(sequences))]
+
+
 def baseline_run(model, alphabet, sequences: Sequence[str]):
     """A whole comparison with the tool's defaults (the built-in v2.0): v1.0 and the numerics sample."""
-    ids = [f"seq{i + 1}" for i in range(len(sequences))]
-    plan = plan_yardstick("auto", DEFAULT_REFERENCE_SAMPLE, model.dtype, model.device)
-    return run_both_paths(model, alphabet, ids, sequences, yardstick=plan)
+    return run_both_paths(model, alphabet, ids_for(sequences), sequences, yardstick=default_plan(model))
+
+
+def shared_baseline(model, alphabet, sequences: Sequence[str]):
+    """v1.0 and the numerics sample with the tool's defaults, for compare() to swap each v2.0 into."""
+    return v1_baseline(model, alphabet, ids_for(sequences), sequences, default_plan(model))
 
 
 def compare(model, alphabet, sequences: Sequence[str], path, run=None) -> dict:
     """summary.json's document of the comparison with ``path`` as v2.0 and the defaults; ``run``: a
-    baseline_run over ``sequences`` whose v1.0 and reference are reused."""
-    run = run or baseline_run(model, alphabet, sequences)
+    shared_baseline over ``sequences`` whose v1.0 and reference are reused."""
+    run = run or shared_baseline(model, alphabet, sequences)
     return analyse(with_v2(run, model, alphabet, sequences, path), model.num_layers).summary.to_json()
 
 
@@ -130,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|" + " --- |" * (HEADER.count("|") - 1))
     cases = [(name, "ACCEPT", path) for name, path in faithful_paths(model).items()]
     cases += [(name, "not ACCEPT", make_plugin_path(spec, model)) for name, spec in CATALOGUE.items()]
-    shared = baseline_run(model, alphabet, sequences)
+    shared = shared_baseline(model, alphabet, sequences)
     summaries = {}
     for name, expected, path in cases:
         summaries[name] = compare(model, alphabet, sequences, path, shared)

@@ -19,7 +19,7 @@ from core.embed.paths import fallback_path, packed_path
 from core.embed.plugins import make_plugin_path
 from core.analysis.analyse import analyse
 from core.input.examples import example_sequences
-from scripts.broken_paths import baseline_run, compare, row
+from scripts.broken_paths import baseline_run, compare, row, shared_baseline
 from core.embed.run import with_v2
 from tests.plugins.broken_paths import CATALOGUE
 
@@ -29,8 +29,9 @@ SEQUENCES = [r.sequence for r in RECORDS]
 
 @pytest.fixture(scope="module")
 def faithful_run(demo_fp32):
-    """The mutation script's shared baseline (scripts/broken_paths.py: the CLI's and the page's defaults)."""
-    return baseline_run(*demo_fp32, SEQUENCES)
+    """The mutation script's shared baseline (scripts/broken_paths.py: the CLI's and the page's defaults;
+    v1.0 and the numerics sample, each v2.0 swapped in)."""
+    return shared_baseline(*demo_fp32, SEQUENCES)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,14 @@ def summary_of(run, model) -> dict:
 
 
 def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_run):
+    """A v2.0 swapped into the shared baseline (whose own v2.0 was never computed) gives the numbers a
+    whole comparison with that v2.0 gives."""
     model, alphabet = demo_fp32
-    again = with_v2(faithful_run, model, alphabet, SEQUENCES, packed_path(model))
-    assert summary_of(again, model)["numerics"] == summary_of(faithful_run, model)["numerics"]
+    swapped = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, packed_path(model)), model)
+    whole = summary_of(baseline_run(model, alphabet, SEQUENCES), model)
+    for key in ("numerics", "predictions", "verdict", "cosine", "max_abs_diff", "impl_v2"):
+        assert swapped[key] == whole[key], key
+    assert faithful_run.v2 is faithful_run.v1 and faithful_run.yardstick.deep is None
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))

@@ -14,7 +14,7 @@ import torch
 from core.embed.batching import pack_sequences, padded_tokens
 from core.cli import main
 from core.embed.paths import fallback_path
-from core.embed.run import run_both_paths, with_v2
+from core.embed.run import run_both_paths, v1_baseline, with_v2
 from core.embed.yardstick import YardstickPlan
 from core.numerics.fallback import V1CompatiblePacked
 from core.embed.plugins import PluginError, distribution_version, make_plugin_path, plugin_label
@@ -32,7 +32,7 @@ PLUGINS = "tests.plugins.example_v2"
 def baseline(demo_fp32):
     """v1.0 and an fp64 reference sample on the whole set, once: each test swaps its own v2.0 in (with_v2
     computes what run_both_paths would for that v2.0; tests/test_broken_paths.py holds it to that)."""
-    return run_both_paths(*demo_fp32, IDS, SEQUENCES, yardstick=YardstickPlan("reference", "fp64", None))
+    return v1_baseline(*demo_fp32, IDS, SEQUENCES, YardstickPlan("reference", "fp64", None))
 
 
 def test_fallback_is_exact_against_v1_in_float32(demo_fp32, baseline):

@@ -10,7 +10,7 @@ import esm
 import numpy as np
 
 from core.embed.passes import PathEmbeddings, Progress, embed_v1, embed_v2
-from core.embed.paths import ForwardPath, packed_path
+from core.embed.paths import ForwardPath, packed_path, standard_path
 from core.embed.yardstick import (Yardstick, YardstickPlan, deep_pack_embeddings, first_attention_layer,
                                   measure_yardstick, sample_rows)
 from core.numerics.environment import device_description
@@ -73,29 +73,41 @@ def run_both_paths(
     v2_path = v2_path or packed_path(model, backend)
     v1 = embed_v1(model, alphabet, sequences, layers, max_tokens, progress)
     v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress, path=v2_path)
-    run = EmbeddingRun(
-        ids=list(ids),
-        lengths=np.array([len(seq) for seq in sequences]),
-        v1=v1,
-        v2=v2,
-        model=model.name,
-        weights=model.weights,
-        dtype=dtype_name(model.dtype),
-        device=device_description(model.device),
-        layers=layers,
-    )
+    run = _embedding_run(model, ids, sequences, layers, v1, v2)
     if yardstick is not None:
         run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, max_tokens, progress,
                                           v1, v2)
     return run
 
 
+def v1_baseline(model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet, ids: Sequence[str],
+                sequences: Sequence[str], yardstick: YardstickPlan, max_tokens: int | None = None) -> EmbeddingRun:
+    """The run many v2.0s are judged against, each swapped in by with_v2 (the broken-path catalogue, the
+    peer table): v1.0 over ``sequences`` at every layer with its numerics sample, and as its own v2.0 the
+    standard path — v1.0's embeddings, not computed again (analysed as it is, it compares v1.0 with
+    itself). No v2.0 pass is spent on a path that with_v2 replaces."""
+    require_one_id_per_sequence(ids, sequences)
+    layers = layer_indices(model, None)
+    v1 = embed_v1(model, alphabet, sequences, layers, max_tokens)
+    run = _embedding_run(model, ids, sequences, layers, v1, v1)
+    run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, standard_path(model), max_tokens,
+                                      None, v1, v1)
+    return run
+
+
+def _embedding_run(model: ESM2WithFlashAttention, ids: Sequence[str], sequences: Sequence[str], layers: list[int],
+                   v1: PathEmbeddings, v2: PathEmbeddings) -> EmbeddingRun:
+    return EmbeddingRun(ids=list(ids), lengths=np.array([len(seq) for seq in sequences]), v1=v1, v2=v2,
+                        model=model.name, weights=model.weights, dtype=dtype_name(model.dtype),
+                        device=device_description(model.device), layers=layers)
+
+
 def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet, sequences: Sequence[str],
             path: ForwardPath, max_tokens: int | None = None) -> EmbeddingRun:
-    """``run`` (over ``sequences``, with a numerics sample) with its v2.0 — on the whole set, on the sample
-    and deep in a pack — recomputed on ``path``. v1.0 and the reference do not depend on v2.0, so this is
-    what run_both_paths would compute for ``path``, without computing them again (the broken-path
-    catalogue and the peer table judge many v2.0s against one v1.0)."""
+    """``run`` (over ``sequences``, with a numerics sample; e.g. v1_baseline's) with its v2.0 — on the whole
+    set, on the sample and deep in a pack — recomputed on ``path``. v1.0 and the reference do not depend on
+    v2.0, so this is what run_both_paths would compute for ``path``, without computing them again (the
+    broken-path catalogue and the peer table judge many v2.0s against one v1.0)."""
     sample = run.yardstick
     chosen = [*(sequences[i] for i in sample.indices), *sample.probes]
     deep_layer = first_attention_layer(run.layers)
