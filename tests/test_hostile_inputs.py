@@ -329,6 +329,12 @@ CATALOGUE: list[Case] = [
         surface="upload",
     ),
     Case(
+        "first_line_starts_with_at_but_no_quality_follows",  # not FASTQ: one sequence per line, as before
+        b"@notes\nMKTAYIAK\nGSGSGS\n",
+        processed=("seq_2", "seq_3"),
+        refused=(("seq_1", "contains '@' at position 1"),),
+    ),
+    Case(
         "fastq_dna_reads",
         b"@r1\nACGTACGTACGT\n+\nIIIIIIIIIIII\n@r2\nGGGCCCAAATTT\n+\nIIIIIIIIIIII\n",
         warned=(("input", "read as FASTQ"),),

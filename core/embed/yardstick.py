@@ -36,8 +36,8 @@ class Yardstick:
     Sequences: the run's rows ``indices`` ((m,) int64, chosen to span the lengths), then ``probes`` — fixed
     short proteins that top a small set up to MIN_NUMERICS_SAMPLE, so the tests have the power to decide.
     On them, each layer -> (m + len(probes), embed_dim):
-    baseline: v1.0 (fair-esm's padded forward); candidate: v2.0 — on the run's rows, the run's own
-    embeddings (the very rows the report judges), on the probes, the probes in batches of their own;
+    baseline: v1.0 (fair-esm's padded forward) and candidate: v2.0, each on the run's rows the run's own
+    embeddings (the very rows the report judges) and on the probes embedded in batches of their own;
     reference: kind 'reference', the standard path on a copy of the same weights in a wider ``dtype``
     (fp32 with TF32 off, or fp64), so each path's distance from it is its own arithmetic error; kind
     'floor', the standard path again in the model's dtype, each sequence alone (another batch

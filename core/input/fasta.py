@@ -39,8 +39,8 @@ def parse_sequences(
 ) -> ParsedInput:
     """Parse FASTA, FASTQ or one-sequence-per-line text into validated protein records.
 
-    FASTQ is assumed when the first non-blank line starts with '@' (each read's sequence is used, its
-    quality line set aside). Otherwise lines starting with ';' are comments, as in the classic FASTA
+    FASTQ is assumed when the first non-blank line starts with '@' and a '+' line follows before the
+    next '@' line (each read's sequence is used, its quality line set aside). Otherwise lines starting with ';' are comments, as in the classic FASTA
     format, and are skipped; FASTA is assumed when the first other non-blank line starts with '>', and
     else every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
     Text over MAX_INPUT_BYTES (as UTF-8) is refused whole; only the first
@@ -57,7 +57,7 @@ def parse_sequences(
 def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> ParsedInput:
     """parse_sequences without the size check (the caller has done it)."""
     text = _normalise_text(text)
-    if text.lstrip().startswith("@"):  # FASTQ: no comment lines (a quality line may start with ';')
+    if _is_fastq(text):  # no comment lines in FASTQ: a quality line may start with ';'
         items, total = _fastq_raw_records(text, MAX_RECORDS)
     else:
         text = _without_comments(text)
@@ -157,6 +157,16 @@ def _normalise_text(text: str) -> str:
 def _without_comments(text: str) -> str:
     """Comment lines (';' first, the classic FASTA convention) blanked, so line numbers stay right."""
     return "\n".join("" if line.lstrip().startswith(";") else line for line in text.split("\n"))
+
+
+def _is_fastq(text: str) -> bool:
+    """True when the first non-blank line starts with '@' and a '+' line follows it before any other '@'
+    line: a read's header, its sequence line(s), its quality separator. (Text whose first line merely
+    starts with '@' stays one sequence per line, where that line is refused and the rest still read.)"""
+    lines = iter(line.lstrip() for line in text.split("\n") if line.strip())
+    if not next(lines, "").startswith("@"):
+        return False
+    return next((line[0] for line in lines if line[0] in "@+"), "") == "+"
 
 
 def _from_first_line(text: str) -> tuple[list[str], int, str]:
