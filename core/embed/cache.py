@@ -1,9 +1,11 @@
 """An on-disk cache of pooled embeddings, so re-running a set (or a superset) computes only what is new.
 
 One SQLite file (``embeddings.sqlite3``) in the cache directory. Each row is one sequence on one
-path (v1.0 or v2.0; the numerics sample is small and always measured afresh): a float32 (float64 for a float64 model) array of shape (n_layers, embed_dim), the pooled
-embedding of every layer in the run's layer set, plus the backend and implementation strings
-that produced it. A row's key is the sha256 of
+path (v1.0 or v2.0): a float32 (float64 for a float64 model) array of shape (n_layers, embed_dim),
+stored exactly, the pooled embedding of every layer in the run's layer set, plus the backend and
+implementation strings that produced it. The numerics sample takes its rows of the set from the run,
+cached or not (the very rows the report judges); its reference, probes and deep pack are always
+measured afresh. A row's key is the sha256 of
 
 - the weights fingerprint (see :func:`fingerprint`),
 - the model dtype, the device kind ('cpu' or 'cuda <GPU name>'), the torch / flash-attn versions
