@@ -127,7 +127,7 @@ def bench_model(spec: str, dtype: str, device: torch.device, workloads: dict[str
             prewarm.append(time.perf_counter() - prewarm_start)
 
         measure = functools.partial(measure_yardstick, model, alphabet, sequences, run.layers, plan, packed_path(model),
-                                    max_tokens, None, run.v1, run.v2)
+                                    run.v1, run.v2, max_tokens)
         run.yardstick = alongside(measure, metrics_meanwhile, concurrently=device.type == "cuda")
         analysis_start = time.perf_counter()
         analyse(run, model.num_layers, memo=memo)  # the defaults: 100 balanced heads, the numerics gate

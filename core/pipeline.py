@@ -265,7 +265,7 @@ def sample(prepared: Prepared, sequences: Sequence[str], run: EmbeddingRun, prog
     loaded, request = prepared.loaded, prepared.request
     try:
         return measure_yardstick(loaded.model, loaded.alphabet, sequences, prepared.layers, prepared.yardstick,
-                                 prepared.candidate, request.max_tokens, progress, run.v1, run.v2)
+                                 prepared.candidate, run.v1, run.v2, request.max_tokens, progress)
     except SETUP_ERRORS as error:
         raise SetupFailed(str(error)) from error
 

@@ -75,8 +75,8 @@ def run_both_paths(
     v2 = embed_v2(model, alphabet, sequences, layers, backend, max_tokens, progress, path=v2_path)
     run = _embedding_run(model, ids, sequences, layers, v1, v2)
     if yardstick is not None:
-        run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, max_tokens, progress,
-                                          v1, v2)
+        run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, v2_path, v1, v2, max_tokens,
+                                          progress)
     return run
 
 
@@ -90,8 +90,8 @@ def v1_baseline(model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet, ids:
     layers = layer_indices(model, None)
     v1 = embed_v1(model, alphabet, sequences, layers, max_tokens)
     run = _embedding_run(model, ids, sequences, layers, v1, v1)
-    run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, standard_path(model), max_tokens,
-                                      None, v1, v1)
+    run.yardstick = measure_yardstick(model, alphabet, sequences, layers, yardstick, standard_path(model), v1, v1,
+                                      max_tokens)
     return run
 
 
@@ -113,5 +113,5 @@ def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet: esm.data
     deep_layer = first_attention_layer(run.layers)
     deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, path)
     v2 = embed_v2(model, alphabet, sequences, run.layers, max_tokens=max_tokens, path=path)
-    candidate = sample_rows(v2, sample.indices, model, alphabet, chosen, run.layers, path, max_tokens)
+    candidate = sample_rows(v2, sample.indices, sample.probes, model, alphabet, run.layers, path, max_tokens)
     return dataclasses.replace(run, v2=v2, yardstick=dataclasses.replace(sample, candidate=candidate, deep=deep))

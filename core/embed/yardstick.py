@@ -165,29 +165,24 @@ def reference_budget(model: ESM2WithFlashAttention, max_tokens: int | None) -> i
 
 
 def sample_rows(
-    whole: PathEmbeddings | None,
+    whole: PathEmbeddings,
     indices: np.ndarray,
+    probes: Sequence[str],
     model: ESM2WithFlashAttention,
     alphabet: esm.data.Alphabet,
-    chosen: Sequence[str],
     layers: Sequence[int],
     path: ForwardPath,
     max_tokens: int | None,
 ) -> PathEmbeddings:
-    """``path`` on the sample ``chosen`` (the ``indices`` rows of the set, then the probes): layer ->
-    (len(chosen), embed_dim). With ``whole`` (the path's embeddings of the whole set, already computed)
-    the sampled rows are taken from it, the very rows the report judges, and only the probes are embedded;
-    without it, all of ``chosen``."""
-    if whole is None:
-        return embed_path(model, alphabet, chosen, layers, path, max_tokens)
-    probes = chosen[indices.size:]
-    fresh = embed_path(model, alphabet, probes, layers, path, max_tokens) if probes else None
+    """One path on the sample: layer -> (indices.size + len(probes), embed_dim), the ``indices`` rows of
+    ``whole`` (the path's embeddings of the whole set: the very rows the report judges), then the
+    ``probes`` embedded on ``path`` in batches of their own."""
     rows = {layer: whole.layers[layer][indices] for layer in layers}
-    if fresh is not None:
-        rows = {layer: np.concatenate([rows[layer], fresh.layers[layer]]) for layer in layers}
-    return dataclasses.replace(whole, layers=rows, seconds=0.0 if fresh is None else fresh.seconds,
-                               oom_splits=0 if fresh is None else fresh.oom_splits,
-                               host_wait_seconds=0.0 if fresh is None else fresh.host_wait_seconds)
+    if not probes:
+        return dataclasses.replace(whole, layers=rows, seconds=0.0, oom_splits=0, host_wait_seconds=0.0)
+    fresh = embed_path(model, alphabet, probes, layers, path, max_tokens)
+    both = {layer: np.concatenate([rows[layer], fresh.layers[layer]]) for layer in layers}
+    return dataclasses.replace(fresh, layers=both)
 
 
 def first_attention_layer(layers: Sequence[int]) -> int | None:
@@ -202,23 +197,23 @@ def measure_yardstick(
     layers: Sequence[int],
     plan: YardstickPlan,
     v2_path: ForwardPath,
+    v1_whole: PathEmbeddings,
+    v2_whole: PathEmbeddings,
     max_tokens: int | None = None,
     progress: Progress | None = None,
-    v1_whole: PathEmbeddings | None = None,
-    v2_whole: PathEmbeddings | None = None,
 ) -> Yardstick:
     """The numerics sample that ``plan`` asks for, at ``layers`` (see Yardstick): v1.0, the ``v2_path`` (and
     in a deep pack), and the reference (or v1.0 again, each sequence alone). ``v1_whole`` and ``v2_whole``:
-    the two paths' embeddings of all of ``sequences`` when the run has them, so the sample's rows are the
-    run's own (see sample_rows)."""
+    the run's embeddings of all of ``sequences`` on the two paths, whose sampled rows the sample takes
+    (see sample_rows)."""
     layers = layer_indices(model, layers)
     indices = spanning_sample([len(seq) for seq in sequences], plan.sample)
     probes = tuple(probe_sequences(max(0, MIN_NUMERICS_SAMPLE - indices.size)))
     chosen = [*(sequences[i] for i in indices), *probes]
     if progress is not None:
         progress("reference", 0, len(chosen))
-    baseline = sample_rows(v1_whole, indices, model, alphabet, chosen, layers, standard_path(model), max_tokens)
-    candidate = sample_rows(v2_whole, indices, model, alphabet, chosen, layers, v2_path, max_tokens)
+    baseline = sample_rows(v1_whole, indices, probes, model, alphabet, layers, standard_path(model), max_tokens)
+    candidate = sample_rows(v2_whole, indices, probes, model, alphabet, layers, v2_path, max_tokens)
     deep_layer = first_attention_layer(layers)
     deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, v2_path)
     if plan.kind == "floor":
