@@ -7,8 +7,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+import core.analysis.metrics as metrics
 from core.analysis.metrics import (
-    compare_embeddings, cosine_similarity, format_percent, match_fraction, max_abs_diff, mean_abs_diff, pearson, ProxyClassifier, Thresholds, verdict_at_or_below, verdict_for,
+    compare_embeddings, distances, cosine_similarity, format_percent, match_fraction, max_abs_diff, mean_abs_diff, pearson, ProxyClassifier, Thresholds, verdict_at_or_below, verdict_for,
 )
 
 
@@ -17,6 +18,26 @@ def test_cosine_similarity_hand_values():
     b = np.array([[0.0, 1.0], [2.0, 2.0], [-3.0, -4.0], [0.0, 0.0], [0.0, 0.0]])
     np.testing.assert_allclose(cosine_similarity(a, b), [0.0, 1.0, -1.0, 1.0, 0.0])
     np.testing.assert_allclose(cosine_similarity([[1.0, 2.0]], [[2.0, 1.0]]), [0.8])
+
+
+def test_distances_in_blocks_are_the_numbers_of_one_whole_pass(monkeypatch):
+    """A layer measured ROWS_AT_ONCE rows at a time: every row, the match shares and the maximum exactly as
+    one float64 pass over the whole arrays gives them; the overall mean to the last bits of its sum."""
+    rng = np.random.default_rng(3)
+    v1 = rng.standard_normal((61, 24)).astype(np.float32)
+    v2 = v1 + (rng.standard_normal((61, 24)) * np.logspace(-5, -1, 61)[:, None]).astype(np.float32)
+    whole = distances(v1, v2)
+    monkeypatch.setattr(metrics, "ROWS_AT_ONCE", 8)  # 7 full blocks and a last one of 5 rows
+    blocked = distances(v1, v2)
+    wide_v1, wide_v2 = v1.astype(np.float64), v2.astype(np.float64)
+    for measured in (whole, blocked):
+        np.testing.assert_array_equal(measured.cosine, cosine_similarity(wide_v1, wide_v2))
+        np.testing.assert_array_equal(measured.mean_abs_diff, mean_abs_diff(wide_v1, wide_v2))
+        np.testing.assert_array_equal(measured.max_abs_diff, max_abs_diff(wide_v1, wide_v2))
+        assert measured.match == {atol: match_fraction(v1, v2, atol) for atol in metrics.MATCH_TOLERANCES}
+        assert 0 < measured.match[1e-3] < measured.match[1e-2] < 1
+    assert whole.overall_mean_abs_diff == np.abs(wide_v1 - wide_v2).mean()
+    assert blocked.overall_mean_abs_diff == pytest.approx(whole.overall_mean_abs_diff, rel=1e-14, abs=0)
 
 
 def test_absolute_differences_and_match_fraction():

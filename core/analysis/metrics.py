@@ -16,6 +16,7 @@ import numpy as np
 Verdict = Literal["ACCEPT", "VALIDATE", "FALLBACK"]
 VERDICT_ORDER: tuple[Verdict, ...] = ("ACCEPT", "VALIDATE", "FALLBACK")
 MATCH_TOLERANCES: tuple[float, ...] = (1e-3, 1e-2)
+ROWS_AT_ONCE = 4096  # rows of a layer measured at once: float64 working copies of a block, not of the layer
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ class Distances:
     mean_abs_diff: np.ndarray
     max_abs_diff: np.ndarray
     match: dict[float, float]
+    overall_mean_abs_diff: float  # over every embedding value of the layer
 
 
 @dataclass(frozen=True)
@@ -261,17 +263,35 @@ def check_pair(v1: np.ndarray, v2: np.ndarray) -> None:
 
 
 def distances(v1: np.ndarray, v2: np.ndarray) -> Distances:
-    """cosine_similarity, mean_abs_diff, max_abs_diff and match_fraction of (n, embed_dim) v1, v2, with
-    the float64 difference taken once (the same numbers as calling each)."""
+    """cosine_similarity, mean_abs_diff, max_abs_diff and match_fraction of (n, embed_dim) v1, v2, in
+    float64 blocks of ROWS_AT_ONCE rows: every row's numbers are those of one pass over whole float64
+    copies, but a large run's layer (100,000 × 2,560) never has five of them in memory at once."""
     check_pair(v1, v2)
-    v1, v2 = np.asarray(v1, np.float64), np.asarray(v2, np.float64)
-    return distances_from(cosine_similarity(v1, v2), np.abs(v1 - v2))
+    blocks = [_block_distances(np.asarray(v1[start:start + ROWS_AT_ONCE], np.float64),
+                               np.asarray(v2[start:start + ROWS_AT_ONCE], np.float64))
+              for start in range(0, len(v1), ROWS_AT_ONCE)]
+    values = v1.shape[0] * v1.shape[1]
+    return Distances(np.concatenate([block.cosine for block in blocks]),
+                     np.concatenate([block.mean_abs_diff for block in blocks]),
+                     np.concatenate([block.max_abs_diff for block in blocks]),
+                     {atol: sum(block.within[atol] for block in blocks) / values for atol in MATCH_TOLERANCES},
+                     float(sum(block.abs_diff_sum for block in blocks) / values))
 
 
-def distances_from(cosine: np.ndarray, difference: np.ndarray) -> Distances:
-    """Distances from the (n,) cosines and the (n, embed_dim) float64 |v1 − v2| already computed."""
-    return Distances(cosine, difference.mean(axis=1), difference.max(axis=1),
-                     {atol: float((difference <= atol).mean()) for atol in MATCH_TOLERANCES})
+@dataclass(frozen=True)
+class _BlockDistances:
+    cosine: np.ndarray
+    mean_abs_diff: np.ndarray
+    max_abs_diff: np.ndarray
+    within: dict[float, int]  # atol -> values within it
+    abs_diff_sum: float
+
+
+def _block_distances(v1: np.ndarray, v2: np.ndarray) -> _BlockDistances:
+    difference = np.abs(v1 - v2)
+    return _BlockDistances(cosine_similarity(v1, v2), difference.mean(axis=1), difference.max(axis=1),
+                           {atol: int(np.count_nonzero(difference <= atol)) for atol in MATCH_TOLERANCES},
+                           difference.sum())
 
 
 def head_labels(v1: np.ndarray, v2: np.ndarray, classifier: Classifier) -> Labels:

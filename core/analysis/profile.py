@@ -13,7 +13,7 @@ import torch
 from core.embed.batching import pack_tokens, padded_tokens
 from core.embed.run import EmbeddingRun
 from core.analysis.memo import Memo, compute_now, remembers
-from core.analysis.metrics import cosine_similarity, distances_from, max_abs_diff, mean_abs_diff
+from core.analysis.metrics import cosine_similarity, distances, max_abs_diff, mean_abs_diff
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.analysis.projection import proxy_labels
 from core.analysis.proxies import ProxyKind
@@ -79,28 +79,31 @@ def prewarm_profile(run: EmbeddingRun, seed: int, proxy: ProxyKind, memo: Memo, 
 def prewarm_workers(run: EmbeddingRun, memory_budget: int = PREWARM_MEMORY) -> int:
     """Threads for prewarm_profile: as many as torch may use (a torchrun rank's share of the host,
     core.threads), at most one per layer, and no more than ``memory_budget`` bytes of working arrays at
-    once (a layer needs about five float64 copies of one path's (n, d))."""
+    once (a layer needs about two float64 copies of one path's (n, d): its proxy head's; its distances are
+    measured in blocks)."""
     n, d = np.shape(run.v1.layers[run.layers[0]])
-    per_layer = 5 * 8 * n * d
+    per_layer = 2 * 8 * n * d
     return int(max(1, min(len(run.layers), torch.get_num_threads(), memory_budget // max(per_layer, 1))))
 
 
 def layer_distances(run: EmbeddingRun, layer: int, memo: Memo = compute_now) -> tuple[float, float, float, float]:
     """(min cosine, mean cosine, mean |v1 − v2|, max |v1 − v2|) at ``layer``: needs no head and no numerics
-    sample. What a remembering ``memo`` is offered on the way, from the same float64 copies: the per-sequence
-    distances (key ``("distances", layer)``, the analysis of that layer reads them there) and, when the run
-    has its reference sample, the sample errors (``("profile-errors", layer)``): a large run's layer is
-    measured once, when the run is opened."""
-    v1, v2 = run.v1.layers[layer].astype(np.float64), run.v2.layers[layer].astype(np.float64)
-    cosine = cosine_similarity(v1, v2)
-    abs_diff = np.abs(v1 - v2)
-    if remembers(memo):  # the CLI's one analysis would only throw them away
-        memo(("distances", layer), lambda: distances_from(cosine, abs_diff))
+    sample. What a remembering ``memo`` is offered on the way, from the same arrays (a stored run's compact
+    layer is expanded once): the per-sequence distances (key ``("distances", layer)``, the analysis of that
+    layer reads them there) and, when the run has its reference sample, the sample errors
+    (``("profile-errors", layer)``): a large run's layer is measured once, when the run is opened."""
+    v1, v2 = run.v1.layers[layer], run.v2.layers[layer]
+    measured = distances(v1, v2)
+    if remembers(memo):
+        memo(("distances", layer), lambda: measured)
         sample = run.reference_sample
         if sample is not None:
-            memo(("profile-errors", layer),
-                 lambda: errors_on_rows(v1[sample.indices], v2[sample.indices], sample.reference_rows(layer)))
-    return float(cosine.min()), float(cosine.mean()), float(abs_diff.mean()), float(abs_diff.max())
+            rows = sample.indices
+            memo(("profile-errors", layer), lambda: errors_on_rows(np.asarray(v1[rows], np.float64),
+                                                                   np.asarray(v2[rows], np.float64),
+                                                                   sample.reference_rows(layer)))
+    return (float(measured.cosine.min()), float(measured.cosine.mean()), measured.overall_mean_abs_diff,
+            float(measured.max_abs_diff.max()))
 
 
 def errors_on_rows(v1_rows: np.ndarray, v2_rows: np.ndarray, wide: np.ndarray) -> tuple[float, float]:
