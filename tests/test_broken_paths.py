@@ -97,6 +97,11 @@ def test_the_catalogue_names_its_bug_classes(judged):
     assert "wrong count" in judged("BOS and EOS in the mean's count")["numerics"]["likely_cause"]
     assert "which positions are pooled" in causes["EOS in the pool"]
     assert causes["tanh GELU"] is not None
+    assert "a causal mask" in judged("causal attention mask")["numerics"]["likely_cause"]
+    assert "a missing BOS or EOS" in judged("EOS dropped")["numerics"]["likely_cause"]
+    for rotary in ("rotary tables interleaved", "keys not rotated"):
+        assert "the rotary embedding (its table layout, or left off q or k)" in judged(rotary)["numerics"]["likely_cause"]
+    assert "precision difference" in judged("GELU in bf16")["numerics"]["likely_cause"]
 
 
 def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):

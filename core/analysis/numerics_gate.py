@@ -199,8 +199,9 @@ class NumericsGate:
         shows from the first attention layer; one that appears only later, after measured layers agreed, is
         in something only that layer has (at the model's last layer: the final layer norm)."""
         attention = ("attention masking or packing (sequences attending across boundaries or to padding, a causal "
-                     "mask, a missing BOS or EOS), position ids that do not restart per sequence, the attention scale (1/√head_dim "
-                     "missing or applied twice), or layers returned off by one")
+                     "mask, a missing BOS or EOS), position ids that do not restart per sequence, the rotary embedding (its "
+                     "table layout, or left off q or k), the attention scale (1/√head_dim missing or applied twice), or "
+                     "layers returned off by one")
         if layer == 1 or not self._agreed_before(layer):
             where = "the first attention" if layer == 1 else f"layer {layer}, the first attention layer measured"
             return f"large from {where}: {attention}"

@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_tables
+from esm.modules import gelu
+
+from core.numerics.esm2_packed import ESM2WithFlashAttention, apply_rotary, rotary_tables
 
 
 class Mutant(ESM2WithFlashAttention):
@@ -211,6 +213,81 @@ class LayersOffByOne(Mutant):
         return {**out, "representations": {layer: out["representations"][source] for layer, source in below.items()}}
 
 
+class CausalAttention(Mutant):
+    """A causal mask inside each sequence (``causal=True`` in a varlen kernel call, as a decoder's code
+    has it): each token attends only to itself and the tokens before it."""
+
+    bug = "causal attention mask"
+
+    @staticmethod
+    def _attend(q, k, v, cu_seqlens, max_seqlen, backend):
+        out = torch.empty_like(q)
+        bounds = cu_seqlens.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            q_s, k_s, v_s = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, L, D)
+            out[start:end] = torch.nn.functional.scaled_dot_product_attention(
+                q_s, k_s, v_s, is_causal=True, scale=1.0).transpose(0, 1)
+        return out
+
+
+class InterleavedRotaryTables(Mutant):
+    """cos/sin tables laid out pairwise (c0, c0, c1, c1, …: the interleaved, GPT-J layout) while the rotation
+    pairs the two halves of each head (the GPT-NeoX layout fair-esm uses): a rotary convention mix-up."""
+
+    bug = "rotary tables in the interleaved layout"
+
+    def _rotary(self, inv_freq, positions, max_seqlen):
+        cos, sin = super()._rotary(inv_freq, positions, max_seqlen)
+        half = cos.shape[-1] // 2
+        return cos[:, :half].repeat_interleave(2, dim=-1), sin[:, :half].repeat_interleave(2, dim=-1)
+
+
+class KeysNotRotated(Mutant):
+    """The rotary embedding applied to the queries only: keys enter the attention unrotated."""
+
+    bug = "rotary embedding missing on the keys"
+
+    def _packed_self_attention(self, attn, x, positions, cu_seqlens, max_seqlen, backend):
+        total_tokens = x.shape[0]
+        shape = (total_tokens, attn.num_heads, attn.head_dim)
+        cos, sin = self._rotary(attn.rot_emb.inv_freq, positions, max_seqlen)
+        q = apply_rotary((attn.q_proj(x) * attn.scaling).view(shape), cos, sin)
+        k, v = attn.k_proj(x).view(shape), attn.v_proj(x).view(shape)
+        out = self._attend(q, k, v, cu_seqlens, max_seqlen, backend)
+        return attn.out_proj(out.reshape(total_tokens, attn.embed_dim))
+
+
+class EosDropped(Mutant):
+    """The EOS token never reaches the model: each sequence runs as BOS + residues (its EOS row is put
+    back as zeros, which the tool does not pool)."""
+
+    bug = "EOS dropped"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
+        input_ids = input_ids.reshape(-1)
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+        keep[cu_seqlens[1:].long() - 1] = False
+        shorter = cu_seqlens - torch.arange(cu_seqlens.numel(), dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+        out = super().forward_packed(input_ids[keep], shorter, max_seqlen - 1, repr_layers, backend)
+        restored = {}
+        for layer, rep in out["representations"].items():
+            full = rep.new_zeros((input_ids.numel(), rep.shape[1]))
+            full[keep] = rep
+            restored[layer] = full
+        return {**out, "representations": restored}
+
+
+class Bf16Gelu(Mutant):
+    """fair-esm's exact GELU taken in bfloat16 (its input rounded to 8 significant bits, its output back in
+    the model's dtype): a GELU precision slip, as a mixed-precision kernel may make."""
+
+    bug = "GELU in bf16"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.activation = lambda x: gelu(x.to(torch.bfloat16)).to(x.dtype)
+
+
 class Plugin:
     """A mutant as a v2.0 plug-in (``name``, ``version``, ``forward_packed``)."""
 
@@ -240,6 +317,11 @@ make_global_positions = _factory(GlobalPositions)
 make_no_attention_scale = _factory(NoAttentionScale)
 make_no_final_layer_norm = _factory(NoFinalLayerNorm)
 make_layers_off_by_one = _factory(LayersOffByOne)
+make_causal_attention = _factory(CausalAttention)
+make_interleaved_rotary_tables = _factory(InterleavedRotaryTables)
+make_keys_not_rotated = _factory(KeysNotRotated)
+make_eos_dropped = _factory(EosDropped)
+make_bf16_gelu = _factory(Bf16Gelu)
 
 CATALOGUE: dict[str, str] = {
     "attention across sequences": "tests.plugins.broken_paths:make_cross_sequence_attention",
@@ -254,4 +336,9 @@ CATALOGUE: dict[str, str] = {
     "final layer norm missing": "tests.plugins.broken_paths:make_no_final_layer_norm",
     "layers off by one": "tests.plugins.broken_paths:make_layers_off_by_one",
     "BOS and EOS in the mean's count": "tests.plugins.broken_paths:make_mean_over_all_tokens",
+    "causal attention mask": "tests.plugins.broken_paths:make_causal_attention",
+    "rotary tables interleaved": "tests.plugins.broken_paths:make_interleaved_rotary_tables",
+    "keys not rotated": "tests.plugins.broken_paths:make_keys_not_rotated",
+    "EOS dropped": "tests.plugins.broken_paths:make_eos_dropped",
+    "GELU in bf16": "tests.plugins.broken_paths:make_bf16_gelu",
 }
