@@ -85,6 +85,18 @@ class GlobalPositions(Mutant):
         return cos[positions], sin[positions]
 
 
+def each_sequence(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], q: torch.Tensor,
+                  k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """An attention of the mutant's own, sequence by sequence: ``attend`` takes one sequence's q (already
+    scaled), k, v as (heads, L, head_dim) and returns its output the same shape; q, k, v and the result
+    are packed (total_tokens, heads, head_dim)."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        out[start:end] = attend(*(t[start:end].transpose(0, 1) for t in (q, k, v))).transpose(0, 1)
+    return out
+
+
 def fp16_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum over the last dimension as an FP16 kernel does it: a tree of pairwise FP16 additions, each
     partial sum rounded to FP16. (n, L) -> (n, 1)."""
@@ -104,15 +116,12 @@ class Fp16Softmax(Mutant):
 
     @staticmethod
     def _attend(q, k, v, cu_seqlens, max_seqlen, backend):
-        out = torch.empty_like(q)
-        bounds = cu_seqlens.tolist()
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            q_s, k_s, v_s = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, L, D)
+        def attend(q_s, k_s, v_s):
             scores = torch.bmm(q_s, k_s.transpose(1, 2)).to(torch.float16)
             weights = (scores - scores.amax(dim=-1, keepdim=True)).exp()
-            probs = (weights / fp16_sum(weights)).to(q.dtype)
-            out[start:end] = torch.bmm(probs, v_s).transpose(0, 1)
-        return out
+            return torch.bmm((weights / fp16_sum(weights)).to(q.dtype), v_s)
+
+        return each_sequence(attend, q, k, v, cu_seqlens)
 
 
 class EosInPool(Mutant):
@@ -221,13 +230,8 @@ class CausalAttention(Mutant):
 
     @staticmethod
     def _attend(q, k, v, cu_seqlens, max_seqlen, backend):
-        out = torch.empty_like(q)
-        bounds = cu_seqlens.tolist()
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            q_s, k_s, v_s = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (H, L, D)
-            out[start:end] = torch.nn.functional.scaled_dot_product_attention(
-                q_s, k_s, v_s, is_causal=True, scale=1.0).transpose(0, 1)
-        return out
+        return each_sequence(lambda q_s, k_s, v_s: torch.nn.functional.scaled_dot_product_attention(
+            q_s, k_s, v_s, is_causal=True, scale=1.0), q, k, v, cu_seqlens)
 
 
 class InterleavedRotaryTables(Mutant):
