@@ -3,7 +3,7 @@
 ``CATALOGUE`` maps a short name to its factory (``tests.plugins.broken_paths:<factory>`` as a
 ``--v2`` plug-in). Each mutant is this project's packed forward over the *same* fair-esm module with
 exactly one step replaced, so any departure is that bug's alone; on a GPU it keeps the FlashAttention
-backend (except the FP16 softmax, which needs its own attention loop).
+backend (except the FP16 softmax and the causal mask, which run their own attention loop).
 
 The verdict must never be ACCEPT for any of them with default settings (tests/test_broken_paths.py on
 the CPU, tests/integration/test_broken_paths_gpu.py and scripts/broken_paths.py on the device).
