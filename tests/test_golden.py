@@ -4,7 +4,7 @@
 The recorded files were written by
 ``OMP_NUM_THREADS=1 python3 -m core compare --example <set> --out tests/golden/<set>`` (demo-8M fp32 on
 the CPU, every default). CPU matrix products round differently from one CPU to another (MKL takes other
-kernels on AMD than on Intel, and other blockings for other batch shapes), so the files are compared
+kernels on different CPUs, and other blockings for other batch shapes), so the files are compared
 to float32 rounding, not byte for byte: every decision, label, count of sequences and word exactly;
 every number to 1e-6 (float32's unit rounding at the embeddings' scale is 6e-8); and the statistics
 *of* rounding noise (which path is closer to float64, their error ratio, the sign test's p, flips within
