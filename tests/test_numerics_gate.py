@@ -184,6 +184,37 @@ def test_padded_paths_get_no_deep_pack(demo_fp32):
     assert run.yardstick.deep is None
 
 
+def test_a_path_already_far_off_in_its_own_batches_gets_no_deep_pack(demo_fp32, monkeypatch):
+    """Attention across the whole pack would need tokens² scores per head deep in a 16,384-token pack (72 GB
+    for demo-8M on a 128 GB CPU host, where the allocation does not fail): not built once v2.0 is already
+    DEEP_PACK_NEEDLESS_RATIO× v1.0's error at that layer, which departs whatever the pack shows. The
+    skipped pack still counts among the gate's tests, and the report says why it is missing."""
+    import core.embed.yardstick as yardstick
+    from core.analysis.numerics_gate import numerics_gate
+    from core.embed.plugins import make_plugin_path
+    from tests.plugins.broken_paths import CATALOGUE
+
+    model, alphabet = demo_fp32
+    records = example_sequences("real")[:4]
+    built = []
+    monkeypatch.setattr(yardstick, "deep_pack_embeddings", lambda *args: built.append(args) or None)
+    plan = YardstickPlan("reference", "fp64", None)
+    ids, sequences = [r.id for r in records], [r.sequence for r in records]
+    broken = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 6], yardstick=plan,
+                            v2_path=make_plugin_path(CATALOGUE["attention across sequences"], model))
+    assert broken.yardstick.deep is None and built == []
+    assert broken.yardstick.deep_needless > yardstick.DEEP_PACK_NEEDLESS_RATIO
+    gate = numerics_gate(broken)
+    assert not gate.passed and gate.first_departure.layer == 1
+    assert gate.layers[0].alpha == pytest.approx(gate.alpha / 4)  # 3 layers + the pack it did not need
+    assert "no deep pack: v2.0 already" in gate.line() and gate.to_json()["deep_pack_needless_ratio"] > 100
+
+    faithful = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 6], yardstick=plan)
+    assert len(built) == 1 and built[0][3] == 1  # the pack is built, at the first attention layer
+    assert faithful.yardstick.deep_needless is None
+    assert yardstick.error_ratio_at(faithful.yardstick, 1) < 2
+
+
 def test_a_cpu_reference_alone_per_sequence_equals_the_batched_one(demo_fp32):
     """On the CPU the float64 reference runs each sequence alone (cheaper than fair-esm's padded batches);
     its values are the batched ones to float64 rounding, so the choice decides no result."""

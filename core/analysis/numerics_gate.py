@@ -132,6 +132,7 @@ class NumericsGate:
     alpha: float  # family-wise level of the sign tests
     layers: tuple[LayerNumerics, ...]
     deep_pack: LayerNumerics | None = None  # the first attention layer again, v2.0 deep in one pack
+    deep_pack_needless: float | None = None  # v2.0's error ratio there in its own batches, when that made the pack needless
 
     @property
     def tests(self) -> tuple[LayerNumerics, ...]:
@@ -218,6 +219,8 @@ class NumericsGate:
         where = f"{self.dtype} reference" if self.kind == "reference" else "rounding floor (v1.0 re-batched)"
         probes = f" ({self.n_probes} of them probes)" if self.n_probes else ""
         deep = " + a deep pack" if self.deep_pack is not None else ""
+        if self.deep_pack_needless is not None:
+            deep = f"; no deep pack: v2.0 already {self.deep_pack_needless:.3g}× v1.0's error in its own batches"
         sample = f"{self.n_sample} sequences{probes}, {len(self.layers)} layer{'s' * (len(self.layers) != 1)}{deep}"
         unit = "× v1.0's error" if self.kind == "reference" else " rounding floors"
         if self.passed:
@@ -254,6 +257,7 @@ class NumericsGate:
             "line": self.line(),
             "layers": [layer.to_json() for layer in self.layers],
             "deep_pack": self.deep_pack.to_json() if self.deep_pack is not None else None,
+            "deep_pack_needless_ratio": self.deep_pack_needless,
         }
 
 
@@ -273,7 +277,7 @@ def numerics_gate(run: EmbeddingRun, k: float = DEFAULT_K, alpha: float = ALPHA,
     yardstick = run.yardstick
     if yardstick is None:
         return None
-    per_test_alpha = alpha / (len(run.layers) + (yardstick.deep is not None))
+    per_test_alpha = alpha / (len(run.layers) + yardstick.deep_tested)
 
     def test(candidate, layer: int) -> LayerNumerics:
         return measure_layer(yardstick.baseline.layers[layer], candidate.layers[layer],
@@ -282,4 +286,5 @@ def numerics_gate(run: EmbeddingRun, k: float = DEFAULT_K, alpha: float = ALPHA,
 
     layers = tuple(test(yardstick.candidate, layer) for layer in run.layers)
     deep = None if yardstick.deep is None else test(yardstick.deep, next(iter(yardstick.deep.layers)))
-    return NumericsGate(yardstick.kind, yardstick.dtype, yardstick.size, len(yardstick.probes), alpha, layers, deep)
+    return NumericsGate(yardstick.kind, yardstick.dtype, yardstick.size, len(yardstick.probes), alpha, layers, deep,
+                        yardstick.deep_needless)

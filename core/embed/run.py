@@ -11,8 +11,7 @@ import numpy as np
 
 from core.embed.passes import PathEmbeddings, Progress, embed_v1, embed_v2
 from core.embed.paths import ForwardPath, packed_path, standard_path
-from core.embed.yardstick import (Yardstick, YardstickPlan, deep_pack_embeddings, first_attention_layer,
-                                  measure_yardstick, sample_rows)
+from core.embed.yardstick import Yardstick, YardstickPlan, measure_yardstick, sample_rows, with_deep_pack
 from core.numerics.environment import device_description
 from core.numerics.esm2_packed import ESM2WithFlashAttention
 from core.numerics.loading import layer_indices
@@ -110,8 +109,7 @@ def with_v2(run: EmbeddingRun, model: ESM2WithFlashAttention, alphabet: esm.data
     broken-path catalogue and the peer table judge many v2.0s against one v1.0)."""
     sample = run.yardstick
     chosen = [*(sequences[i] for i in sample.indices), *sample.probes]
-    deep_layer = first_attention_layer(run.layers)
-    deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, path)
     v2 = embed_v2(model, alphabet, sequences, run.layers, max_tokens=max_tokens, path=path)
     candidate = sample_rows(v2, sample.indices, sample.probes, model, alphabet, run.layers, path, max_tokens)
-    return dataclasses.replace(run, v2=v2, yardstick=dataclasses.replace(sample, candidate=candidate, deep=deep))
+    sample = with_deep_pack(dataclasses.replace(sample, candidate=candidate), model, alphabet, chosen, run.layers, path)
+    return dataclasses.replace(run, v2=v2, yardstick=sample)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
@@ -24,6 +25,10 @@ from core.numerics.precision import accumulation_dtype, dtype_name, parse_dtype
 DEFAULT_REFERENCE_SAMPLE = 64
 MIN_NUMERICS_SAMPLE = 32  # smaller sets are topped up with probe proteins
 DEEP_PACK_OFFSET = DEFAULT_MAX_TOKENS  # on the numerics sample, a packed v2.0 sees each sequence this deep in its pack
+# v2.0 this many times farther than v1.0 from the yardstick at the deep pack's layer, in its own batches,
+# departs there whatever the pack shows (the gate's bound is 2), so the pack is not built: a path that
+# attends across the whole pack would need tokens² scores per head (72 GB for demo-8M on a 128 GB CPU host).
+DEEP_PACK_NEEDLESS_RATIO = 100.0
 
 
 YardstickKind = Literal["reference", "floor"]
@@ -43,7 +48,10 @@ class Yardstick:
     'floor', the standard path again in the model's dtype, each sequence alone (another batch
     composition), so v1.0's distance from it is the rounding floor;
     deep: v2.0 at the first attention layer only (``deep.layers`` has one key) with every sequence deep in
-    one pack (see deep_pack_embeddings); None for a padded path, or when no pooled layer follows an attention.
+    one pack (see deep_pack_embeddings); None for a padded path, when no pooled layer follows an attention,
+    or when ``deep_needless`` says why the pack was not built.
+    deep_needless: v2.0's error over v1.0's at that layer in the sample, when it was already above
+    DEEP_PACK_NEEDLESS_RATIO; otherwise None.
     """
 
     kind: YardstickKind
@@ -54,6 +62,12 @@ class Yardstick:
     candidate: PathEmbeddings
     reference: PathEmbeddings
     deep: PathEmbeddings | None = None
+    deep_needless: float | None = None
+
+    @property
+    def deep_tested(self) -> bool:
+        """Whether the deep pack counts as one of the gate's tests: run, or skipped because v2.0 already departs."""
+        return self.deep is not None or self.deep_needless is not None
 
     @property
     def size(self) -> int:
@@ -214,8 +228,6 @@ def measure_yardstick(
         progress("reference", 0, len(chosen))
     baseline = sample_rows(v1_whole, indices, probes, model, alphabet, layers, standard_path(model), max_tokens)
     candidate = sample_rows(v2_whole, indices, probes, model, alphabet, layers, v2_path, max_tokens)
-    deep_layer = first_attention_layer(layers)
-    deep = None if deep_layer is None else deep_pack_embeddings(model, alphabet, chosen, deep_layer, v2_path)
     if plan.kind == "floor":
         # A budget of one token gives every sequence a batch of its own: no padding, no batch-mates.
         reference = embed_path(model, alphabet, chosen, layers, standard_path(model), 1, progress, "reference")
@@ -227,4 +239,32 @@ def measure_yardstick(
         del wide
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
-    return Yardstick(plan.kind, plan.dtype, indices, probes, baseline, candidate, reference, deep)
+    sample = Yardstick(plan.kind, plan.dtype, indices, probes, baseline, candidate, reference)
+    return with_deep_pack(sample, model, alphabet, chosen, layers, v2_path)
+
+
+def error_ratio_at(sample: Yardstick, layer: int) -> float:
+    """v2.0's largest distance from the yardstick over v1.0's at ``layer`` on the sample (inf when v1.0's is 0):
+    against the reference, |v2 − ref| over |v1 − ref|; against the floor, |v2 − v1| over |v1 alone − v1|."""
+    v1, v2, other = (np.asarray(part.layers[layer], np.float64)
+                     for part in (sample.baseline, sample.candidate, sample.reference))
+    if sample.kind == "floor":
+        candidate, baseline = np.abs(v2 - v1).max(), np.abs(other - v1).max()
+    else:
+        candidate, baseline = np.abs(v2 - other).max(), np.abs(v1 - other).max()
+    if not np.isfinite(candidate):
+        return math.inf
+    return float(candidate / baseline) if baseline > 0 else (math.inf if candidate > 0 else 1.0)
+
+
+def with_deep_pack(sample: Yardstick, model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet,
+                   chosen: Sequence[str], layers: Sequence[int], path: ForwardPath) -> Yardstick:
+    """``sample`` with its deep pack (see deep_pack_embeddings) on ``path`` over ``chosen`` — unless v2.0
+    already departs at that layer by DEEP_PACK_NEEDLESS_RATIO, when the pack could not change the gate."""
+    layer = first_attention_layer(layers)
+    if layer is None:
+        return dataclasses.replace(sample, deep=None, deep_needless=None)
+    ratio = error_ratio_at(sample, layer)
+    if ratio > DEEP_PACK_NEEDLESS_RATIO:
+        return dataclasses.replace(sample, deep=None, deep_needless=ratio)
+    return dataclasses.replace(sample, deep=deep_pack_embeddings(model, alphabet, chosen, layer, path), deep_needless=None)
