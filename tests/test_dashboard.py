@@ -196,7 +196,7 @@ def test_numerics_reference_layers_heads_residues_and_checks_views(run_counter):
     assert any("FlashAttention's rule" in s.value and "fp64 reference" in s.value for s in app.success)
     reference = table_with(app, "path")
     assert list(reference["path"]) == ["v1.0", "v2.0"]
-    assert (reference["cosine_min"] > 0.9999).all()
+    assert (1 - reference["cosine_min"] < 1e-10).all()  # each path against float64: rounding only
     layers = table_with(app, "v2_mean_abs_error")
     assert list(layers["layer"]) == list(range(7)) and "v2_mean_abs_error" in layers.columns
     assert any("100 balanced heads: agreement judged on the lower 2.5%" in m.value for m in app.markdown)

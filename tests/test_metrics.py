@@ -119,8 +119,8 @@ def test_identical_embeddings_accept():
     v1 = embeddings(20)
     result = compare_embeddings(v1, v1.copy(), seed=3)
     assert result.agreement == 1.0 and result.verdict == "ACCEPT"
-    assert result.cosine.min() == pytest.approx(1.0)
-    assert result.pearson == pytest.approx(1.0)
+    assert result.cosine.min() == pytest.approx(1.0, rel=0, abs=1e-12)
+    assert result.pearson == pytest.approx(1.0, rel=0, abs=1e-12)
     assert result.max_confidence_diff == 0.0
     assert result.match == {1e-3: 1.0, 1e-2: 1.0}
     assert result.checks == {"cosine_all_above_threshold": True, "agreement_at_least_threshold": True}
