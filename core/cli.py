@@ -1,4 +1,4 @@
-"""Command line: ``python -m core compare INPUT ...`` and ``python -m core models``.
+"""Command line: ``python -m core compare INPUT ...``, ``python -m core check INPUT`` and ``python -m core models``.
 
 It parses (core.cli_args), calls the one pipeline (core.pipeline.run_comparison; under torchrun with
 the torchrun executor), analyses and prints. Exit codes (core.cli_args.EXIT_CODES_EPILOG): 0 done;
@@ -212,9 +212,26 @@ def models_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_command(args: argparse.Namespace) -> int:
+    """``check INPUT``: compare's input stage alone — every problem named as compare names it, then what
+    compare would embed; exit 0, or EXIT_INPUT for refused records or nothing to compare."""
+    parsed = _read_checked(args)
+    if isinstance(parsed, int):
+        return parsed
+    lengths = [len(record.sequence) for record in parsed.records]
+    each = f"{min(lengths)}" if min(lengths) == max(lengths) else f"{min(lengths)} to {max(lengths)}"
+    print(f"{len(lengths)} sequence(s) to compare: {sum(lengths):,} residues, {each} each")
+    if parsed.errors:
+        print(f"error: {len(parsed.errors)} record(s) refused (listed above); compare would compare the rest",
+              file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
 def _dispatch(argv: Sequence[str] | None) -> int:
     args = parse_arguments(build_parser(), None if argv is None else list(argv))
-    return compare_command(args) if args.command == "compare" else models_command(args)
+    commands = {"compare": compare_command, "check": check_command, "models": models_command}
+    return commands[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

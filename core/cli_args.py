@@ -174,7 +174,7 @@ def _add_verdict_arguments(compare: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> CliParser:
-    """``python -m core {compare,models}``; every parser and subparser is a CliParser."""
+    """``python -m core {compare,check,models}``; every parser and subparser is a CliParser."""
     parser = CliParser(prog=PROG, description="ESM-2 attention divergence: v1.0 (padded) vs v2.0 (packed).",
                        epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CliParser)
@@ -183,6 +183,11 @@ def build_parser() -> CliParser:
     _add_run_arguments(compare)
     _add_verdict_arguments(compare)
     compare.set_defaults(command_parser=compare)  # so rules across options name compare's --help
+    check = commands.add_parser("check", help="read INPUT as compare would and list every problem, without a model "
+                                              "(exit 0 all fine, 2 refused records or nothing to compare)")
+    check.add_argument("input", type=non_empty, help="as for compare: a file (gzip ok), a pipe or FIFO, or - for stdin")
+    check.add_argument("--too-long", choices=["truncate", "reject"], default="truncate", help="records over 1022 residues")
+    check.set_defaults(example=None)
     commands.add_parser("models", help="list models, whether their weights are here, and attention backends")
     return parser
 

@@ -8,10 +8,12 @@ file) and states exactly what must happen:
 * ``refused``: (record id, substring of the message), in order, for refused records or for the
   whole input (record id ``"input"``); a record's message always starts with its name.
 
-Every case is checked against ``core.sequences.read_sequences``. Cases marked with a
-``surface`` (at least 8) are also run end to end through the CLI (exit code and
-sequences.csv) and through the Streamlit dashboard (problems table and per-sequence
-table), which must agree with the table; the CLI and dashboard use demo-8M on the CPU.
+Every case is checked against ``core.input.fasta.read_sequences``, and through both surfaces'
+input stage: ``python -m core check`` (exit code and the problems on stderr) and the page given the
+same bytes as an upload (valid count, problems table, Run enabled). Cases marked with a ``surface``
+(at least 8) are also run end to end through a comparison in the CLI (exit code and sequences.csv)
+and in the Streamlit dashboard (problems table and per-sequence table), which must agree with the
+table; the CLI and dashboard use demo-8M on the CPU.
 """
 
 from __future__ import annotations
@@ -479,17 +481,11 @@ def _assert_no_user_markup(app: AppTest, case: Case) -> None:
             assert seq_id not in text
 
 
-@by_name(SURFACE_CASES)
-def test_dashboard_outcome(case: Case):
-    st.cache_data.clear()
-    data = case.bytes()
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    if case.surface == "upload":
-        app.file_uploader(key="upload").upload(f"{case.name}.fasta", data).run()
-    else:
-        app.text_area(key="sequences_text").input(data.decode("utf-8")).run()
-    assert not app.exception
-
+def _assert_page_problems(app: AppTest, case: Case) -> None:
+    """The page's input banner counts the processed records, and its problems table lists the case's
+    warnings and refusals (record and message)."""
+    banners = [element.value for element in (*app.error, *app.warning, *app.success)]
+    assert any(line.startswith(f"{len(case.processed)} valid sequence(s) from the ") for line in banners), banners
     problems = _table_with(app, "record")
     expected = sorted([("warning", i) for i, _ in case.warned] + [("refused", i) for i, _ in case.refused])
     if not expected:
@@ -504,6 +500,19 @@ def test_dashboard_outcome(case: Case):
     if case.refused:
         assert any("record(s) refused" in e.value for e in app.error)
     _assert_no_user_markup(app, case)
+
+
+@by_name(SURFACE_CASES)
+def test_dashboard_outcome(case: Case):
+    st.cache_data.clear()
+    data = case.bytes()
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    if case.surface == "upload":
+        app.file_uploader(key="upload").upload(f"{case.name}.fasta", data).run()
+    else:
+        app.text_area(key="sequences_text").input(data.decode("utf-8")).run()
+    assert not app.exception
+    _assert_page_problems(app, case)
     if not case.processed:  # nothing to compare: Run cannot be pressed and no results appear
         assert app.button(key="run").disabled
         assert _table_with(app, "label_flip") is None
@@ -516,3 +525,40 @@ def test_dashboard_outcome(case: Case):
     for seq_id, sequence in case.sequences.items():
         assert int(sequences.loc[sequences["id"] == seq_id, "length"].iloc[0]) == len(sequence)
     _assert_no_user_markup(app, case)
+
+
+# ---------------------------------------------------------------- every case: the input stage on both surfaces
+
+
+@pytest.fixture(scope="module")
+def page() -> AppTest:
+    """One page for the module's input-stage checks: each upload replaces the last (nothing is run)."""
+    return AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+
+
+@by_name(CATALOGUE)
+def test_every_case_reads_the_same_in_the_cli_and_on_the_page(case: Case, tmp_path, capsys, page: AppTest):
+    """compare's input stage, with no model: ``python -m core check FILE`` names every problem as compare
+    does and exits 0 or 2; the page, given the same bytes as an upload, counts the same valid records,
+    lists the same problems and enables Run only when something can be compared. (The page truncates
+    records over 1022 residues; rejecting them is the CLI's --too-long reject.)"""
+    data = case.bytes()
+    path = tmp_path / f"{case.name}.fasta"
+    path.write_bytes(data)
+    capsys.readouterr()
+    code = cli_main(["check", str(path), "--too-long", case.on_too_long])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert code == (0 if case.processed and not case.refused else 2), err
+    messages = [line.split(": ", 1)[1] for line in err.splitlines() if line.startswith(("warning: ", "error: "))]
+    for seq_id, text in [*case.warned, *case.refused]:  # each problem on its own line, naming its record first
+        assert any(text in message and (seq_id == "input" or message.startswith(seq_id)) for message in messages), \
+            (seq_id, text, messages)
+    if case.processed:
+        assert out.startswith(f"{len(case.processed)} sequence(s) to compare: ")
+    if case.on_too_long == "reject":
+        return
+    page.file_uploader(key="upload").upload(f"{case.name}.fasta", data).run()
+    assert not page.exception
+    _assert_page_problems(page, case)
+    assert page.button(key="run").disabled == (not case.processed)
