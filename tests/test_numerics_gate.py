@@ -163,6 +163,20 @@ def test_floor_yardstick_runs_each_sequence_alone(demo_fp32):
     assert sample.kind == "floor" and sample.indices.size == 4 and sample.size == MIN_NUMERICS_SAMPLE
     assert sample.reference.layers[6].dtype == np.float32
     np.testing.assert_allclose(sample.reference.layers[6], sample.baseline.layers[6], atol=1e-5)
+    assert sample.deep is not None and sample.deep_needless is None  # a faithful path keeps its deep pack
+
+
+def test_the_floor_is_at_least_one_float32_rounding():
+    """Identical re-batching gives v1.0 a floor of 0; one float32 rounding of v1.0 stands in, so a faithful
+    v2.0 a rounding away is 1 floor away (not infinitely many: no departure, and its deep pack is built)."""
+    from core.embed.yardstick import largest_errors
+
+    v1 = np.array([[1.0, -2.0, 0.5]])
+    v2 = v1 * (1 + np.finfo(np.float32).eps)
+    floor, candidate = largest_errors(v1, v2, v1.copy(), "floor")
+    assert floor == pytest.approx(2 * np.finfo(np.float32).eps) and candidate == pytest.approx(floor)
+    reference = v1 + 1e-9
+    assert largest_errors(v1, v2, reference, "reference") == (pytest.approx(1e-9), pytest.approx(np.abs(v2 - reference).max()))
 
 
 def test_default_path_of_the_sample_is_the_built_in_packed_path(demo_fp32):

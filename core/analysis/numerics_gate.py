@@ -29,7 +29,7 @@ import numpy as np
 
 from core.analysis.attribution import DEFAULT_K
 from core.embed.run import EmbeddingRun
-from core.embed.yardstick import YardstickKind
+from core.embed.yardstick import YardstickKind, largest_errors
 from core.analysis.metrics import cosine_similarity, nan_as_inf
 
 ALPHA = 1e-3  # family-wise level of the per-layer sign tests
@@ -107,16 +107,15 @@ def measure_layer(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: Y
     """The test at one layer; v1, v2, yardstick: (m, embed_dim) rows of the sample."""
     v1, v2, yardstick = (np.asarray(a, np.float64) for a in (v1, v2, yardstick))
     min_cosine = float(cosine_similarity(v1, v2).min())
+    baseline_error, candidate_error = largest_errors(v1, v2, yardstick, kind)
     if kind == "floor":
-        floor = np.abs(yardstick - v1).max()
-        least = np.finfo(np.float32).eps * np.abs(v1).max()  # identical re-batching: one float32 rounding
-        return LayerNumerics(layer, float(max(floor, least)), float(np.abs(v2 - v1).max()), floor_multiple,
-                             None, None, None, None, alpha, min_cosine)
+        return LayerNumerics(layer, baseline_error, candidate_error, floor_multiple, None, None, None, None, alpha,
+                             min_cosine)
     error_v1, error_v2 = np.abs(v1 - yardstick), np.abs(v2 - yardstick)
     mean_v1, mean_v2 = nan_as_inf(error_v1.mean(axis=1)), nan_as_inf(error_v2.mean(axis=1))
     closer_v1, closer_v2 = int((mean_v1 < mean_v2).sum()), int((mean_v2 < mean_v1).sum())
     return LayerNumerics(
-        layer, float(error_v1.max()), float(error_v2.max()), k, closer_v1, closer_v2,
+        layer, baseline_error, candidate_error, k, closer_v1, closer_v2,
         int(mean_v1.size - closer_v1 - closer_v2), sign_test(closer_v1, closer_v2), alpha, min_cosine,
     )
 

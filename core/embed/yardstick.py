@@ -243,18 +243,24 @@ def measure_yardstick(
     return with_deep_pack(sample, model, alphabet, chosen, layers, v2_path)
 
 
+def largest_errors(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: YardstickKind) -> tuple[float, float]:
+    """(v1.0's, v2.0's) largest distance from the yardstick over (m, embed_dim) float64 rows: against the
+    reference, |v1 − ref| and |v2 − ref|; against the floor, v1.0's rounding floor — |v1 alone − v1|, at
+    least one float32 rounding of v1 (identical re-batching gives 0) — and |v2 − v1|."""
+    if kind == "floor":
+        least = np.finfo(np.float32).eps * np.abs(v1).max()
+        return float(max(np.abs(yardstick - v1).max(), least)), float(np.abs(v2 - v1).max())
+    return float(np.abs(v1 - yardstick).max()), float(np.abs(v2 - yardstick).max())
+
+
 def error_ratio_at(sample: Yardstick, layer: int) -> float:
-    """v2.0's largest distance from the yardstick over v1.0's at ``layer`` on the sample (inf when v1.0's is 0):
-    against the reference, |v2 − ref| over |v1 − ref|; against the floor, |v2 − v1| over |v1 alone − v1|."""
-    v1, v2, other = (np.asarray(part.layers[layer], np.float64)
-                     for part in (sample.baseline, sample.candidate, sample.reference))
-    if sample.kind == "floor":
-        candidate, baseline = np.abs(v2 - v1).max(), np.abs(other - v1).max()
-    else:
-        candidate, baseline = np.abs(v2 - other).max(), np.abs(v1 - other).max()
-    if not np.isfinite(candidate):
+    """v2.0's largest error over v1.0's at ``layer`` on the sample (see largest_errors); inf when v2.0's is
+    not finite, or positive over a v1.0 error of 0."""
+    rows = (np.asarray(part.layers[layer], np.float64) for part in (sample.baseline, sample.candidate, sample.reference))
+    baseline, candidate = largest_errors(*rows, sample.kind)
+    if not math.isfinite(candidate):
         return math.inf
-    return float(candidate / baseline) if baseline > 0 else (math.inf if candidate > 0 else 1.0)
+    return candidate / baseline if baseline > 0 else (math.inf if candidate > 0 else 1.0)
 
 
 def with_deep_pack(sample: Yardstick, model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet,
