@@ -163,7 +163,7 @@ def test_floor_yardstick_runs_each_sequence_alone(demo_fp32):
     assert sample.kind == "floor" and sample.indices.size == 4 and sample.size == MIN_NUMERICS_SAMPLE
     assert sample.reference.layers[6].dtype == np.float32
     np.testing.assert_allclose(sample.reference.layers[6], sample.baseline.layers[6], atol=1e-5)
-    assert sample.deep is not None and sample.deep_needless is None  # a faithful path keeps its deep pack
+    assert sample.deep is not None and sample.deep_skipped is None  # a faithful path keeps its deep pack
 
 
 def test_the_floor_is_at_least_one_float32_rounding():
@@ -211,22 +211,40 @@ def test_a_path_already_far_off_in_its_own_batches_gets_no_deep_pack(demo_fp32, 
     model, alphabet = demo_fp32
     records = example_sequences("real")[:4]
     built = []
-    monkeypatch.setattr(yardstick, "deep_pack_embeddings", lambda *args: built.append(args) or None)
+    monkeypatch.setattr(yardstick, "deep_pack_embeddings", lambda *args: built.append(args) or "a deep pack")
     plan = YardstickPlan("reference", "fp64", None)
     ids, sequences = [r.id for r in records], [r.sequence for r in records]
     broken = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 6], yardstick=plan,
                             v2_path=make_plugin_path(CATALOGUE["attention across sequences"], model))
     assert broken.yardstick.deep is None and built == []
-    assert broken.yardstick.deep_needless > yardstick.DEEP_PACK_NEEDLESS_RATIO
+    assert broken.yardstick.deep_skipped.reason == "needless"
+    assert broken.yardstick.deep_skipped.ratio > yardstick.DEEP_PACK_NEEDLESS_RATIO
     gate = numerics_gate(broken)
     assert not gate.passed and gate.first_departure.layer == 1
     assert gate.layers[0].alpha == pytest.approx(gate.alpha / 4)  # 3 layers + the pack it did not need
-    assert "no deep pack: v2.0 already" in gate.line() and gate.to_json()["deep_pack_needless_ratio"] > 100
+    assert "no deep pack: v2.0 already" in gate.line() and gate.to_json()["deep_pack_skipped"]["ratio"] > 100
 
     faithful = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 6], yardstick=plan)
     assert len(built) == 1 and built[0][3] == 1  # the pack is built, at the first attention layer
-    assert faithful.yardstick.deep_needless is None
+    assert faithful.yardstick.deep == "a deep pack" and faithful.yardstick.deep_skipped is None
     assert yardstick.error_ratio_at(faithful.yardstick, 1) < 2
+
+
+def test_a_deep_pack_that_does_not_fit_is_named_and_not_counted(demo_fp32, monkeypatch):
+    """Out of memory for the deep pack: the gate says the depth went untested, and does not count it."""
+    import core.embed.yardstick as yardstick
+    from core.analysis.numerics_gate import numerics_gate
+
+    model, alphabet = demo_fp32
+    records = example_sequences("real")[:4]
+    monkeypatch.setattr(yardstick, "deep_pack_embeddings", lambda *args: None)  # what running out of memory returns
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 1, 6],
+                         yardstick=YardstickPlan("reference", "fp64", None))
+    assert run.yardstick.deep is None and run.yardstick.deep_skipped == yardstick.DeepPackSkipped("out of memory")
+    gate = numerics_gate(run)
+    assert gate.passed and gate.layers[0].alpha == pytest.approx(gate.alpha / 3)
+    assert "no deep pack: it did not fit in memory" in gate.line()
+    assert gate.to_json()["deep_pack_skipped"] == {"reason": "out of memory", "ratio": None}
 
 
 def test_a_cpu_reference_alone_per_sequence_equals_the_batched_one(demo_fp32):

@@ -29,7 +29,7 @@ import numpy as np
 
 from core.analysis.attribution import DEFAULT_K
 from core.embed.run import EmbeddingRun
-from core.embed.yardstick import YardstickKind, largest_errors
+from core.embed.yardstick import DeepPackSkipped, YardstickKind, largest_errors
 from core.analysis.metrics import cosine_similarity, nan_as_inf
 
 ALPHA = 1e-3  # family-wise level of the per-layer sign tests
@@ -131,7 +131,7 @@ class NumericsGate:
     alpha: float  # family-wise level of the sign tests
     layers: tuple[LayerNumerics, ...]
     deep_pack: LayerNumerics | None = None  # the first attention layer again, v2.0 deep in one pack
-    deep_pack_needless: float | None = None  # v2.0's error ratio there in its own batches, when that made the pack needless
+    deep_pack_skipped: DeepPackSkipped | None = None  # why a packed v2.0 has no deep pack
 
     @property
     def tests(self) -> tuple[LayerNumerics, ...]:
@@ -218,8 +218,11 @@ class NumericsGate:
         where = f"{self.dtype} reference" if self.kind == "reference" else "rounding floor (v1.0 re-batched)"
         probes = f" ({self.n_probes} of them probes)" if self.n_probes else ""
         deep = " + a deep pack" if self.deep_pack is not None else ""
-        if self.deep_pack_needless is not None:
-            deep = f"; no deep pack: v2.0 already {self.deep_pack_needless:.3g}× v1.0's error in its own batches"
+        skipped = self.deep_pack_skipped
+        if skipped is not None and skipped.reason == "needless":
+            deep = f"; no deep pack: v2.0 already {skipped.ratio:.3g}× v1.0's error in its own batches"
+        elif skipped is not None:
+            deep = "; no deep pack: it did not fit in memory, so position bugs deep in a pack went untested"
         sample = f"{self.n_sample} sequences{probes}, {len(self.layers)} layer{'s' * (len(self.layers) != 1)}{deep}"
         unit = "× v1.0's error" if self.kind == "reference" else " rounding floors"
         if self.passed:
@@ -256,7 +259,7 @@ class NumericsGate:
             "line": self.line(),
             "layers": [layer.to_json() for layer in self.layers],
             "deep_pack": self.deep_pack.to_json() if self.deep_pack is not None else None,
-            "deep_pack_needless_ratio": self.deep_pack_needless,
+            "deep_pack_skipped": asdict(self.deep_pack_skipped) if self.deep_pack_skipped is not None else None,
         }
 
 
@@ -286,4 +289,4 @@ def numerics_gate(run: EmbeddingRun, k: float = DEFAULT_K, alpha: float = ALPHA,
     layers = tuple(test(yardstick.candidate, layer) for layer in run.layers)
     deep = None if yardstick.deep is None else test(yardstick.deep, next(iter(yardstick.deep.layers)))
     return NumericsGate(yardstick.kind, yardstick.dtype, yardstick.size, len(yardstick.probes), alpha, layers, deep,
-                        yardstick.deep_needless)
+                        yardstick.deep_skipped)

@@ -34,6 +34,15 @@ DEEP_PACK_NEEDLESS_RATIO = 100.0
 YardstickKind = Literal["reference", "floor"]
 
 
+@dataclass(frozen=True)
+class DeepPackSkipped:
+    """Why a packed v2.0 has no deep pack: 'needless' — v2.0 was already ``ratio`` times v1.0's error at
+    that layer in its own batches (above DEEP_PACK_NEEDLESS_RATIO) — or 'out of memory'."""
+
+    reason: Literal["needless", "out of memory"]
+    ratio: float | None = None
+
+
 @dataclass
 class Yardstick:
     """The numerics sample: what v2.0's departure from v1.0 is measured on, and against.
@@ -49,9 +58,7 @@ class Yardstick:
     composition), so v1.0's distance from it is the rounding floor;
     deep: v2.0 at the first attention layer only (``deep.layers`` has one key) with every sequence deep in
     one pack (see deep_pack_embeddings); None for a padded path, when no pooled layer follows an attention,
-    or when ``deep_needless`` says why the pack was not built.
-    deep_needless: v2.0's error over v1.0's at that layer in the sample, when it was already above
-    DEEP_PACK_NEEDLESS_RATIO; otherwise None.
+    or when ``deep_skipped`` says why a packed path has none.
     """
 
     kind: YardstickKind
@@ -62,12 +69,12 @@ class Yardstick:
     candidate: PathEmbeddings
     reference: PathEmbeddings
     deep: PathEmbeddings | None = None
-    deep_needless: float | None = None
+    deep_skipped: DeepPackSkipped | None = None
 
     @property
     def deep_tested(self) -> bool:
         """Whether the deep pack counts as one of the gate's tests: run, or skipped because v2.0 already departs."""
-        return self.deep is not None or self.deep_needless is not None
+        return self.deep is not None or (self.deep_skipped is not None and self.deep_skipped.reason == "needless")
 
     @property
     def size(self) -> int:
@@ -266,11 +273,13 @@ def error_ratio_at(sample: Yardstick, layer: int) -> float:
 def with_deep_pack(sample: Yardstick, model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet,
                    chosen: Sequence[str], layers: Sequence[int], path: ForwardPath) -> Yardstick:
     """``sample`` with its deep pack (see deep_pack_embeddings) on ``path`` over ``chosen`` — unless v2.0
-    already departs at that layer by DEEP_PACK_NEEDLESS_RATIO, when the pack could not change the gate."""
+    already departs at that layer by DEEP_PACK_NEEDLESS_RATIO, when the pack could not change the gate, or
+    the pack does not fit in memory (``deep_skipped`` says which)."""
     layer = first_attention_layer(layers)
-    if layer is None:
-        return dataclasses.replace(sample, deep=None, deep_needless=None)
+    if layer is None or not path.packed or path.padded_batches:
+        return dataclasses.replace(sample, deep=None, deep_skipped=None)
     ratio = error_ratio_at(sample, layer)
     if ratio > DEEP_PACK_NEEDLESS_RATIO:
-        return dataclasses.replace(sample, deep=None, deep_needless=ratio)
-    return dataclasses.replace(sample, deep=deep_pack_embeddings(model, alphabet, chosen, layer, path), deep_needless=None)
+        return dataclasses.replace(sample, deep=None, deep_skipped=DeepPackSkipped("needless", ratio))
+    deep = deep_pack_embeddings(model, alphabet, chosen, layer, path)
+    return dataclasses.replace(sample, deep=deep, deep_skipped=None if deep is not None else DeepPackSkipped("out of memory"))
