@@ -1,6 +1,7 @@
 """Issue 14: the page on large runs. The analysis reuses its parts (and gives the same numbers), the charts
 draw at most MAX_POINTS points with the worst sequences kept, the tables are limited, and a stored
-100,000-sequence run fits a small quota and redraws from memory (marked slow, ~30 s; the test command runs it: `-m "not slow"` leaves it out)."""
+100,000-sequence run fits a small quota and redraws from memory (marked slow, ~30 s; the test command
+runs it, ``-m "not slow"`` leaves it out)."""
 
 from __future__ import annotations
 
