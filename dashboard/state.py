@@ -26,6 +26,7 @@ from core.analysis.analyse import Analysis, analyse
 from core.analysis.checks import CheckResult
 from core.analysis.profile import residue_divergence
 from core.embed.cache import CacheStats
+from core.embed.model_state import model_state
 from core.embed.passes import Progress
 from core.embed.run import EmbeddingRun
 from core.input.records import ParsedInput
@@ -50,14 +51,21 @@ def get_model(spec: str, dtype: str, device: str, weights_token: str = "") -> Lo
     ``weights_token`` changes when a checkpoint file changes on disk. One entry: loading another
     model releases the previous one's GPU memory.
     """
-    return LoadedModel(*load_esm2_model(spec, dtype=dtype, device=device))
+    model, alphabet = load_esm2_model(spec, dtype=dtype, device=device)
+    return LoadedModel(model, alphabet, model_state(model.esm2))
 
 
 def loaded_for(settings: Settings) -> LoadedModel:
     """The model of ``settings``, loaded once per process — only if the server still offers it (a reopened
-    run's model may have left [models] allowed; dashboard.server.NOT_ALLOWED is raised then)."""
+    run's model may have left [models] allowed; dashboard.server.NOT_ALLOWED is raised then). Loaded again
+    when something changed it since (a v2.0 plug-in that did is refused, but the change stays in memory)."""
     checked_model_spec(settings.model)
-    return get_model(settings.model, settings.dtype, settings.device, weights_token(settings.model))
+    key = (settings.model, settings.dtype, settings.device, weights_token(settings.model))
+    loaded = get_model(*key)
+    if loaded.changed():
+        get_model.clear()
+        loaded = get_model(*key)
+    return loaded
 
 
 def model_refusal(settings: Settings) -> str | None:

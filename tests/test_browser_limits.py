@@ -13,6 +13,7 @@ import json
 import re
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import streamlit as st
@@ -182,7 +183,8 @@ def test_a_reopened_runs_model_that_left_the_list_is_not_loaded(monkeypatch, tmp
     """The residue and checks views load the run's model again: only while the server still offers it."""
     server_config(monkeypatch, tmp_path, '[models]\nallowed = ["demo-8M"]\n')
     loads = []
-    monkeypatch.setattr(dashboard.state, "get_model", lambda *args: loads.append(args))
+    unchanged = SimpleNamespace(changed=lambda: [])  # a loaded model nothing has changed since
+    monkeypatch.setattr(dashboard.state, "get_model", lambda *args: loads.append(args) or unchanged)
     gone = dataclasses.replace(SETTINGS, model="demo-35M")
     assert "demo-35M" in dashboard.state.model_refusal(gone) and dashboard.state.model_refusal(SETTINGS) is None
     with pytest.raises(ModelNotAllowed):

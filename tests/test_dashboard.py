@@ -556,3 +556,22 @@ def test_pasted_text_survives_presentation_mode(run_counter):
     app.button(key="exit_present").click().run()
     assert not app.exception
     assert app.text_area(key="sequences_text").value.startswith(">a\nMKTAYIAKQRQISFVKSHFSRQ")
+
+
+def test_a_shared_model_a_plugin_changed_is_loaded_again():
+    """A refused plug-in's change stays in the server's one loaded model; the next run gets it fresh, and
+    the pipeline refuses a changed model handed to it."""
+    from core.pipeline import ComparisonRequest, prepare
+    from dashboard.settings import Settings
+
+    settings = Settings(model="demo-8M", dtype="fp32", device="cpu")
+    dashboard.state.get_model.clear()
+    first = dashboard.state.loaded_for(settings)
+    assert dashboard.state.loaded_for(settings) is first  # shared while unchanged
+    first.model.esm2.token_dropout = False
+    request = ComparisonRequest(model="demo-8M", dtype="fp32", device="cpu")
+    with pytest.raises(ValueError, match=r"the loaded model has changed since it was loaded \(esm2.token_dropout"):
+        prepare(request, first)
+    again = dashboard.state.loaded_for(settings)
+    assert again is not first and again.model.esm2.token_dropout and again.changed() == []
+    dashboard.state.get_model.clear()

@@ -236,6 +236,54 @@ def test_a_plugin_failing_while_it_runs_is_a_setup_error_naming_it(capsys, facto
     assert re.search(rf"plug-in '{PLUGINS}:{factory}'.*{message}", line), line
 
 
+def test_a_plugin_that_changes_the_loaded_model_is_a_setup_error_naming_the_change(capsys):
+    """A factory that switches off token dropout on the shared model would take v1.0 and the reference
+    with it (the paths would agree on the bug): exit 3, naming the plug-in and what it changed."""
+    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
+                 "--v2", f"{PLUGINS}:make_without_token_dropout"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert (f"plug-in '{PLUGINS}:make_without_token_dropout' changed the loaded model in its factory "
+            "(esm2.token_dropout = False (was True))") in line
+    assert "change a copy" in line
+
+
+def test_a_plugin_that_patches_fair_esm_while_it_runs_is_stopped_before_the_reference(demo_fp32, monkeypatch):
+    import copy
+
+    import esm.modules
+
+    monkeypatch.setattr(esm.modules, "gelu", esm.modules.gelu)  # restored after the plug-in's patch
+    model, alphabet = copy.deepcopy(demo_fp32[0]), demo_fp32[1]
+    path = make_plugin_path(f"{PLUGINS}:make_patches_gelu", model)
+    reference_built = []
+    monkeypatch.setattr("core.embed.yardstick.reference_copy", lambda *args: reference_built.append(args))
+    with pytest.raises(PluginError, match=r"changed the loaded model while it ran \(esm\.modules\.gelu replaced\)"):
+        run_both_paths(model, alphabet, IDS[:3], SEQUENCES[:3], v2_path=path,
+                       yardstick=YardstickPlan("reference", "fp64", None))
+    assert reference_built == []
+
+
+def test_the_model_state_sees_casts_swaps_and_in_place_changes_and_not_a_run(demo_fp32):
+    import copy
+
+    from core.embed.model_state import changes, model_state
+
+    model, alphabet = copy.deepcopy(demo_fp32[0]), demo_fp32[1]
+    before = model_state(model.esm2)
+    run_both_paths(model, alphabet, IDS[:3], SEQUENCES[:3], yardstick=YardstickPlan("reference", "fp64", None))
+    assert changes(before, model_state(model.esm2)) == []  # both paths and the reference leave it as it was
+    with torch.no_grad():
+        model.esm2.layers[2].fc1.weight.mul_(1.0)
+    assert changes(before, model_state(model.esm2)) == ["tensor layers.2.fc1.weight modified in place"]
+    model.esm2.layers[3] = copy.deepcopy(model.esm2.layers[3])
+    assert "module layers.3 replaced" in changes(before, model_state(model.esm2))
+    model.esm2.half()
+    assert "tensor embed_tokens.weight now torch.float16 [33, 320] on cpu (was torch.float32 [33, 320] on cpu)" in \
+        changes(before, model_state(model.esm2))
+
+
 def test_out_of_memory_inside_a_plugin_still_splits_the_batch(demo_fp32, monkeypatch):
     """The guard lets out-of-memory through, so the passes halve the batch and retry as for any path."""
     model, alphabet = demo_fp32

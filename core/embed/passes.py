@@ -205,6 +205,7 @@ def embed_path(
                 progress(stage, done, len(sequences))
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
+    path.verify()
     pooled_all = torch.empty(len(layers), len(sequences), model.embed_dim, dtype=out_dtype)
     for indices, values in results:
         pooled_all[:, torch.from_numpy(indices)] = values

@@ -20,6 +20,7 @@ class ForwardPath:
     packed: ``run(input_ids, cu_seqlens, max_seqlen, layers)`` on packed batches, else
     ``run(tokens, layers)`` on fair-esm's padded tokens; both return ``{"representations": …}``.
     padded_batches: plan batches as v1.0 does (same batches, same padding), not as packed ones.
+    verify: called after every pass of the path (a plug-in's: that it left the loaded model as it found it).
     """
 
     backend: str
@@ -27,6 +28,7 @@ class ForwardPath:
     packed: bool
     run: Callable[..., dict]
     padded_batches: bool
+    verify: Callable[[], None] = lambda: None  # after each pass: raises when the path changed what v1.0 runs on
 
 
 def standard_path(model: ESM2WithFlashAttention) -> ForwardPath:

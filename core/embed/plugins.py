@@ -12,7 +12,9 @@ BOS/EOS kept in place; the tool pools residues itself. Without a string ``name``
 after its ``module:factory``; without a ``version``, after its distribution's version ('unversioned'
 when no installed distribution provides the module); reports then say the name was derived.
 
-Every failure to build it (an import, a factory that raises or takes other arguments, an object
+The plug-in must leave the loaded model as it found it: v1.0 and the reference run on it, and would
+share a change (core.embed.model_state); a change, in the factory or while it runs, is a PluginError
+naming it. Every failure to build it (an import, a factory that raises or takes other arguments, an object
 without the interface) is a one-line PluginError naming the plug-in; so is a failure while it runs —
 an exception from its method (out-of-memory aside: the passes split the batch and retry) or
 representations missing a layer or shaped unlike the batch — with the line of its code that raised.
@@ -30,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from core.embed.model_state import ModelState, changes, model_state
 from core.embed.passes import out_of_memory
 from core.embed.paths import ForwardPath, plugin_path
 from core.numerics.esm2_packed import ESM2WithFlashAttention
@@ -55,14 +58,30 @@ def load_factory(spec: str) -> Callable[[ESM2WithFlashAttention], Any]:
 
 
 def make_plugin_path(spec: str, model: ESM2WithFlashAttention) -> ForwardPath:
-    """Build the plug-in from the loaded model and wrap it as the v2.0 path."""
+    """Build the plug-in from the loaded model and wrap it as the v2.0 path, which verifies after each pass
+    that the plug-in left the model as it found it (see core.embed.model_state)."""
+    before = model_state(model.esm2)
     implementation = build_implementation(spec, load_factory(spec), model)
+    require_unchanged(spec, before, model, "in its factory")
     check_interface(spec, implementation)
     label, derived = plugin_label(spec, implementation)
     description = (f"{label} (name derived from module:factory and its distribution's version: the plug-in has "
                    f"no string {' or '.join(derived)} attribute)") if derived else label
     path = plugin_path(implementation, label, description)
-    return replace(path, run=guarded(spec, path.run, "forward_packed" if path.packed else "forward"))
+    return replace(path, run=guarded(spec, path.run, "forward_packed" if path.packed else "forward"),
+                   verify=lambda: require_unchanged(spec, before, model, "while it ran"))
+
+
+def require_unchanged(spec: str, before: ModelState, model: ESM2WithFlashAttention, when: str) -> None:
+    """A PluginError naming what the plug-in changed in the loaded model (or in the functions fair-esm
+    calls) since ``before``: v1.0 and the reference run on that model, so they would share the change
+    and the comparison would hide it."""
+    found = changes(before, model_state(model.esm2))
+    if found:
+        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
+        raise PluginError(f"plug-in {spec!r} changed the loaded model {when} ({shown}). v1.0 and the reference run "
+                          "on that model and would share the change, hiding it: change a copy "
+                          "(copy.deepcopy(model)) or your own tensors instead")
 
 
 def guarded(spec: str, run: Callable[..., dict], method: str) -> Callable[..., dict]:

@@ -171,6 +171,7 @@ def deep_pack_embeddings(
     start = time.perf_counter()
     batch = host_batch(alphabet, packed, np.arange(len(packed)), packed=True, pin=model.device.type == "cuda")
     pooled = try_forward_pooled(path, batch, [layer], model.device, accumulation_dtype(model.dtype), isolate_non_finite=True)
+    path.verify()
     if pooled is None:
         return None
     return PathEmbeddings(layers={layer: pooled[0, len(filler):].cpu().numpy()}, backend=path.backend,

@@ -198,3 +198,28 @@ def make_numpy_output(model):
 
 def make_string_keys(model):
     return StringLayerKeys(model)
+
+
+def make_without_token_dropout(model):
+    """A packed path whose factory switches fair-esm's token dropout off on the shared model: v1.0 would
+    lose the 0.88 scaling with it, and the two paths would agree on the bug."""
+    model.esm2.token_dropout = False
+    return PackedReference(model)
+
+
+class PatchesGelu(PackedReference):
+    """Faithful arithmetic, but its forward swaps fair-esm's GELU for the tanh form in esm.modules, which
+    v1.0 and the reference then call too."""
+
+    name = "example patches fair-esm's GELU"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        import esm.modules
+
+        esm.modules.gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")
+        return super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+
+def make_patches_gelu(model):
+    return PatchesGelu(model)
+
