@@ -282,6 +282,12 @@ def test_the_model_state_sees_casts_swaps_and_in_place_changes_and_not_a_run(dem
     model.esm2.half()
     assert "tensor embed_tokens.weight now torch.float16 [33, 320] on cpu (was torch.float32 [33, 320] on cpu)" in \
         changes(before, model_state(model.esm2))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = not tf32
+    try:
+        assert f"torch.backends.cuda.matmul.allow_tf32 = {not tf32} (was {tf32})" in changes(before, model_state(model.esm2))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_out_of_memory_inside_a_plugin_still_splits_the_batch(demo_fp32, monkeypatch):

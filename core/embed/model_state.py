@@ -6,7 +6,8 @@ v1.0 and the float64 reference with it — the two paths would then agree on the
 would be ACCEPT. ``model_state`` records the fair-esm module's tensors (which object, its storage, dtype,
 device, shape and in-place version), its modules and their public attributes, and the functions
 fair-esm's forward reaches by name (fair-esm's own, ``torch.nn.functional``, the torch.nn modules it
-is built from, the torch functions it calls); ``changes`` names what differs.
+is built from, the torch functions it calls), and torch's precision switches; ``changes`` names what
+differs.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ PLAIN = (bool, int, float, str, type(None))
 @dataclass(frozen=True)
 class ModelState:
     """tensors: name -> (id, data_ptr, dtype, device, shape, version); modules: name -> (id, class, public
-    attributes: plain values as they are, anything else by identity); functions: qualified name -> id."""
+    attributes: plain values as they are, anything else by identity); functions: qualified name -> id;
+    settings: torch's process-wide precision switches (TF32, reduced-precision reductions, default dtype)."""
 
     tensors: dict[str, tuple]
     modules: dict[str, tuple]
     functions: dict[str, int]
+    settings: dict[str, object]
 
 
 def model_state(esm2: torch.nn.Module) -> ModelState:
@@ -44,7 +47,7 @@ def model_state(esm2: torch.nn.Module) -> ModelState:
     tensors = {name: (id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape), t._version)
                for name, t in itertools.chain(esm2.named_parameters(), esm2.named_buffers())}
     modules = {name: (id(module), type(module), _public_attributes(module)) for name, module in esm2.named_modules()}
-    return ModelState(tensors, modules, _functions())
+    return ModelState(tensors, modules, _functions(), _settings())
 
 
 def changes(before: ModelState, after: ModelState) -> list[str]:
@@ -72,7 +75,23 @@ def changes(before: ModelState, after: ModelState) -> list[str]:
                       for key, value in attributes.items() if now[2].get(key) != value]
     found += [f"{name} replaced" for name, identity in before.functions.items()
               if after.functions.get(name, identity) != identity]
+    found += [f"{name} = {after.settings[name]!r} (was {value!r})" for name, value in before.settings.items()
+              if after.settings[name] != value]
     return found
+
+
+def _settings() -> dict[str, object]:
+    """The switches that change how fair-esm's float32 / FP16 arithmetic rounds, for the whole process: a
+    plug-in that turned TF32 on would take v1.0 with it (the reference switches it off for itself)."""
+    matmul = torch.backends.cuda.matmul
+    return {
+        "torch.backends.cuda.matmul.allow_tf32": matmul.allow_tf32,
+        "torch.backends.cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction": matmul.allow_fp16_reduced_precision_reduction,
+        "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction": matmul.allow_bf16_reduced_precision_reduction,
+        "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+        "torch.get_default_dtype()": torch.get_default_dtype(),
+    }
 
 
 def _public_attributes(module: torch.nn.Module) -> dict[str, Any]:
