@@ -159,10 +159,8 @@ def deep_pack_embeddings(
     them) so that each sits at least DEEP_PACK_OFFSET tokens deep, as one late in a full default-budget
     GPU pack does. A path whose result depends on where a sequence sits — position ids that run on,
     attention across boundaries — shows it here whatever the run's own budget. One layer keeps it cheap
-    (the first attention is where such bugs start). None for a padded path, or when the pack does not
-    fit in memory."""
-    if not path.packed or path.padded_batches:
-        return None
+    (the first attention is where such bugs start). ``path`` is packed (with_deep_pack asks only such
+    paths); None when the pack does not fit in memory."""
     filler, tokens = [], 0
     while tokens < DEEP_PACK_OFFSET:
         filler.append(sequences[len(filler) % len(sequences)])
