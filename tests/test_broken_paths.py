@@ -104,6 +104,17 @@ def test_the_catalogue_names_its_bug_classes(judged):
     assert "precision difference" in judged("GELU in bf16")["numerics"]["likely_cause"]
 
 
+def test_a_batch_sorted_and_not_put_back_changes_predictions_in_the_comparison_itself(judged):
+    """No batch reaches a path sorted by length (plan_batches hands each over with its longest sequence
+    last), so a path that sorts its pack and returns the rows in that order gives every sequence
+    another's rows in the main comparison: FALLBACK from layer 0, not only a departure deep in a pack."""
+    summary = judged("batch sorted, rows not put back")
+    assert summary["verdict"] == "FALLBACK", summary["headline"]
+    assert summary["numerics"]["first_departing_layer"] == 0 and not summary["numerics"]["departs_only_deep_in_a_pack"]
+    assert "rows returned for the wrong sequences" in summary["numerics"]["likely_cause"]
+    assert summary["cosine"]["min"] < 0.99 and summary["predictions"]["heads"]["counted_flips"] > 0
+
+
 def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):
     """The whole CLI with defaults: EOS in the pool exits 1 under --fail-on validate, and says why."""
     code = main(["compare", "--example", "patterns", "--v2", CATALOGUE["EOS in the pool"], "--fail-on", "validate",

@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.embed.batching import pack_sequences, pack_tokens, padded_tokens
+from core.embed.batching import pack_sequences, pack_tokens, padded_tokens, plan_batches
 from core.embed.passes import embed_v1, embed_v2, pool_packed, pool_padded
 from core.numerics.esm2_packed import rotary_inv_freq, rotary_tables
 
@@ -239,3 +239,23 @@ def test_packing_helper_layout(demo_fp64):
     assert [ids[i] for i in (4, 11, 14)] == [alphabet.eos_idx] * 3
     assert alphabet.padding_idx not in ids
     assert math.prod(pack.input_ids.shape) == 15
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=60), max_tokens=st.integers(50, 2000),
+       padded=st.booleans())
+def test_batches_cover_every_sequence_under_the_budget_and_none_arrives_sorted(lengths, max_tokens, padded):
+    """Each sequence once; a batch over the budget only when it is one sequence; batches filled longest first
+    (every member of a batch at least as long as every member of a later one); and no batch of three or
+    more lengths handed over sorted, either way (a path that sorts its pack and forgets to put the rows back
+    must show it in the comparison)."""
+    batches = plan_batches(lengths, max_tokens, padded=padded)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        members = [lengths[i] for i in batch]
+        cost = len(members) * (max(members) + 2) if padded else sum(m + 2 for m in members)
+        assert cost <= max_tokens or len(batch) == 1
+        if len(set(members)) >= 3:
+            assert members not in (sorted(members), sorted(members, reverse=True)), members
+    for earlier, later in zip(batches, batches[1:]):
+        assert min(lengths[i] for i in earlier) >= max(lengths[i] for i in later)

@@ -166,15 +166,16 @@ class NumericsGate:
                     "or a division by zero (an empty or fully masked row)")
         if self.departs_only_deep:
             return (f"at layer {first.layer} only deep in a pack: the result depends on where a sequence sits in its "
-                    "pack — position ids that run on instead of restarting per sequence, or attention across "
-                    "sequence boundaries")
+                    "pack — position ids that run on instead of restarting per sequence, attention across "
+                    "sequence boundaries, or a pack reordered and its rows not put back")
         large = 1.0 - first.min_cosine > STRUCTURAL_DISTANCE
         if first.layer == 0:
             if 1.0 - first.min_cosine < UNIFORM_SCALE_DISTANCE:
                 return ("a uniform scale from layer 0, before any attention: embedding or token-dropout scaling, or "
                         "a mean divided by the wrong count (BOS and EOS counted)")
-            return ("from layer 0, before any attention: the embedding, or which positions are pooled "
-                    "(EOS, BOS or padding in the mean)")
+            return ("from layer 0, before any attention: the embedding, which positions are pooled (EOS, BOS or "
+                    "padding in the mean), or rows returned for the wrong sequences (a batch reordered, by length "
+                    "say, and not put back)")
         if large:
             return self._structural_cause(first.layer)
         side = "farther from" if first.farther else "closer to"

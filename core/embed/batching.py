@@ -60,10 +60,13 @@ def pack_sequences(alphabet: esm.data.Alphabet, sequences: Sequence[str]) -> Pac
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, padded: bool = True) -> list[np.ndarray]:
-    """Split sequence indices into batches under a token budget, longest first.
+    """Split sequence indices into batches under a token budget, filled longest first.
 
     A padded batch costs batch_size * (longest + 2) tokens, a packed one sum(length + 2).
     A sequence longer than the budget still gets a batch of its own.
+    Each batch is handed over with its longest sequence moved to the end, so that no batch of three or
+    more lengths arrives sorted either way: a path that sorts its batch by length and does not put the
+    rows back returns other sequences' rows, which shows in the comparison itself.
     """
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     batches: list[list[int]] = []
@@ -80,4 +83,4 @@ def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, p
         cost = new_cost
     if current:
         batches.append(current)
-    return [np.asarray(batch, dtype=np.int64) for batch in batches]
+    return [np.roll(np.asarray(batch, dtype=np.int64), -1) for batch in batches]

@@ -292,6 +292,23 @@ class Bf16Gelu(Mutant):
         self.activation = lambda x: gelu(x.to(torch.bfloat16)).to(x.dtype)
 
 
+class SortedNotPutBack(Mutant):
+    """The batch re-packed longest-first (as packers do to balance work) and its rows returned in that
+    sorted order: each sequence receives another's rows wherever the batch did not arrive sorted."""
+
+    bug = "batch sorted by length, rows not put back"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(), backend=None):
+        input_ids = input_ids.reshape(-1)
+        bounds = cu_seqlens.long()
+        lengths = bounds[1:] - bounds[:-1]
+        order = torch.argsort(-lengths, stable=True)
+        sorted_ids = torch.cat([input_ids[bounds[i]:bounds[i + 1]] for i in order.tolist()])
+        sorted_cu_seqlens = torch.zeros_like(cu_seqlens)
+        sorted_cu_seqlens[1:] = torch.cumsum(lengths[order], 0)
+        return super().forward_packed(sorted_ids, sorted_cu_seqlens, max_seqlen, repr_layers, backend)
+
+
 class Plugin:
     """A mutant as a v2.0 plug-in (``name``, ``version``, ``forward_packed``)."""
 
@@ -326,6 +343,7 @@ make_interleaved_rotary_tables = _factory(InterleavedRotaryTables)
 make_keys_not_rotated = _factory(KeysNotRotated)
 make_eos_dropped = _factory(EosDropped)
 make_bf16_gelu = _factory(Bf16Gelu)
+make_sorted_not_put_back = _factory(SortedNotPutBack)
 
 CATALOGUE: dict[str, str] = {
     "attention across sequences": "tests.plugins.broken_paths:make_cross_sequence_attention",
@@ -345,4 +363,5 @@ CATALOGUE: dict[str, str] = {
     "keys not rotated": "tests.plugins.broken_paths:make_keys_not_rotated",
     "EOS dropped": "tests.plugins.broken_paths:make_eos_dropped",
     "GELU in bf16": "tests.plugins.broken_paths:make_bf16_gelu",
+    "batch sorted, rows not put back": "tests.plugins.broken_paths:make_sorted_not_put_back",
 }
