@@ -49,7 +49,7 @@ from dashboard.run_arrays import array_names, embedding_arrays, rebuild_run
 from dashboard.run_files import (FULL_CHECK_BYTES, DamagedRun, Status, check_settings, looks_whole, npz_problem,
                                  parse_input, parse_status, read_npz, read_object)
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{22,64}")
 # interrupted: found queued or running when the server started; pruned: removed to stay within the quota
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted", "pruned")
 INTERRUPTED_MESSAGE = "The server stopped before this run finished; run it again."
@@ -108,7 +108,7 @@ class RunStore:
 
     @staticmethod
     def is_valid_id(run_id: str) -> bool:
-        return bool(RUN_ID.match(run_id or ""))
+        return bool(RUN_ID.fullmatch(run_id or ""))
 
     def run_dir(self, run_id: str) -> Path:
         """``root/run_id``; raises UnknownRun for anything that is not a well-formed id (no path tricks)."""

@@ -68,7 +68,7 @@ def assert_same(loaded, original, where: str = "run") -> None:
 def test_ids_are_unguessable_and_path_safe(store):
     ids = {store.new_id() for _ in range(100)}
     assert len(ids) == 100 and all(RunStore.is_valid_id(i) and len(i) >= 22 for i in ids)
-    for bad in ("../etc", "abc", "a/b" * 10, "", "x" * 21, "%2e%2e" * 5):
+    for bad in ("../etc", "abc", "a/b" * 10, "", "x" * 21, "%2e%2e" * 5, "x" * 22 + "\n", "x" * 65):
         assert not RunStore.is_valid_id(bad)
         with pytest.raises(UnknownRun):
             store.run_dir(bad)
