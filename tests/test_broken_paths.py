@@ -56,6 +56,7 @@ def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_r
     for key in ("numerics", "predictions", "verdict", "cosine", "max_abs_diff", "impl_v2"):
         assert swapped[key] == whole[key], key
     assert faithful_run.v2 is faithful_run.v1 and faithful_run.yardstick.deep is None
+    assert faithful_run.yardstick.candidate is faithful_run.yardstick.baseline  # the probes embedded once, not twice
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))

@@ -233,7 +233,9 @@ def measure_yardstick(
     if progress is not None:
         progress("reference", 0, len(chosen))
     baseline = sample_rows(v1_whole, indices, probes, model, alphabet, layers, standard_path(model), max_tokens)
-    candidate = sample_rows(v2_whole, indices, probes, model, alphabet, layers, v2_path, max_tokens)
+    # v2_whole *is* v1_whole only for v1_baseline, whose v2.0 is the standard path: its probes are v1.0's.
+    candidate = baseline if v2_whole is v1_whole else sample_rows(v2_whole, indices, probes, model, alphabet, layers,
+                                                                  v2_path, max_tokens)
     if plan.kind == "floor":
         # A budget of one token gives every sequence a batch of its own: no padding, no batch-mates.
         reference = embed_path(model, alphabet, chosen, layers, standard_path(model), 1, progress, "reference")
