@@ -246,16 +246,21 @@ def test_packing_helper_layout(demo_fp64):
        padded=st.booleans())
 def test_batches_cover_every_sequence_under_the_budget_and_none_arrives_sorted(lengths, max_tokens, padded):
     """Each sequence once; a batch over the budget only when it is one sequence; batches filled longest first
-    (every member of a batch at least as long as every member of a later one); and no batch of three or
-    more lengths handed over sorted, either way (a path that sorts its pack and forgets to put the rows back
-    must show it in the comparison)."""
+    (every member of a batch at least as long as every member of a later one); and no batch handed over
+    sorted longest first (of two or more lengths) or shortest first (of three or more), or with a longest
+    sequence of its own first or last (a path that sorts its pack and forgets to put the rows back, or
+    takes an end of the pack for its longest sequence, must show it in the comparison)."""
     batches = plan_batches(lengths, max_tokens, padded=padded)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
     for batch in batches:
         members = [lengths[i] for i in batch]
         cost = len(members) * (max(members) + 2) if padded else sum(m + 2 for m in members)
         assert cost <= max_tokens or len(batch) == 1
+        if len(set(members)) >= 2:
+            assert members != sorted(members, reverse=True), members
         if len(set(members)) >= 3:
-            assert members not in (sorted(members), sorted(members, reverse=True)), members
+            assert members != sorted(members), members
+        if len(members) >= 3 and members.count(max(members)) == 1:
+            assert max(members) not in (members[0], members[-1]), members
     for earlier, later in zip(batches, batches[1:]):
         assert min(lengths[i] for i in earlier) >= max(lengths[i] for i in later)

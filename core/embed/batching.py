@@ -64,9 +64,11 @@ def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, p
 
     A padded batch costs batch_size * (longest + 2) tokens, a packed one sum(length + 2).
     A sequence longer than the budget still gets a batch of its own.
-    Each batch is handed over with its longest sequence moved to the end, so that no batch of three or
-    more lengths arrives sorted either way: a path that sorts its batch by length and does not put the
-    rows back returns other sequences' rows, which shows in the comparison itself.
+    Each batch is handed over with its shortest sequence moved to the front, so that no batch of two or
+    more lengths arrives sorted longest first (nor of three or more shortest first), and a longest sequence
+    of its own is neither first nor last: a path that sorts its batch by length and does not put the rows
+    back returns other sequences' rows, and one that takes an end of the batch for its longest sequence
+    misreads it, both in the comparison itself.
     """
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     batches: list[list[int]] = []
@@ -83,4 +85,4 @@ def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, p
         cost = new_cost
     if current:
         batches.append(current)
-    return [np.roll(np.asarray(batch, dtype=np.int64), -1) for batch in batches]
+    return [np.asarray(batch[-1:] + batch[:-1], dtype=np.int64) for batch in batches]
