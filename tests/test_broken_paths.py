@@ -106,9 +106,9 @@ def test_the_catalogue_names_its_bug_classes(judged):
 
 
 def test_a_batch_sorted_and_not_put_back_changes_predictions_in_the_comparison_itself(judged):
-    """No batch reaches a path sorted by length (plan_batches hands each over with its longest sequence
-    last), so a path that sorts its pack and returns the rows in that order gives every sequence
-    another's rows in the main comparison: FALLBACK from layer 0, not only a departure deep in a pack."""
+    """No batch reaches a path sorted longest first (plan_batches hands each over with its shortest sequence
+    first), so a path that sorts its pack and returns the rows in that order gives sequences other
+    sequences' rows in the main comparison: FALLBACK from layer 0, not only a departure deep in a pack."""
     summary = judged("batch sorted, rows not put back")
     assert summary["verdict"] == "FALLBACK", summary["headline"]
     assert summary["numerics"]["first_departing_layer"] == 0 and not summary["numerics"]["departs_only_deep_in_a_pack"]
