@@ -246,7 +246,8 @@ def test_packing_helper_layout(demo_fp64):
        padded=st.booleans())
 def test_batches_cover_every_sequence_under_the_budget_and_none_arrives_sorted(lengths, max_tokens, padded):
     """Each sequence once; a batch over the budget only when it is one sequence; batches filled longest first
-    (every member of a batch at least as long as every member of a later one); and no batch handed over
+    and returned shortest first (every member of a batch at most as long as every member of a later one, so
+    a path's first call has the shortest sequences); and no batch handed over
     sorted longest first (of two or more lengths) or shortest first (of three or more), or with a longest
     sequence of its own first or last (a path that sorts its pack and forgets to put the rows back, or
     takes an end of the pack for its longest sequence, must show it in the comparison)."""
@@ -263,4 +264,4 @@ def test_batches_cover_every_sequence_under_the_budget_and_none_arrives_sorted(l
         if len(members) >= 3 and members.count(max(members)) == 1:
             assert max(members) not in (members[0], members[-1]), members
     for earlier, later in zip(batches, batches[1:]):
-        assert min(lengths[i] for i in earlier) >= max(lengths[i] for i in later)
+        assert max(lengths[i] for i in earlier) <= min(lengths[i] for i in later)

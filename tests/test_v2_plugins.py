@@ -236,6 +236,19 @@ def test_a_plugin_failing_while_it_runs_is_a_setup_error_naming_it(capsys, facto
     assert re.search(rf"plug-in '{PLUGINS}:{factory}'.*{message}", line), line
 
 
+def test_a_plugin_sized_by_its_first_call_meets_a_longer_batch_here(capsys):
+    """Batches go in shortest first, so a path that keeps state sized at its first call (here its rotary
+    tables) fails in the comparison, as it would in production, instead of being sized for every later
+    batch by a longest batch first (it was ACCEPT then). The patterns set spans several CPU batches."""
+    code = main(["compare", "--example", "patterns", "--model", "demo-8M", "--device", "cpu", "--layer", "1",
+                 "--v2", f"{PLUGINS}:make_sized_by_its_first_call"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert re.search(rf"plug-in '{PLUGINS}:make_sized_by_its_first_call' failed in forward_packed on a batch of "
+                     r"\d+ tokens: IndexError: index \d+ is out of bounds .*\(at .*example_v2.py:\d+ in _rotary\)", line), line
+
+
 def test_a_plugin_that_changes_the_loaded_model_is_a_setup_error_naming_the_change(capsys):
     """A factory that switches off token dropout on the shared model would take v1.0 and the reference
     with it (the paths would agree on the bug): exit 3, naming the plug-in and what it changed."""

@@ -64,6 +64,9 @@ def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, p
 
     A padded batch costs batch_size * (longest + 2) tokens, a packed one sum(length + 2).
     A sequence longer than the budget still gets a batch of its own.
+    The batches are returned shortest first, so a path's first call sees the shortest sequences: a path
+    that sizes its state (rotary tables, buffers) on its first call and never grows it meets a longer batch
+    here, as it would in production, instead of being sized for everything by a longest batch first.
     Each batch is handed over with its shortest sequence moved to the front, so that no batch of two or
     more lengths arrives sorted longest first (nor of three or more shortest first), and a longest sequence
     of its own is neither first nor last: a path that sorts its batch by length and does not put the rows
@@ -85,4 +88,4 @@ def plan_batches(lengths: Sequence[int], max_tokens: int = DEFAULT_MAX_TOKENS, p
         cost = new_cost
     if current:
         batches.append(current)
-    return [np.asarray(batch[-1:] + batch[:-1], dtype=np.int64) for batch in batches]
+    return [np.asarray(batch[-1:] + batch[:-1], dtype=np.int64) for batch in reversed(batches)]

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from core.numerics.esm2_packed import ESM2WithFlashAttention
+from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_tables
 
 
 class PackedReference:
@@ -131,8 +131,30 @@ class PadsItsOutput(PackedReference):
                                     for layer, rep in out["representations"].items()}}
 
 
+class TablesFromTheFirstCall(ESM2WithFlashAttention):
+    """This project's packed forward with its rotary tables built at the first call's max_seqlen and kept:
+    right until a later batch holds a longer sequence, which then indexes past the tables."""
+
+    def _rotary(self, inv_freq, positions, max_seqlen):
+        if not hasattr(self, "first_tables"):
+            self.first_tables = rotary_tables(inv_freq, max_seqlen)
+        cos, sin = self.first_tables
+        return cos[positions], sin[positions]
+
+
+class SizedByItsFirstCall(PackedReference):
+    name = "example sized by its first call"
+
+    def __init__(self, model: ESM2WithFlashAttention):
+        super().__init__(TablesFromTheFirstCall(model.esm2, name=model.name, weights=model.weights))
+
+
 def make_crashing(model):
     return CrashesInForward(model)
+
+
+def make_sized_by_its_first_call(model):
+    return SizedByItsFirstCall(model)
 
 
 def make_dropping_layers(model):
