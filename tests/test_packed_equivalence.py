@@ -246,13 +246,15 @@ def test_packing_helper_layout(demo_fp64):
        padded=st.booleans())
 def test_batches_cover_every_sequence_under_the_budget_and_none_arrives_sorted(lengths, max_tokens, padded):
     """Each sequence once; a batch over the budget only when it is one sequence; batches filled longest first
-    and returned shortest first (every member of a batch at most as long as every member of a later one, so
-    a path's first call has the shortest sequences); and no batch handed over
+    and returned shortest first (every member of a batch at most as long as every member of a later one),
+    the first being the shortest sequence alone (a path's first call, and its single-sequence case); and no
+    batch handed over
     sorted longest first (of two or more lengths) or shortest first (of three or more), or with a longest
     sequence of its own first or last (a path that sorts its pack and forgets to put the rows back, or
     takes an end of the pack for its longest sequence, must show it in the comparison)."""
     batches = plan_batches(lengths, max_tokens, padded=padded)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert len(batches[0]) == 1 and lengths[batches[0][0]] == min(lengths)  # the first call: the shortest, alone
     for batch in batches:
         members = [lengths[i] for i in batch]
         cost = len(members) * (max(members) + 2) if padded else sum(m + 2 for m in members)

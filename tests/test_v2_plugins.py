@@ -84,6 +84,20 @@ def test_broken_plugins_are_caught(demo_fp32, baseline, factory):
     assert summary["reference"]["closer"] == "v1" and not summary["reference"]["rule_passed"]
 
 
+def test_a_single_sequence_fast_path_is_part_of_the_comparison(demo_fp32, baseline):
+    """The first batch is the shortest sequence alone, and the numerics sample always holds the shortest, so
+    a path wrong only for one sequence at a time is measured against the reference (it was ACCEPT while
+    every batch held several sequences)."""
+    model, alphabet = demo_fp32
+    run = with_v2(baseline, model, alphabet, SEQUENCES, make_plugin_path(f"{PLUGINS}:make_single_sequence_fast_path", model))
+    summary = analyse(run, model.num_layers).summary.to_json()
+    shortest = IDS[int(np.argmin([len(seq) for seq in SEQUENCES]))]
+    assert summary["verdict"] != "ACCEPT" and not summary["numerics"]["passed"]
+    assert summary["numerics"]["first_departing_layer"] == 0
+    table = analyse(run, model.num_layers).table.set_index("id")
+    assert table["cosine"].idxmin() == shortest and (table["cosine"].drop(shortest) > 1 - 1e-10).all()
+
+
 def test_eos_in_pool_fails_the_cosine_check(demo_fp32, baseline):
     model, alphabet = demo_fp32
     run = with_v2(baseline, model, alphabet, SEQUENCES, make_plugin_path("tests.plugins.broken_paths:make_eos_in_pool", model))
@@ -196,7 +210,11 @@ def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
     baseline = run_both_paths(model, alphabet, IDS[:6], sequences, layers=[layer], v2_path=path).v2.layers[layer]
     assert determinism(model, alphabet, sequences, baseline, layer, path=path).max_abs_diff == 0.0
     assert packing_invariance(model, alphabet, sequences, baseline, layer, path=path).passed
-    assert determinism(model, alphabet, sequences, baseline, layer).max_abs_diff > 0.0  # the built-in path differs
+    negated = make_plugin_path(f"{PLUGINS}:make_negated", model)
+    flipped = run_both_paths(model, alphabet, IDS[:6], sequences, layers=[layer], v2_path=negated).v2.layers[layer]
+    assert determinism(model, alphabet, sequences, flipped, layer, path=negated).max_abs_diff == 0.0
+    # Without path= the checks run the built-in path, whose rows are not negated.
+    assert determinism(model, alphabet, sequences, flipped, layer).max_abs_diff > 0.1
 
 
 def test_checks_count_the_same_nan_twice_as_the_same_result(demo_fp32):
@@ -325,4 +343,5 @@ def test_out_of_memory_inside_a_plugin_still_splits_the_batch(demo_fp32, monkeyp
     flaky = replace(path, run=guarded("flaky:make", running_out_on_big_batches, "forward_packed"))
     embedded = embed_path(model, alphabet, sequences, [model.num_layers], flaky)
     assert embedded.layers[model.num_layers].shape == (3, model.embed_dim)
-    assert calls[0] == 3 and calls.count(1) == 3 and len(calls) > 3  # the batch of 3 split until each fit
+    # The shortest goes alone first; the batch of the other 2 is split until each fits.
+    assert calls[:2] == [1, 2] and calls.count(1) == 3 and len(calls) == 4

@@ -149,8 +149,35 @@ class SizedByItsFirstCall(PackedReference):
         super().__init__(TablesFromTheFirstCall(model.esm2, name=model.name, weights=model.weights))
 
 
+class WithoutTheScale(ESM2WithFlashAttention):
+    """This project's packed forward without fair-esm's token-dropout factor (1 − 0.15·0.8)."""
+
+    def _packed_embeddings(self, input_ids, seq_index, seq_lengths):
+        return self.esm2.embed_scale * self.esm2.embed_tokens(input_ids)
+
+
+class SingleSequenceFastPath(PackedReference):
+    """Right for a pack of several sequences, but one sequence alone takes a fast path that forgets the
+    token-dropout factor: what a server embedding one query at a time would run every time."""
+
+    name = "example single-sequence fast path"
+
+    def __init__(self, model: ESM2WithFlashAttention):
+        super().__init__(model)
+        self.alone = WithoutTheScale(model.esm2, name=model.name, weights=model.weights)
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        if cu_seqlens.numel() == 2:
+            return self.alone.forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers, backend="reference")
+        return super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+
 def make_crashing(model):
     return CrashesInForward(model)
+
+
+def make_single_sequence_fast_path(model):
+    return SingleSequenceFastPath(model)
 
 
 def make_sized_by_its_first_call(model):
