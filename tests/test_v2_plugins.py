@@ -13,7 +13,7 @@ import torch
 
 from core.embed.batching import pack_sequences, padded_tokens
 from core.cli import main
-from core.embed.paths import fallback_path
+from core.embed.paths import fallback_path, packed_path
 from core.embed.run import run_both_paths, v1_baseline, with_v2
 from core.embed.yardstick import YardstickPlan
 from core.numerics.fallback import V1CompatiblePacked
@@ -215,6 +215,21 @@ def test_checks_rerun_the_v2_that_was_compared(demo_fp32):
     assert determinism(model, alphabet, sequences, flipped, layer, path=negated).max_abs_diff == 0.0
     # Without path= the checks run the built-in path, whose rows are not negated.
     assert determinism(model, alphabet, sequences, flipped, layer).max_abs_diff > 0.1
+
+
+def test_a_failed_check_takes_accept_away_from_a_run_that_would_have_it(demo_fp32, baseline):
+    """The faithful built-in path on the shared baseline is ACCEPT; the same run analysed with a failed
+    determinism check of v2.0 is VALIDATE, and the recommendation and summary.json say which check."""
+    from core.analysis.checks import CheckResult
+
+    model, alphabet = demo_fp32
+    run = with_v2(baseline, model, alphabet, SEQUENCES, packed_path(model))
+    assert analyse(run, model.num_layers).summary.verdict == "ACCEPT"
+    flaky = CheckResult("determinism", False, 2e-3, 0.9999, len(SEQUENCES), "v2.0 run twice on the same batches")
+    summary = analyse(run, model.num_layers, checks=[flaky]).summary.to_json()
+    assert summary["verdict"] == "VALIDATE"
+    assert "v2.0 failed its own checks (determinism: max |diff| 0.002 over" in summary["recommendation"]
+    assert summary["checks_v2"][0]["passed"] is False
 
 
 def test_checks_count_the_same_nan_twice_as_the_same_result(demo_fp32):

@@ -30,9 +30,10 @@ def seed_rule(share: float = 0.6) -> SeedRule:
 
 
 def headline(verdict: str = "ACCEPT", agreement: Fraction = Fraction(1), numerics: NumericsGate | None = PASSING,
-             failing: tuple[str, ...] = (), share: float = 0.6, non_finite: NonFinite = NonFinite()) -> Headline:
+             failing: tuple[str, ...] = (), share: float = 0.6, non_finite: NonFinite = NonFinite(),
+             failed_checks: tuple[str, ...] = ()) -> Headline:
     predictions = Predictions(verdict, agreement, "100 balanced proxy heads", 0)
-    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share), non_finite)
+    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share), non_finite, failed_checks)
 
 
 def test_accept_needs_predictions_numerics_and_cosine():
@@ -41,6 +42,17 @@ def test_accept_needs_predictions_numerics_and_cosine():
     assert headline(numerics=gate(layer(0), layer(1, closer=(32, 0), p=4e-10))).verdict == "VALIDATE"
     assert headline(numerics=None).verdict == "VALIDATE"
     assert headline(failing=("seq5",)).verdict == "VALIDATE"
+
+
+def test_a_failed_check_of_v2_withholds_accept_and_says_which():
+    """Packing invariance or determinism failing (--checks) caps the verdict at VALIDATE, named in the
+    recommendation; it never lifts a worse verdict."""
+    failed = ("packing invariance: max |diff| 0.276 over 18 sequences",)
+    assert headline(failed_checks=failed).verdict == "VALIDATE"
+    assert "v2.0 failed its own checks (packing invariance: max |diff| 0.276" in headline(failed_checks=failed).recommendation()
+    assert headline("FALLBACK", Fraction(90, 100), failed_checks=failed).verdict == "FALLBACK"
+    assert "failed its own checks" in headline("FALLBACK", Fraction(90, 100), failed_checks=failed).recommendation()
+    assert headline(failed_checks=()).verdict == "ACCEPT"
 
 
 def test_a_non_finite_embedding_decides_on_its_own():

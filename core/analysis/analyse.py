@@ -142,8 +142,9 @@ def non_finite_ids(ids: Sequence[str], v1: np.ndarray, v2: np.ndarray) -> NonFin
 
 
 def judge(values: LayerValues, options: AnalysisOptions, comparison: Comparison, head_name: str,
-          memo: Memo = compute_now) -> tuple[Headline, HeadVotes, ProxyBalance]:
-    """The headline (predictions, numerics, cosine, seed rule), the proxy heads' votes and their balance."""
+          memo: Memo = compute_now, checks: Sequence[CheckResult] = ()) -> tuple[Headline, HeadVotes, ProxyBalance]:
+    """The headline (predictions, numerics, cosine, seed rule, v2.0's failed checks), the proxy heads' votes
+    and their balance."""
     run, layer = values.run, values.layer
     seeds = tuple(range(options.n_heads)) if options.n_heads > 0 else (options.seed,)
     votes = memo(("votes", layer, options.proxy, seeds, options.k), lambda: heads_vote(values, options.proxy, seeds, options.k))
@@ -155,7 +156,9 @@ def judge(values: LayerValues, options: AnalysisOptions, comparison: Comparison,
     failing = tuple(seq_id for seq_id, bad in zip(run.ids, comparison.cosine_failures) if bad)
     gate = memo(("numerics", options.k), lambda: numerics_gate(run, options.k))
     non_finite = memo(("non_finite", layer), lambda: non_finite_ids(run.ids, values.v1, values.v2))
-    headline = Headline(predictions, gate, failing, options.thresholds, seed_rule, non_finite)
+    failed_checks = tuple(f"{check.name}: max |diff| {check.max_abs_diff:.3g} over {check.n_sequences} sequences"
+                          for check in checks if not check.passed)
+    headline = Headline(predictions, gate, failing, options.thresholds, seed_rule, non_finite, failed_checks)
     return headline, votes, ProxyBalance(head_name, majority_share(comparison.labels_v1), votes, seed_rule)
 
 
@@ -171,7 +174,7 @@ def analyse(run: EmbeddingRun, layer: int, options: AnalysisOptions = AnalysisOp
     values = LayerValues(run, layer)
     classifier, head_name = chosen_head(values, options, memo)
     comparison = compare(values, options, classifier, memo)
-    headline, votes, balance = judge(values, options, comparison, head_name, memo)
+    headline, votes, balance = judge(values, options, comparison, head_name, memo, checks)
     sample = run.reference_sample
     attribution = (
         attribute(values.v1[sample.indices], values.v2[sample.indices], sample.reference_rows(layer), classifier, options.k,

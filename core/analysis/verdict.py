@@ -171,6 +171,7 @@ class Headline:
     thresholds: Thresholds
     seed_rule: SeedRule
     non_finite: NonFinite = NonFinite()
+    failed_checks: tuple[str, ...] = ()  # v2.0's own checks that failed (--checks), each "name: what it measured"
 
     @property
     def numerics_passed(self) -> bool:
@@ -178,12 +179,13 @@ class Headline:
 
     @property
     def verdict(self) -> Verdict:
-        """The predictions' verdict, capped at VALIDATE by the cosine check, the numerics or a non-finite
-        result of v1.0; FALLBACK whenever v2.0 returns NaN or infinity where v1.0 does not."""
+        """The predictions' verdict, capped at VALIDATE by the cosine check, the numerics, a non-finite
+        result of v1.0 or a failed check of v2.0 (packing invariance, determinism); FALLBACK whenever v2.0
+        returns NaN or infinity where v1.0 does not."""
         if self.non_finite.only_v2:
             return "FALLBACK"
         verdict = self.predictions.verdict
-        capped = self.cosine_failures or not self.numerics_passed or self.non_finite.v1
+        capped = self.cosine_failures or not self.numerics_passed or self.non_finite.v1 or self.failed_checks
         if verdict == "ACCEPT" and capped:
             return "VALIDATE"
         return verdict
@@ -205,7 +207,7 @@ class Headline:
             return (f"Adopt v2.0: predictions agree ({pct} of labels, {predictions.decided_by}) and its numerics "
                     "are v1.0's to rounding; the divergence is cosmetic.")
         departure = self._numerics_reason()
-        others = ([f"its numerics {departure}"] if departure else []) + self._cosine_reason()
+        others = ([f"its numerics {departure}"] if departure else []) + self._cosine_reason() + self._checks_reason()
         if self.verdict == "FALLBACK":
             reasons = self.non_finite.reasons()  # the most specific reason first
             if predictions.verdict == "FALLBACK":
@@ -220,6 +222,11 @@ class Headline:
             reasons.append(f"label agreement {pct} ({predictions.decided_by}) is between "
                            f"{100 * thresholds.min_agreement:g}% and {100 * thresholds.accept_agreement:g}%")
         return f"Validate v2.0 on a production dataset before adopting it: {' and '.join(reasons + others)}."
+
+    def _checks_reason(self) -> list[str]:
+        if not self.failed_checks:
+            return []
+        return [f"v2.0 failed its own checks ({'; '.join(self.failed_checks)})"]
 
     def _cosine_reason(self) -> list[str]:
         if not self.cosine_failures:
