@@ -231,10 +231,13 @@ def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_basel
         return
     records = tuple((record.id, record.sequence) for record in parsed.records)
     packed = None if fresh_baseline else run.v2.layers[layer]
-    for check in v2_checks(used, records, layer, packed):
+    checks = v2_checks(used, records, layer, packed)
+    for check in checks:
         badge = st.success if check.passed else st.error
         badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "
               f"min cosine {check.min_cosine:.10f} over {check.n_sequences} sequences. {check.detail}.")
+    if not all(check.passed for check in checks):
+        st.error(views.FAILED_CHECKS_NOTE)
 
 
 def share_tab(summary: Summary, table: pd.DataFrame, figures: dict[str, go.Figure]) -> None:

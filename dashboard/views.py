@@ -183,6 +183,10 @@ def live_throughput(stage: str, done: int, total: int, stages: tuple[str, ...], 
 
 TABLE_ROWS = 1_000  # rows the per-sequence table shows; sequences.csv has them all
 
+FAILED_CHECKS_NOTE = ("A failed check withholds ACCEPT: read the verdict above as VALIDATE at best. These checks ran "
+                      "on demand, after the verdict was drawn; `python -m core compare --checks` folds them into its "
+                      "verdict.")
+
 
 def shown_table(table: pd.DataFrame, limit: int = TABLE_ROWS) -> tuple[pd.DataFrame, str | None]:
     """The per-sequence table as the page shows it: whole when it has at most ``limit`` rows, else the

@@ -22,7 +22,7 @@ import dashboard.state
 from core.numerics.loading import layer_indices
 from dashboard.markup import plain, unescaped
 from dashboard.runs import RunStore
-from dashboard.views import CHECKPOINT
+from dashboard.views import CHECKPOINT, FAILED_CHECKS_NOTE
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 pytestmark = pytest.mark.usefixtures("short_examples", "light_numerics")  # the page's behaviour, not the numbers
@@ -235,6 +235,20 @@ def test_a_broken_plugin_is_flagged_on_the_page(run_counter, monkeypatch, tmp_pa
     assert "ACCEPT" not in card.split("</div>")[0]
     assert "<b>Numerics:</b> different — departs from layer 0" in card
     assert any(e.value.startswith("Numerics: different") for e in app.error)
+
+
+def test_a_failed_check_on_the_page_says_it_withholds_accept(run_counter, monkeypatch, tmp_path):
+    """The checks run on demand, after the card: a failed one says that ACCEPT is withheld, as the CLI's
+    --checks verdict does; passing checks say nothing of the kind."""
+    server_config(monkeypatch, tmp_path,
+                  '[v2_plugins]\n"Across" = "tests.plugins.broken_paths:make_cross_sequence_attention"\n')
+    app = new_app()
+    app.selectbox(key="v2").set_value("Across").run()
+    app = run_example(app)
+    app.button(key="checks_go").click().run()
+    assert not app.exception
+    assert any(e.value.startswith("packing invariance: FAIL") for e in app.error)
+    assert FAILED_CHECKS_NOTE in [e.value for e in app.error]
 
 
 def test_a_plugin_returning_nan_is_a_fallback_card_naming_its_sequences(run_counter, monkeypatch, tmp_path):
@@ -505,6 +519,7 @@ def test_a_second_run_comes_from_the_embedding_cache_and_says_so(run_counter, mo
     badges = [s.value for s in second.success if "PASS" in s.value]
     assert any(b.startswith("packing invariance: PASS") for b in badges)
     assert any(b.startswith("determinism: PASS") for b in badges)
+    assert FAILED_CHECKS_NOTE not in [e.value for e in second.error]
 
     st.cache_data.clear()
     reopened = new_app(run=run_id)
