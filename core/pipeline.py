@@ -21,7 +21,7 @@ import esm
 from core.analysis.checks import CheckResult, v2_checks
 from core.embed.cache import CacheStats, merge_run, plan_lookup, store_computed
 from core.embed.cache_store import EmbeddingCache, open_cache
-from core.embed.model_state import ModelState, changes, model_state
+from core.embed.model_state import ModelState, changes, described, model_state
 from core.embed.passes import Progress
 from core.embed.paths import ForwardPath, fallback_path, packed_path
 from core.embed.plugins import make_plugin_path
@@ -75,6 +75,11 @@ class LoadedModel:
     alphabet: esm.data.Alphabet
     state: ModelState | None = None
 
+    @classmethod
+    def of(cls, model: ESM2WithFlashAttention, alphabet: esm.data.Alphabet) -> LoadedModel:
+        """``model`` and ``alphabet`` as just loaded, their state recorded."""
+        return cls(model, alphabet, model_state(model.esm2))
+
     def changed(self) -> list[str]:
         """What differs from the model as loaded (empty without a recorded ``state``)."""
         return [] if self.state is None else changes(self.state, model_state(self.model.esm2))
@@ -105,7 +110,7 @@ class ComparisonResult:
 
 def load_model(request: ComparisonRequest) -> LoadedModel:
     model, alphabet = load_esm2_model(request.model, dtype=request.dtype, device=request.device, backend=request.backend)
-    return LoadedModel(model, alphabet, model_state(model.esm2))
+    return LoadedModel.of(model, alphabet)
 
 
 def candidate_path(request: ComparisonRequest, model: ESM2WithFlashAttention) -> ForwardPath:
@@ -122,7 +127,7 @@ def prepare(request: ComparisonRequest, loaded: LoadedModel | None = None) -> Pr
     loaded = loaded or load_model(request)
     changed = loaded.changed()
     if changed:
-        raise ValueError(f"the loaded model has changed since it was loaded ({'; '.join(changed[:4])}); load it again")
+        raise ValueError(f"the loaded model has changed since it was loaded ({described(changed)}); load it again")
     model = loaded.model
     layer = layer_indices(model, [request.layer if request.layer is not None else model.num_layers])[0]
     return Prepared(

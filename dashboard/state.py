@@ -26,7 +26,6 @@ from core.analysis.analyse import Analysis, analyse
 from core.analysis.checks import CheckResult
 from core.analysis.profile import residue_divergence
 from core.embed.cache import CacheStats
-from core.embed.model_state import model_state
 from core.embed.passes import Progress
 from core.embed.run import EmbeddingRun
 from core.input.records import ParsedInput
@@ -51,8 +50,7 @@ def get_model(spec: str, dtype: str, device: str, weights_token: str = "") -> Lo
     ``weights_token`` changes when a checkpoint file changes on disk. One entry: loading another
     model releases the previous one's GPU memory.
     """
-    model, alphabet = load_esm2_model(spec, dtype=dtype, device=device)
-    return LoadedModel(model, alphabet, model_state(model.esm2))
+    return LoadedModel.of(*load_esm2_model(spec, dtype=dtype, device=device))
 
 
 def loaded_for(settings: Settings) -> LoadedModel:

@@ -80,6 +80,11 @@ def changes(before: ModelState, after: ModelState) -> list[str]:
     return found
 
 
+def described(found: list[str], shown: int = 4) -> str:
+    """``changes``' findings for a message: the first ``shown``, then how many more."""
+    return "; ".join(found[:shown]) + (f"; and {len(found) - shown} more" if len(found) > shown else "")
+
+
 def _settings() -> dict[str, object]:
     """The switches that change how fair-esm's float32 / FP16 arithmetic rounds, for the whole process: a
     plug-in that turned TF32 on would take v1.0 with it (the reference switches it off for itself)."""

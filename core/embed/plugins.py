@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from core.embed.model_state import ModelState, changes, model_state
+from core.embed.model_state import ModelState, changes, described, model_state
 from core.embed.passes import out_of_memory
 from core.embed.paths import ForwardPath, plugin_path
 from core.numerics.esm2_packed import ESM2WithFlashAttention
@@ -78,8 +78,7 @@ def require_unchanged(spec: str, before: ModelState, model: ESM2WithFlashAttenti
     and the comparison would hide it."""
     found = changes(before, model_state(model.esm2))
     if found:
-        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
-        raise PluginError(f"plug-in {spec!r} changed the loaded model {when} ({shown}). v1.0 and the reference run "
+        raise PluginError(f"plug-in {spec!r} changed the loaded model {when} ({described(found)}). v1.0 and the reference run "
                           "on that model and would share the change, hiding it: change a copy "
                           "(copy.deepcopy(model)) or your own tensors instead")
 

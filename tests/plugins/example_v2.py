@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_tables
+from tests.plugins.broken_paths import NoTokenDropoutScale
 
 
 class PackedReference:
@@ -149,13 +150,6 @@ class SizedByItsFirstCall(PackedReference):
         super().__init__(TablesFromTheFirstCall(model.esm2, name=model.name, weights=model.weights))
 
 
-class WithoutTheScale(ESM2WithFlashAttention):
-    """This project's packed forward without fair-esm's token-dropout factor (1 − 0.15·0.8)."""
-
-    def _packed_embeddings(self, input_ids, seq_index, seq_lengths):
-        return self.esm2.embed_scale * self.esm2.embed_tokens(input_ids)
-
-
 class SingleSequenceFastPath(PackedReference):
     """Right for a pack of several sequences, but one sequence alone takes a fast path that forgets the
     token-dropout factor: what a server embedding one query at a time would run every time."""
@@ -164,7 +158,7 @@ class SingleSequenceFastPath(PackedReference):
 
     def __init__(self, model: ESM2WithFlashAttention):
         super().__init__(model)
-        self.alone = WithoutTheScale(model.esm2, name=model.name, weights=model.weights)
+        self.alone = NoTokenDropoutScale(model)
 
     def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
         if cu_seqlens.numel() == 2:
