@@ -295,17 +295,21 @@ def test_a_plugin_that_changes_the_loaded_model_is_a_setup_error_naming_the_chan
     assert "change a copy" in line
 
 
-def test_a_plugin_that_patches_fair_esm_while_it_runs_is_stopped_before_the_reference(demo_fp32, monkeypatch):
+@pytest.mark.parametrize("factory, replaced", [("make_patches_gelu", r"esm\.modules\.gelu"),
+                                               ("make_patches_tensor_method", r"torch\.Tensor\.masked_fill")])
+def test_a_plugin_that_patches_fair_esm_while_it_runs_is_stopped_before_the_reference(demo_fp32, monkeypatch, factory,
+                                                                                      replaced):
     import copy
 
     import esm.modules
 
     monkeypatch.setattr(esm.modules, "gelu", esm.modules.gelu)  # restored after the plug-in's patch
+    monkeypatch.setattr(torch.Tensor, "masked_fill", torch.Tensor.masked_fill)
     model, alphabet = copy.deepcopy(demo_fp32[0]), demo_fp32[1]
-    path = make_plugin_path(f"{PLUGINS}:make_patches_gelu", model)
+    path = make_plugin_path(f"{PLUGINS}:{factory}", model)
     reference_built = []
     monkeypatch.setattr("core.embed.yardstick.reference_copy", lambda *args: reference_built.append(args))
-    with pytest.raises(PluginError, match=r"changed the loaded model while it ran \(esm\.modules\.gelu replaced\)"):
+    with pytest.raises(PluginError, match=rf"changed the loaded model while it ran \({replaced} replaced\)"):
         run_both_paths(model, alphabet, IDS[:3], SEQUENCES[:3], v2_path=path,
                        yardstick=YardstickPlan("reference", "fp64", None))
     assert reference_built == []

@@ -4,15 +4,16 @@ A plug-in's factory receives the loaded model itself. A factory (or a forward) t
 fair-esm's token dropout, casts the weights, swaps a layer or patches fair-esm's GELU would change
 v1.0 and the float64 reference with it — the two paths would then agree on the bug, and the verdict
 would be ACCEPT. ``model_state`` records the fair-esm module's tensors (which object, its storage, dtype,
-device, shape and in-place version), its modules and their public attributes, and the functions
-fair-esm's forward reaches by name (fair-esm's own, ``torch.nn.functional``, the torch.nn modules it
-is built from, the torch functions it calls), and torch's precision switches; ``changes`` names what
-differs.
+device, shape and in-place version), its modules and their public attributes, the functions fair-esm's
+forward reaches by name (fair-esm's own, ``torch.nn.functional``, the torch.nn modules it is built from,
+the torch functions and tensor methods it calls), and torch's precision switches; ``changes`` names
+what differs.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,15 @@ WATCHED_NAMESPACES = ("esm.model.esm2", "esm.modules", "esm.multihead_attention"
 WATCHED_CLASSES = (torch.nn.Module, torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding)
 WATCHED_TORCH_FUNCTIONS = ("arange", "baddbmm", "bmm", "cat", "cos", "einsum", "erf", "exp", "layer_norm", "matmul",
                            "sin", "softmax", "sqrt", "stack", "tanh")
+# The tensor methods and operators fair-esm's forward calls (traced with a TorchFunctionMode), and their
+# near kin: a plug-in that replaced ``torch.Tensor.masked_fill`` would change v1.0 and the reference too.
+WATCHED_TENSOR_METHODS = (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__", "__matmul__",
+    "__neg__", "__invert__", "__eq__", "__bool__", "__getitem__", "__setitem__", "add", "any", "bmm", "chunk",
+    "contiguous", "cos", "div", "double", "eq", "erf", "exp", "float", "half", "masked_fill", "masked_fill_", "matmul",
+    "mean", "mul", "mul_", "neg", "pow", "rsqrt", "sin", "softmax", "sqrt", "sum", "tanh", "to", "transpose", "type",
+    "type_as", "unsqueeze", "view",
+)
 PLAIN = (bool, int, float, str, type(None))
 
 
@@ -108,8 +118,11 @@ def _public_attributes(module: torch.nn.Module) -> dict[str, Any]:
 
 def _functions() -> dict[str, int]:
     """qualified name -> id of every function in WATCHED_NAMESPACES, of the methods of the classes defined
-    there and of WATCHED_CLASSES, and of WATCHED_TORCH_FUNCTIONS."""
+    there and of WATCHED_CLASSES, of WATCHED_TORCH_FUNCTIONS and of WATCHED_TENSOR_METHODS (as torch.Tensor
+    resolves them, so a replacement on torch.Tensor or on its C base shows)."""
     found = {f"torch.{name}": id(getattr(torch, name)) for name in WATCHED_TORCH_FUNCTIONS}
+    found.update({f"torch.Tensor.{name}": id(inspect.getattr_static(torch.Tensor, name))
+                  for name in WATCHED_TENSOR_METHODS})
     classes = list(WATCHED_CLASSES)
     for namespace in WATCHED_NAMESPACES:
         module = importlib.import_module(namespace)

@@ -266,3 +266,19 @@ class PatchesGelu(PackedReference):
 def make_patches_gelu(model):
     return PatchesGelu(model)
 
+
+
+class PatchesTensorMethod(PackedReference):
+    """A v2.0 whose forward makes ``torch.Tensor.masked_fill`` ignore its mask where the value is 0 — fair-esm's
+    token dropout — a process-wide change that v1.0 and the reference would then make too."""
+
+    name = "example patches torch.Tensor.masked_fill"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        original = torch.Tensor.masked_fill
+        torch.Tensor.masked_fill = lambda tensor, mask, value: tensor if value == 0 else original(tensor, mask, value)
+        return super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+
+def make_patches_tensor_method(model):
+    return PatchesTensorMethod(model)
