@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.analysis.analyse import Analysis, analyse
+from core.analysis.checks import CheckResult
 from core.analysis.heads import HeadClassifier, HeadError
 from core.embed.cache import CacheStats
 from core.input.head_files import load_extra_features, load_head
@@ -76,27 +77,31 @@ def _saved(folder: str, upload) -> Path:
     return path
 
 
-def analysis_for(run, settings: Settings, parsed: ParsedInput, cache: CacheStats | None) -> Analysis:
+def analysis_for(run, settings: Settings, parsed: ParsedInput, cache: CacheStats | None,
+                 checks: tuple[CheckResult, ...] = ()) -> Analysis:
     """The run analysed at the view's layer, seed, heads and thresholds, with the user's head when one is
-    uploaded (the proxy's when it cannot be used, with the reason)."""
+    uploaded (the proxy's when it cannot be used, with the reason); a failed one of ``checks`` withholds ACCEPT."""
     layer = shown_layer(settings, run.layers)
     head, problem = head_section(run.ids) if not settings.present else (None, None)
     options = options_for(settings)
     if head is not None:
         try:
             with_head = dataclasses.replace(options, classifier=head, classifier_name=head.describe())
-            return analyse(run, layer, with_head, parsed, versions(), cache=cache, memo=memo_for(run))
+            return analyse(run, layer, with_head, parsed, versions(), checks=checks, cache=cache, memo=memo_for(run))
         except HeadError as error:
             problem = str(error)
     if problem:
         st.error(plain(f"Your head cannot be used, so the proxy classifier is shown: {problem}"))
-    return analyse(run, layer, options, parsed, versions(), cache=cache, memo=memo_for(run))
+    return analyse(run, layer, options, parsed, versions(), checks=checks, cache=cache, memo=memo_for(run))
 
 
 def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache: CacheStats | None = None) -> None:
     """The analysis of ``run`` at the view's layer, seed and thresholds; ``used``: the settings it ran with;
-    ``cache``: what the embedding cache did for the run (None when it was off)."""
-    analysis = analysis_for(run, settings, parsed, cache)
+    ``cache``: what the embedding cache did for the run (None when it was off). The checks, once asked for
+    at this layer, run before the verdict card is drawn, so that a failed one is in the verdict."""
+    layer = shown_layer(settings, run.layers)
+    checks = requested_checks(run, parsed, used, layer, cache)
+    analysis = analysis_for(run, settings, parsed, cache, checks)
     summary, table = analysis.summary, analysis.table
     font_size = 22 if settings.present else 14
     if run.is_demo:
@@ -127,9 +132,7 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
     with tabs[5]:
         heads_tab(analysis, run.ids)
     with tabs[6]:
-        compact = summary.provenance.layer in getattr(run.v1.layers, "half", {})  # stored to ~3 digits, not bits
-        checks_tab(run, parsed, used, summary.provenance.layer,
-                   fresh_baseline=bool(cache and cache.hits) or compact)
+        checks_tab(layer, checks)
     with tabs[7]:
         share_tab(summary, table, figures)
 
@@ -218,20 +221,31 @@ def heads_tab(analysis: Analysis, ids: list[str]) -> None:
     right.plotly_chart(charts.flips_vs_margin(votes.margin_table(ids)), key="chart_margins")
 
 
-def checks_tab(run, parsed: ParsedInput, used: Settings, layer: int, fresh_baseline: bool = False) -> None:
-    """Packing invariance and determinism on demand; ``fresh_baseline``: some embeddings came from the
-    cache (packed with other batch-mates), or the layer is kept compact (not bit for bit), so the checks
-    compare against a fresh v2.0 run instead."""
+def ask_for_checks(layer: int) -> None:
+    st.session_state.checks_layer = layer  # cleared by a new run (dashboard.session)
+
+
+def requested_checks(run, parsed: ParsedInput, used: Settings, layer: int,
+                     cache: CacheStats | None) -> tuple[CheckResult, ...]:
+    """Packing invariance and determinism at ``layer`` once the checks tab asked for them (none before, or
+    when the run's model is no longer offered). They compare against the stored packed embeddings, or
+    against a fresh v2.0 run when some came from the embedding cache (packed with other batch-mates) or
+    the layer is kept compact (not bit for bit)."""
+    if st.session_state.get("checks_layer") != layer or not_offered(used):
+        return ()
+    compact = layer in getattr(run.v1.layers, "half", {})  # stored to ~3 digits, not bits
+    fresh_baseline = bool(cache and cache.hits) or compact
+    records = tuple((record.id, record.sequence) for record in parsed.records)
+    return tuple(v2_checks(used, records, layer, None if fresh_baseline else run.v2.layers[layer]))
+
+
+def checks_tab(layer: int, checks: tuple[CheckResult, ...]) -> None:
+    """The checks' outcomes at ``layer``, or the button that asks for them."""
     st.caption("Packing invariance: each sequence run alone must match itself packed with others. "
                "Determinism: v2.0 run twice must give bit-identical embeddings. Both cost extra v2.0 passes.")
-    if not (st.button("Run the checks", key="checks_go") or st.session_state.get("checks_layer") == layer):
+    if not checks:
+        st.button("Run the checks", key="checks_go", on_click=ask_for_checks, args=(layer,))
         return
-    st.session_state.checks_layer = layer
-    if not_offered(used):
-        return
-    records = tuple((record.id, record.sequence) for record in parsed.records)
-    packed = None if fresh_baseline else run.v2.layers[layer]
-    checks = v2_checks(used, records, layer, packed)
     for check in checks:
         badge = st.success if check.passed else st.error
         badge(f"{check.name}: {'PASS' if check.passed else 'FAIL'} — max |difference| {check.max_abs_diff:.3e}, "

@@ -183,9 +183,8 @@ def live_throughput(stage: str, done: int, total: int, stages: tuple[str, ...], 
 
 TABLE_ROWS = 1_000  # rows the per-sequence table shows; sequences.csv has them all
 
-FAILED_CHECKS_NOTE = ("A failed check withholds ACCEPT: read the verdict above as VALIDATE at best. These checks ran "
-                      "on demand, after the verdict was drawn; `python -m core compare --checks` folds them into its "
-                      "verdict.")
+FAILED_CHECKS_NOTE = ("A failed check withholds ACCEPT: the verdict above is VALIDATE at best, and summary.json and "
+                      "report.html say why.")
 
 
 def shown_table(table: pd.DataFrame, limit: int = TABLE_ROWS) -> tuple[pd.DataFrame, str | None]:
