@@ -232,6 +232,19 @@ def test_a_failed_check_takes_accept_away_from_a_run_that_would_have_it(demo_fp3
     assert summary["checks_v2"][0]["passed"] is False
 
 
+def test_a_drifting_path_is_accept_until_its_checks_run(capsys, tmp_path):
+    """A v2.0 that drifts by a few float steps between calls agrees with v1.0 to rounding, so its verdict is
+    ACCEPT; with --checks its determinism fails, the verdict is VALIDATE and a --fail-on validate gate trips."""
+    argv = ["compare", "--example", "patterns", "--model", "demo-8M", "--device", "cpu",
+            "--v2", f"{PLUGINS}:make_drifting", "--fail-on", "validate"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["verdict"] == "ACCEPT"
+    assert main([*argv, "--checks", "--out", str(tmp_path / "checked")]) == 1
+    summary = json.loads((tmp_path / "checked" / "summary.json").read_text())
+    assert summary["verdict"] == "VALIDATE" and "failed its own checks (determinism" in summary["recommendation"]
+    assert "determinism                        FAIL" in capsys.readouterr().out
+
+
 def test_checks_count_the_same_nan_twice_as_the_same_result(demo_fp32):
     """A NaN that v2.0 returns every time, packed or alone, is deterministic and packing-invariant (the NaN
     itself is the verdict's business); a NaN against a number is an infinite difference."""

@@ -3,6 +3,7 @@ broken ones are in tests/plugins/broken_paths.py."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import torch
@@ -282,3 +283,25 @@ class PatchesTensorMethod(PackedReference):
 
 def make_patches_tensor_method(model):
     return PatchesTensorMethod(model)
+
+
+_CALLS = itertools.count(1)  # across instances: the page's checks build the plug-in again
+
+
+class Drifting(PackedReference):
+    """Faithful to rounding but not deterministic: each call moves one value (the first residue's first
+    feature, in every returned layer) by as many float steps as calls so far in this process, as a kernel
+    with unordered atomic sums drifts. Its verdict is ACCEPT; only the determinism check sees it."""
+
+    name = "example drifting"
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen: int, repr_layers: Sequence[int]) -> dict:
+        out = super().forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+        steps = next(_CALLS)
+        for rep in out["representations"].values():
+            rep[1, 0] += steps * torch.finfo(rep.dtype).eps * max(abs(float(rep[1, 0])), 1.0)
+        return out
+
+
+def make_drifting(model):
+    return Drifting(model)
