@@ -7,6 +7,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,7 +29,9 @@ from dashboard import views
 from dashboard.markup import plain
 from dashboard.settings import Settings, options_for, shown_layer
 from dashboard.memo import memo_for
-from dashboard.state import model_refusal, residue_view, v2_checks
+from dashboard.state import failure_message, model_refusal, residue_view, v2_checks
+
+T = TypeVar("T")
 
 
 def verdict_card(summary: Summary, font_scale: float) -> None:
@@ -194,11 +197,26 @@ def residue_tab(run, parsed: ParsedInput, used: Settings, layer: int, table: pd.
     st.session_state.residue_shown = (chosen, layer)
     if not_offered(used):
         return
-    residues = residue_view(used, records[chosen], layer)
+    residues = rerun_or_say_why(lambda: residue_view(used, records[chosen], layer), "residue_shown",
+                                "The residue track could not be computed.")
+    if residues is None:
+        return
     st.plotly_chart(charts.residue_track(residues, chosen), key="chart_residues")
     worst = residues.sort_values("cosine").head(10)
     st.caption("The ten positions where the paths differ most")
     st.dataframe(worst, hide_index=True, width="stretch", key="residue_worst")
+
+
+def rerun_or_say_why(compute: Callable[[], T], asked: str, what: str) -> T | None:
+    """``compute()`` for a view that runs the model again (the checks, a residue track); when it fails, None
+    and ``what`` with the reason instead of a traceback, and the view is no longer asked for (session key
+    ``asked``), so a rerun does not retry it and its button offers it again."""
+    try:
+        return compute()
+    except Exception as error:  # Streamlit's own rerun and stop are BaseExceptions and pass through
+        st.session_state.pop(asked, None)
+        st.error(plain(f"{what} {failure_message(error)}"))
+        return None
 
 
 def not_offered(used: Settings) -> bool:
@@ -236,7 +254,9 @@ def requested_checks(run, parsed: ParsedInput, used: Settings, layer: int,
     compact = layer in getattr(run.v1.layers, "half", {})  # stored to ~3 digits, not bits
     fresh_baseline = bool(cache and cache.hits) or compact
     records = tuple((record.id, record.sequence) for record in parsed.records)
-    return tuple(v2_checks(used, records, layer, None if fresh_baseline else run.v2.layers[layer]))
+    checks = rerun_or_say_why(lambda: v2_checks(used, records, layer, None if fresh_baseline else run.v2.layers[layer]),
+                              "checks_layer", "The checks could not run, so the verdict below leaves them out.")
+    return tuple(checks or ())
 
 
 def checks_tab(layer: int, checks: tuple[CheckResult, ...]) -> None:

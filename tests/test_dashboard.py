@@ -277,6 +277,33 @@ def test_a_failed_check_takes_accept_off_the_card_itself(run_counter, monkeypatc
     assert run_counter == [None]
 
 
+@pytest.mark.parametrize("view, button, what", [
+    ("v2_checks", "checks_go", "The checks could not run, so the verdict below leaves them out."),
+    ("residue_view", "residue_go", "The residue track could not be computed."),
+])
+def test_a_view_that_cannot_run_is_a_message_and_the_results_stay(run_counter, monkeypatch, view, button, what):
+    """A v2.0 that fails while the checks or a residue track run it leaves the verdict card and the tabs in
+    place, says why, and offers the view again instead of retrying it on every rerun."""
+    import dashboard.results
+    from core.embed.plugins import PluginError
+
+    calls = []
+
+    def failing(*args):
+        calls.append(args)
+        raise PluginError("plug-in 'x' failed while it ran: CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(dashboard.results, view, failing)
+    app = run_example(new_app())
+    app.button(key=button).click().run()
+    assert not app.exception and len(calls) == 1
+    expected = f"{what} Cannot run: plug-in 'x' failed while it ran: CUDA error"
+    assert any(unescaped(e.value).startswith(expected) for e in app.error), [e.value for e in app.error]
+    assert "ACCEPT" in verdict_html(app).split("</div>")[0]
+    app.number_input(key="seed").set_value(2).run()
+    assert not app.exception and len(calls) == 1 and app.button(key=button)
+
+
 def test_a_plugin_returning_nan_is_a_fallback_card_naming_its_sequences(run_counter, monkeypatch, tmp_path):
     server_config(monkeypatch, tmp_path, '[v2_plugins]\n"NaN at W" = "tests.plugins.example_v2:make_nan_at_tryptophan"\n')
     app = new_app()
