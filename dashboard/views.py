@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from core.analysis.checks import CheckResult
 from core.analysis.metrics import format_percent
 from core.analysis.numerics_gate import NumericsGate
 from core.analysis.proxies import UNINFORMATIVE_SHARE, HeadVotes
@@ -69,8 +70,9 @@ def verdict_card_html(summary: Summary, font_scale: float) -> str:
     predictions, numerics, seed_rule = headline.lines()
     lines = "".join(
         f'<div style="font-size: {1.05 * font_scale}rem; margin-top: 0.25rem;"><b>{html.escape(label)}</b> '
-        f"{html.escape(text.split(': ', 1)[1])}</div>"
-        for label, text in (("Predictions:", predictions), ("Numerics:", numerics))
+        f"{html.escape(text)}</div>"
+        for label, text in (("Predictions:", predictions.split(": ", 1)[1]), ("Numerics:", numerics.split(": ", 1)[1]),
+                            ("Checks:", checks_line(summary.checks)))
     )
     return f"""<div style="border-left: 14px solid {colour}; background: #f6f7f9; padding: 0.8rem 1.2rem; border-radius: 6px;">
 <div style="color: {colour}; font-size: {3.2 * font_scale}rem; font-weight: 800; line-height: 1.1;">{html.escape(summary.verdict)}</div>
@@ -78,6 +80,17 @@ def verdict_card_html(summary: Summary, font_scale: float) -> str:
 {lines}
 <div style="color: #555; font-size: {0.95 * font_scale}rem; margin-top: 0.3rem;">{html.escape(seed_rule)}</div>
 <div style="color: #555; font-size: {0.9 * font_scale}rem; margin-top: 0.4rem;">{html.escape(compared)}</div></div>"""
+
+
+def checks_line(checks: tuple[CheckResult, ...]) -> str:
+    """The card's word on v2.0's own checks: not run (they are asked for in the Checks tab), passed, or
+    which failed."""
+    if not checks:
+        return "not run — the Checks tab runs packing invariance and determinism (two more v2.0 passes)."
+    failed = [check.name for check in checks if not check.passed]
+    if failed:
+        return f"failed ({', '.join(failed)}), so ACCEPT is withheld."
+    return f"passed ({', '.join(check.name for check in checks)})."
 
 
 @dataclass(frozen=True)

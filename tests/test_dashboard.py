@@ -266,6 +266,7 @@ def test_a_failed_check_takes_accept_off_the_card_itself(run_counter, monkeypatc
     card = unescaped(verdict_html(app))
     assert "VALIDATE" in card.split("</div>")[0] and "ACCEPT" not in card.split("</div>")[0]
     assert "v2.0 failed its own checks (determinism: max |diff|" in card
+    assert "<b>Checks:</b> failed (determinism), so ACCEPT is withheld." in card
     assert any(s.value.startswith("packing invariance: PASS") for s in app.success)
     assert any(e.value.startswith("determinism: FAIL") for e in app.error)
     assert FAILED_CHECKS_NOTE in [e.value for e in app.error]

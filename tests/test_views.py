@@ -38,6 +38,16 @@ def test_verdict_card_says_both_lines_and_escapes_user_text(summary):
     assert "<b>Predictions:</b> agree" in card and "<b>Numerics:</b> equivalent to rounding" in card
     assert html.escape(summary.headline.seed_rule.line()) in card
     assert "9 sequences" in card and "demo-8M (demo weights)" in card
+    assert "<b>Checks:</b> not run — the Checks tab runs packing invariance and determinism" in card
+
+
+def test_the_card_says_whether_the_checks_ran_and_which_failed():
+    from core.analysis.checks import CheckResult
+
+    passed = CheckResult("packing invariance", True, 0.0, 1.0, 9, "d")
+    failed = CheckResult("determinism", False, 2e-7, 1.0, 9, "d")
+    assert views.checks_line((passed,)) == "passed (packing invariance)."
+    assert views.checks_line((passed, failed)) == "failed (determinism), so ACCEPT is withheld."
 
 
 def test_kpis_carry_the_chosen_heads_balance_and_the_deciding_heads(summary):
