@@ -239,10 +239,12 @@ def test_a_drifting_path_is_accept_until_its_checks_run(capsys, tmp_path):
             "--v2", f"{PLUGINS}:make_drifting", "--fail-on", "validate"]
     assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
     assert json.loads((tmp_path / "plain" / "summary.json").read_text())["verdict"] == "ACCEPT"
+    assert "v2.0 checks                        not run (--checks" in capsys.readouterr().out
     assert main([*argv, "--checks", "--out", str(tmp_path / "checked")]) == 1
     summary = json.loads((tmp_path / "checked" / "summary.json").read_text())
     assert summary["verdict"] == "VALIDATE" and "failed its own checks (determinism" in summary["recommendation"]
-    assert "determinism                        FAIL" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "determinism                        FAIL" in out and "not run (--checks" not in out
 
 
 def test_checks_count_the_same_nan_twice_as_the_same_result(demo_fp32):

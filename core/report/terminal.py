@@ -7,6 +7,8 @@ from core.report.summary import DEMO_NOTICE, Summary
 
 Row = tuple[str, str]
 
+NO_CHECKS = "not run (--checks, or the page's Checks tab, runs packing invariance and determinism)"
+
 
 def _what(summary: Summary) -> list[Row]:
     p = summary.provenance
@@ -83,6 +85,8 @@ def _evidence(summary: Summary) -> list[Row]:
     for check in summary.checks:
         rows.append((check.name, f"{'pass' if check.passed else 'FAIL'} (max |diff| {check.max_abs_diff:.3e}, "
                                  f"{check.n_sequences} sequences)"))
+    if not summary.checks:
+        rows.append(("v2.0 checks", NO_CHECKS))
     return rows
 
 
