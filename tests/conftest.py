@@ -9,8 +9,8 @@ from core.numerics.loading import load_esm2_model
 
 
 # glibc's malloc hands large blocks back to the kernel as soon as they are freed and maps the next ones
-# afresh, so every activation of a CPU forward costs page faults: a fifth of the suite's CPU time went to
-# the kernel (79 of 516 CPU-seconds). Freed memory kept for reuse instead: 40 CPU-seconds, 16 s less.
+# afresh, so every activation of a CPU forward costs page faults: 79 of the suite's 516 CPU-seconds went to
+# the kernel. Freed memory kept for reuse instead: 46 CPU-seconds, 261 s of tests instead of 271.
 # Test processes are short-lived, so the memory they keep does not matter; the product leaves glibc as is.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1}
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)

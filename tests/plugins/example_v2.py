@@ -268,7 +268,6 @@ def make_patches_gelu(model):
     return PatchesGelu(model)
 
 
-
 class PatchesTensorMethod(PackedReference):
     """A v2.0 whose forward makes ``torch.Tensor.masked_fill`` ignore its mask where the value is 0 — fair-esm's
     token dropout — a process-wide change that v1.0 and the reference would then make too."""
