@@ -147,6 +147,13 @@ CATALOGUE: list[Case] = [
     Case("alignment_gap_dash", b">gap\nMKT--AYIAK\n", refused=(("gap", "'-' at position 4 (alignment gap"),)),
     Case("alignment_gap_dot", b">dot\nMKT..AYIAK\n", refused=(("dot", "'.' at position 4 (alignment gap"),)),
     Case("lower_case", b">low\nmktayiakqr\n", processed=("low",), sequences={"low": "MKTAYIAKQR"}),
+    Case(
+        "name_pasted_without_its_header",
+        b"Ubiquitin\nMQIFVKTLTGKTITLEVEPSDTIENVKAKI\n",
+        processed=("seq_1", "seq_2"),
+        warned=(("seq_1", "written in upper and lower case, as a name or a word is"),),
+        surface="paste",
+    ),
     # ------------------------------------------------------------ line endings, encodings
     Case(
         "windows_crlf",
@@ -449,7 +456,7 @@ def test_cli_outcome(case: Case, tmp_path, capsys):
     assert "Traceback" not in err
     assert code == (0 if case.processed and not case.refused else 2), err
     for seq_id, text in [*case.refused, *case.warned]:
-        assert text in err and (seq_id == "input" or f"{seq_id}:" in err)
+        assert text in err and (seq_id == "input" or f"{seq_id}:" in err or f"{seq_id} (line " in err)
     csv = out_dir / "sequences.csv"
     if not case.processed:
         assert not csv.exists()

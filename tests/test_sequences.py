@@ -97,6 +97,18 @@ def test_record_without_a_standard_amino_acid_is_kept_with_warning() -> None:
     assert parsed.records[1].warnings == ()
 
 
+def test_a_record_in_both_cases_is_kept_with_a_warning_and_one_case_is_not() -> None:
+    """A name pasted without its '>' ("Ubiquitin") is a valid string of residue letters: it is compared,
+    and warned about; a sequence in one case, upper or lower, is not."""
+    parsed = parse_sequences("Ubiquitin\nmqifvktltgk\nMQIFVKTLTGK\n")
+    assert [record.sequence for record in parsed.records] == ["UBIQUITIN", "MQIFVKTLTGK", "MQIFVKTLTGK"]
+    (warning,) = parsed.warnings
+    assert warning.record_id == "seq_1" and "upper and lower case" in warning.message
+    assert "read as UBIQUITIN" in warning.message and "put '>' before it" in warning.message
+    assert all(record.warnings == () for record in parsed.records[1:])
+    assert parse_sequences(">a\nMKTayiakQR\n").records[0].warnings != ()  # in FASTA too
+
+
 def test_bare_line_error_mentions_id_and_line_number() -> None:
     parsed = parse_sequences("MKTAY\n\nGS1GS\n")
     err = only_error(parsed)

@@ -55,6 +55,10 @@ def validate_record(
         return refuse(
             "looks like a nucleotide sequence (only A/C/G/T/U/N); paste the translated protein"
         )
+    if _mixed_case(raw.raw_sequence):
+        notes.append(f"{label}: written in upper and lower case, as a name or a word is, not a sequence; read as "
+                     f"{sequence[:12]}{'…' if len(sequence) > 12 else ''} — if it names the next sequence, put '>' "
+                     "before it")
     if not STANDARD_RESIDUES.intersection(sequence):
         notes.append(f"{label}: no standard amino acid, only {', '.join(sorted(set(sequence)))}; its embedding "
                      "says little about any protein")
@@ -125,6 +129,13 @@ def _hint(char: str) -> str:
     if char.isalpha():
         return f"'{char}' is not an amino-acid code"
     return "not an amino-acid letter"
+
+
+def _mixed_case(raw_sequence: str) -> bool:
+    """Both upper- and lower-case letters: sequences come in one case (lower case is read as upper), while
+    a name pasted without its '>' ("Ubiquitin") comes in both."""
+    letters = [c for c in raw_sequence if c.isascii() and c.isalpha()]
+    return any(c.isupper() for c in letters) and any(c.islower() for c in letters)
 
 
 def _is_nucleotide_like(sequence: str) -> bool:
