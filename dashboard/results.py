@@ -80,11 +80,11 @@ def _saved(folder: str, upload) -> Path:
     return path
 
 
-def analysis_for(run, settings: Settings, parsed: ParsedInput, cache: CacheStats | None,
+def analysis_for(run, layer: int, settings: Settings, parsed: ParsedInput, cache: CacheStats | None,
                  checks: tuple[CheckResult, ...] = ()) -> Analysis:
-    """The run analysed at the view's layer, seed, heads and thresholds, with the user's head when one is
-    uploaded (the proxy's when it cannot be used, with the reason); a failed one of ``checks`` withholds ACCEPT."""
-    layer = shown_layer(settings, run.layers)
+    """The run analysed at ``layer`` (the view's) and the view's seed, heads and thresholds, with the user's
+    head when one is uploaded (the proxy's when it cannot be used, with the reason); a failed one of
+    ``checks`` withholds ACCEPT."""
     head, problem = head_section(run.ids) if not settings.present else (None, None)
     options = options_for(settings)
     if head is not None:
@@ -104,13 +104,13 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
     at this layer, run before the verdict card is drawn, so that a failed one is in the verdict."""
     layer = shown_layer(settings, run.layers)
     checks = requested_checks(run, parsed, used, layer, cache)
-    analysis = analysis_for(run, settings, parsed, cache, checks)
+    analysis = analysis_for(run, layer, settings, parsed, cache, checks)
     summary, table = analysis.summary, analysis.table
     font_size = 22 if settings.present else 14
     if run.is_demo:
         st.warning(DEMO_NOTICE, icon="⚠️")
     verdict_card(summary, 1.4 if settings.present else 1.0)
-    precision = views.precision_note(set(getattr(run.v1.layers, "half", ())), summary.provenance.layer)
+    precision = views.precision_note(set(getattr(run.v1.layers, "half", ())), layer)
     if precision:
         st.caption(precision)
     st.write("")
@@ -131,7 +131,7 @@ def results(run, settings: Settings, parsed: ParsedInput, used: Settings, cache:
         st.dataframe(pd.DataFrame([entry.to_json() for entry in summary.profile]), hide_index=True, width="stretch",
                      key="layer_table")
     with tabs[4]:
-        residue_tab(run, parsed, used, summary.provenance.layer, table)
+        residue_tab(run, parsed, used, layer, table)
     with tabs[5]:
         heads_tab(analysis, run.ids)
     with tabs[6]:
