@@ -156,7 +156,9 @@ def input_banner(parsed: ParsedInput, source: str) -> tuple[str, str]:
     """('error' | 'warning' | 'success', the line above the input's problem table)."""
     counts = f"{len(parsed.records)} valid sequence(s) from the {source}"
     if parsed.errors:
-        return "error", f"{counts}; {len(parsed.errors)} record(s) refused — listed below. The valid ones will still run."
+        also = f" and {len(parsed.warnings)} warning(s)" if parsed.warnings else ""
+        return "error", (f"{counts}; {len(parsed.errors)} record(s) refused{also} — listed below. The valid ones "
+                         "will still run.")
     if parsed.warnings:
         return "warning", f"{counts}; {len(parsed.warnings)} warning(s) — listed below."
     return "success", counts

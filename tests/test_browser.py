@@ -78,7 +78,7 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 3200}, accept_downloads=True)
         page.goto(server)
-        textarea = page.get_by_label("Paste FASTA or one sequence per line")
+        textarea = page.get_by_label("Paste FASTA, a table with a 'sequence' column, or one sequence per line")
         textarea.fill(PASTED)
         textarea.press("Control+Enter")  # Streamlit commits a text area on Ctrl+Enter or blur
         page.get_by_text("1 record(s) refused").wait_for(timeout=60_000)
@@ -107,18 +107,23 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
     assert screenshot.stat().st_size > 50_000
 
 
-def test_a_fastq_file_is_taken_by_the_uploader_and_read_as_fastq(server, tmp_path):
+def test_fastq_and_table_files_are_taken_by_the_uploader_and_read_as_such(server, tmp_path):
     """The browser checks an upload's extension against the uploader's types before the server sees it."""
     fastq = tmp_path / "reads.fastq"
     fastq.write_text("@p1\nMKTAYIAKQR\n+\nIIIIIIIIII\n@p2\nGSGSGSLLKK\n+\n;IIIIIIIII\n")
+    table = tmp_path / "proteins.csv"
+    table.write_text("id,sequence,label\nP1,MKTAYIAKQR,1\nP2,GSGSGSLLKK,0\nP3,,1\n")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(server)
-        page.locator(".st-key-upload input[type=file]").set_input_files(str(fastq))
-        size = fastq.stat().st_size
-        page.get_by_text(f"2 valid sequence(s) from the uploaded file ({size} bytes); 1 warning(s)").wait_for(
-            timeout=60_000)
+        uploader = page.locator(".st-key-upload input[type=file]")
+        uploader.set_input_files(str(fastq))
+        page.get_by_text(f"2 valid sequence(s) from the uploaded file ({fastq.stat().st_size} bytes); 1 warning(s)"
+                         ).wait_for(timeout=60_000)
+        uploader.set_input_files(str(table))
+        page.get_by_text(f"2 valid sequence(s) from the uploaded file ({table.stat().st_size} bytes); 1 record(s) "
+                         "refused and 1 warning(s)").wait_for(timeout=60_000)
         browser.close()
 
 

@@ -154,6 +154,90 @@ CATALOGUE: list[Case] = [
         warned=(("seq_1", "written in upper and lower case, as a name or a word is"),),
         surface="paste",
     ),
+    # ------------------------------------------------------------ tables, flat files, other formats
+    Case(
+        "csv_table_with_a_label_column",
+        _text(f"id,sequence,label\nP1,{PROTEIN},1\nP2,{SHORT.lower()},0\n"),
+        processed=("P1", "P2"),
+        warned=(("input", "read as a comma-separated table: sequences from column 'sequence', ids from column 'id'; "
+                          "1 other column(s) set aside"),),
+        sequences={"P2": SHORT},
+        surface="upload",
+    ),
+    Case(  # the header row "id<TAB>sequence" is made of residue letters: it is not a protein called seq_1
+        "tsv_header_is_not_read_as_a_protein",
+        _text(f"id\tsequence\nP1\t{PROTEIN}\n"),
+        processed=("P1",),
+        warned=(("input", "read as a tab-separated table"),),
+        surface="paste",
+    ),
+    Case(  # a row starting with ';' is a row with an empty first cell, not a FASTA comment
+        "semicolon_table_row_with_an_empty_first_cell",
+        _text(f"Name;Protein Sequence (AA)\na;{PROTEIN}\n;{SHORT}\nb;\n"),
+        processed=("a",),
+        warned=(("input", "sequences from column 'Protein Sequence (AA)', ids from column 'Name'"),),
+        refused=(("row 2 (line 3)", "no id in 'Name'; give every row a name"), ("b", "empty sequence")),
+    ),
+    Case(
+        "headerless_two_column_table",
+        _text(f"P1,{PROTEIN}\nP2,{SHORT}\n"),
+        processed=("P1", "P2"),
+        warned=(("input", "sequences from column 2, ids from column 1 (no header row)"),),
+    ),
+    Case(
+        "table_without_a_sequence_column",
+        b"name,description\nubiquitin,small protein\n",
+        refused=(("input", "read as a comma-separated table (line 1), but no column is named as holding the sequences"),),
+    ),
+    Case(  # a tab may be whitespace inside a bare sequence line: with no sequence column to tell, it stays one
+        "tab_inside_a_bare_sequence_line",
+        b"MKTAY\tIAKQR\n",
+        processed=("seq_1",),
+        sequences={"seq_1": "MKTAYIAKQR"},
+    ),
+    Case(  # commas and semicolons in a FASTA header do not make a table
+        "fasta_header_with_commas",
+        _text(f">sp|P1|X1, kinase; fragment\n{PROTEIN}\n"),
+        processed=("sp|P1|X1,",),
+    ),
+    Case(
+        "genpept_record",
+        b"LOCUS       XP_000001                 10 aa            linear   PRI 01-JAN-2020\n"
+        b"ACCESSION   XP_000001\nVERSION     XP_000001.1\nORIGIN\n        1 mktayiakqr\n//\n",
+        processed=("XP_000001.1",),
+        warned=(("input", "read as GenBank: each record's sequence is used, named by its accession"),),
+        sequences={"XP_000001.1": "MKTAYIAKQR"},
+    ),
+    Case(
+        "uniprot_text_record",
+        b"ID   TEST_HUMAN              Reviewed;          10 AA.\nAC   P12345;\n"
+        b"SQ   SEQUENCE   10 AA;  1170 MW;  0000000000000000 CRC64;\n     MKTAYIAKQR\n//\n",
+        processed=("P12345",),
+        warned=(("input", "read as UniProt text"),),
+    ),
+    Case(
+        "embl_nucleotide_record",
+        b"ID   X56734; SV 1; linear; mRNA; STD; PLN; 12 BP.\nAC   X56734;\n"
+        b"SQ   Sequence 12 BP; 3 A; 3 C; 3 G; 3 T; 0 other;\n     acgtacgtac gt                                                      12\n//\n",
+        warned=(("input", "read as EMBL"),),
+        refused=(("X56734.1", "looks like a nucleotide sequence"),),
+    ),
+    Case(
+        "stockholm_alignment",
+        _text(f"# STOCKHOLM 1.0\nseq1 {PROTEIN}\nseq2 {SHORT}\n//\n"),
+        refused=(("input", "looks like a Stockholm alignment, not sequences; nothing was read"),),
+    ),
+    Case(
+        "pdb_structure",
+        b"HEADER    HYDROLASE                               01-JAN-20   1ABC\n"
+        b"ATOM      1  N   MET A   1      11.104  13.207   2.100  1.00 20.00           N\n",
+        refused=(("input", "looks like a PDB structure, not sequences; nothing was read"),),
+    ),
+    Case(
+        "json_records",
+        _text(f'[{{"id": "P1", "sequence": "{PROTEIN}"}}]'),
+        refused=(("input", "looks like JSON, not sequences; nothing was read"),),
+    ),
     # ------------------------------------------------------------ line endings, encodings
     Case(
         "windows_crlf",
@@ -430,6 +514,13 @@ def test_max_records_counts_lines_without_fasta_too():
     assert len(parsed.records) == MAX_RECORDS and parsed.records[-1].id == f"seq_{MAX_RECORDS}"
     (error,) = parsed.errors
     assert "the remaining 1 record(s) were dropped" in error.message
+
+
+def test_max_records_counts_table_rows_too():
+    parsed = parse_sequences("id,sequence\n" + "".join(f"r{i},MKTAY\n" for i in range(MAX_RECORDS + 2)))
+    assert len(parsed.records) == MAX_RECORDS and parsed.records[-1].id == f"r{MAX_RECORDS - 1}"
+    (error,) = parsed.errors
+    assert "the remaining 2 record(s) were dropped" in error.message
 
 
 def test_size_limit_applies_to_text_and_files(tmp_path):

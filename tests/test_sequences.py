@@ -598,3 +598,58 @@ def test_control_characters_in_ids_are_escaped_with_a_warning():
     assert [r.id for r in parsed.records] == ["evil\\x1b[2J\\x07name", "plain"]
     assert [(p.severity, p.record_id) for p in parsed.problems] == [("warning", "evil\\x1b[2J\\x07name")]
     assert not any(ord(c) < 32 for p in parsed.problems for c in p.message)
+
+
+# --------------------------------------------------------------------------- #
+# Tables and flat files (more cases in test_hostile_inputs.py's catalogue)
+# --------------------------------------------------------------------------- #
+
+
+def test_a_table_takes_the_sequence_column_by_name_and_the_id_column_by_name() -> None:
+    parsed = parse_sequences("seq_id,sequence_length,Sequence,label\na,3,MKT,1\nb,5,gsgsg,0\n")
+    assert [(r.id, r.sequence) for r in parsed.records] == [("a", "MKT"), ("b", "GSGSG")]
+    (note,) = parsed.warnings
+    assert "sequences from column 'Sequence', ids from column 'seq_id'; 2 other column(s) set aside" in note.message
+
+
+def test_a_table_quotes_cells_as_csv_does() -> None:
+    parsed = parse_sequences('name,sequence\n"kinase, fragment","MKT AYI"\n')
+    assert [(r.id, r.sequence) for r in parsed.records] == [("kinase, fragment", "MKTAYI")]
+
+
+def test_a_table_with_two_sequence_columns_is_one_error_naming_them() -> None:
+    parsed = parse_sequences("id,sequence,seq\na,MKT,GSG\n")
+    assert ids(parsed) == []
+    assert "several columns are named as sequences ('sequence', 'seq'); keep one" in only_error(parsed).message
+
+
+def test_a_table_without_ids_names_its_rows() -> None:
+    parsed = parse_sequences("sequence,label\nMKT,1\n\nGSG,0\n")
+    assert [(r.id, r.sequence) for r in parsed.records] == [("seq_1", "MKT"), ("seq_2", "GSG")]
+
+
+def test_a_table_row_csv_cannot_read_stops_the_reading_and_keeps_the_rows_before() -> None:
+    parsed = parse_sequences("id,sequence\na,MKT\nb," + "A" * 200_000 + "\nc,GSG\n")
+    assert ids(parsed) == ["a"]
+    assert "could not be read from its row 2 on (field larger than field limit" in only_error(parsed).message
+
+
+def test_a_genbank_file_without_a_sequence_is_an_empty_record_not_a_traceback() -> None:
+    parsed = parse_sequences("LOCUS       XP_2                      10 aa            linear   PRI 01-JAN-2020\n"
+                             "ACCESSION   XP_2\nVERSION     XP_2.1\nCONTIG      join(A:1..10)\n//\n")
+    assert ids(parsed) == []
+    assert only_error(parsed).message.startswith("XP_2.1: empty sequence")
+
+
+def test_a_broken_flat_file_keeps_the_records_before_and_names_where_it_stopped() -> None:
+    locus = "LOCUS       {}                      3 aa            linear   PRI 01-JAN-2020\nORIGIN\n"
+    parsed = parse_sequences(locus.format("XP_1") + "        1 mkt\n//\n" + locus.format("XP_2") + "   x 1 gs1g\n//\n")
+    assert ids(parsed) == ["XP_1"]
+    assert "GenBank record 2 could not be read (Sequence line mal-formed" in only_error(parsed).message
+
+
+def test_a_flat_file_cut_short_is_read_with_the_parsers_warning_on_its_record() -> None:
+    parsed = parse_sequences("LOCUS       XP_2\nORIGIN\n        1 gsg\n")
+    assert [(r.id, r.sequence) for r in parsed.records] == [("XP_2", "GSG")]
+    assert parsed.records[0].warnings == ("XP_2: read with a warning from Biopython (Premature end of file in sequence "
+                                          "data); check that the record is complete",)

@@ -72,7 +72,10 @@ def test_captions_and_labels():
     assert views.num_layers_of("demo-650M") == 33 and views.num_layers_of("/no/such/file.pt") is None
     assert views.num_layers_of("demo-7B") is None
     kind, line = views.input_banner(parse_sequences(">a\nMKT\n>b\nMK1T\n"), "pasted text")
-    assert kind == "error" and line.startswith("1 valid sequence(s) from the pasted text; 1 record(s) refused")
+    assert kind == "error" and line.startswith("1 valid sequence(s) from the pasted text; 1 record(s) refused —")
+    kind, line = views.input_banner(parse_sequences(">a\nMKT*\n>b\nMK1T\n"), "pasted text")
+    assert kind == "error" and line.startswith("1 valid sequence(s) from the pasted text; 1 record(s) refused and "
+                                               "1 warning(s) —")
 
 
 def test_changed_since_watches_only_what_recomputes():

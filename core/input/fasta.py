@@ -1,4 +1,6 @@
-"""Protein sequence input: FASTA or FASTQ (Biopython), or one sequence per line, from text, bytes or a file.
+"""Protein sequence input from text, bytes or a file: FASTA or FASTQ (Biopython), a table with a sequence
+column (core.input.tables), a GenBank, UniProt or EMBL flat file (core.input.flatfiles), or one sequence
+per line; alignments, structures, JSON and XML are refused in one message.
 
 User input (pasted text or uploaded files) is turned into a :class:`ParsedInput`
 holding the valid :class:`ProteinRecord` objects plus a list of
@@ -21,9 +23,11 @@ from Bio.SeqRecord import SeqRecord
 
 from core.input.records import (
     INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy,
-    printable_id, size_text,
+    size_text,
 )
-from core.input.validation import RawRecord, validate_record
+from core.input.flatfiles import flat_file_format, flat_file_raw_records, foreign_format
+from core.input.tables import table_delimiter, table_raw_records
+from core.input.validation import RawRecord, named_record, validate_record
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -37,12 +41,16 @@ def parse_sequences(
     max_length: int = MAX_RESIDUES,
     on_too_long: TooLongPolicy = "truncate",
 ) -> ParsedInput:
-    """Parse FASTA, FASTQ or one-sequence-per-line text into validated protein records.
+    """Parse FASTA, FASTQ, a table, a flat file or one-sequence-per-line text into validated protein records.
 
     FASTQ is assumed when the first non-blank line starts with '@' and a '+' line follows before the
-    next '@' line (each read's sequence is used, its quality line set aside). Otherwise lines starting with ';' are comments, as in the classic FASTA
-    format, and are skipped; FASTA is assumed when the first other non-blank line starts with '>', and
-    else every non-blank line is one sequence named ``seq_1``, ``seq_2``, ...
+    next '@' line (each read's sequence is used, its quality line set aside). Otherwise lines starting
+    with ';' are comments, as in the classic FASTA format, and are skipped, and the first other non-blank
+    line decides: FASTA after '>'; a format with no plain sequences (an alignment, a structure, JSON, XML)
+    is refused whole; GenBank's LOCUS or UniProt's / EMBL's ID line starts a flat file; a tab, comma or
+    semicolon starts a table (a tab-separated one whose sequence column cannot be told is read as one
+    sequence per line, tabs as whitespace); else every non-blank line is one sequence named ``seq_1``,
+    ``seq_2``, ...
     Text over MAX_INPUT_BYTES (as UTF-8) is refused whole; only the first
     MAX_RECORDS records are read, and one error says how many were dropped.
     Never raises for bad input; see the module docstring.
@@ -60,11 +68,13 @@ def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> Parse
     if _is_fastq(text):  # no comment lines in FASTQ: a quality line may start with ';'
         items, total = _fastq_raw_records(text, MAX_RECORDS)
     else:
-        text = _without_comments(text)
-        if not text.strip():
+        uncommented = _without_comments(text)
+        if not uncommented.strip():
             return ParsedInput([], [_input_error("no sequences found")])
-        reader = _fasta_raw_records if text.lstrip().startswith(">") else _line_raw_records
-        items, total = reader(text, MAX_RECORDS)
+        first_line = uncommented.lstrip().split("\n", 1)[0].rstrip()
+        if (foreign := foreign_format(first_line)) is not None:
+            return ParsedInput([], [foreign])
+        items, total = _read_records(text, uncommented, first_line)
     result = ParsedInput()
     for raw in items:
         if isinstance(raw, InputProblem):
@@ -77,6 +87,25 @@ def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> Parse
     if total > MAX_RECORDS:
         result.problems.append(_records_dropped(total, MAX_RECORDS))
     return result
+
+
+def _read_records(text: str, uncommented: str, first_line: str) -> tuple[list[RawRecord | InputProblem], int]:
+    """Raw records of ``text`` (not FASTQ; ``uncommented``: its comment lines blanked), read as its first
+    non-comment line ``first_line`` says: FASTA
+    after a '>'; a flat file after its first line (GenBank's LOCUS, UniProt's or EMBL's ID); a table when
+    that line holds a tab, comma or semicolon (see core.input.tables.table_raw_records); else one sequence
+    per line. Up to MAX_RECORDS, with the number found."""
+    if first_line.startswith(">"):
+        return _fasta_raw_records(uncommented, MAX_RECORDS)
+    if (flat := flat_file_format(first_line)) is not None:
+        return flat_file_raw_records(uncommented, MAX_RECORDS, flat)
+    if (delimiter := table_delimiter(first_line)) is not None:
+        # In a table a row may start with ';' (an empty first cell of a semicolon-separated one): only the
+        # comment lines above the table are comments.
+        table = table_raw_records(_without_comments(text, leading_only=True), MAX_RECORDS, delimiter)
+        if table is not None:
+            return table
+    return _line_raw_records(uncommented, MAX_RECORDS)
 
 
 def read_sequences(
@@ -154,9 +183,14 @@ def _normalise_text(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _without_comments(text: str) -> str:
-    """Comment lines (';' first, the classic FASTA convention) blanked, so line numbers stay right."""
-    return "\n".join("" if line.lstrip().startswith(";") else line for line in text.split("\n"))
+def _without_comments(text: str, leading_only: bool = False) -> str:
+    """Comment lines (';' first, the classic FASTA convention) blanked, so line numbers stay right; with
+    ``leading_only``, only those above the first other non-blank line."""
+    lines = text.split("\n")
+    ends = len(lines)
+    if leading_only:
+        ends = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith(";")), ends)
+    return "\n".join("" if i < ends and line.lstrip().startswith(";") else line for i, line in enumerate(lines))
 
 
 def _is_fastq(text: str) -> bool:
@@ -200,7 +234,7 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     first_seen: dict[str, int] = {}
     for number, seq_record in enumerate(parsed, start=1):
         line_no = header_lines[number - 1] if number <= len(header_lines) else None
-        items += _raw_record(seq_record.id, _sequence_text(seq_record), number,
+        items += named_record(seq_record.id, _sequence_text(seq_record), number,
                              f"line {line_no}" if line_no is not None else f"record {number}", first_seen)
     return items, total
 
@@ -219,41 +253,13 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
         for title, sequence, _ in FastqGeneralIterator(io.StringIO(body)):
             total += 1
             if total <= limit:
-                items += _raw_record(title.split(maxsplit=1)[0] if title.strip() else "", sequence, total,
+                items += named_record(title.split(maxsplit=1)[0] if title.strip() else "", sequence, total,
                                      f"read {total}", first_seen, header="@")
     except ValueError as exc:  # Biopython's word for a malformed read
         reason = str(exc).rstrip(". ")
         items.append(_input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
                                   "were not read; fix that read, or convert the file to FASTA"))
     return items, total
-
-
-def _raw_record(raw_id: str, sequence: str, number: int, where: str, first_seen: dict[str, int],
-                header: str = ">") -> list[RawRecord | InputProblem]:
-    """Record ``number`` (found at ``where``, its header line starting with ``header``) as a raw record, or
-    its problems: an escaped id warns; a missing or duplicate id refuses it. ``first_seen`` (id -> record
-    number) is updated."""
-    record_id, had_controls = printable_id(raw_id)
-    found: list[RawRecord | InputProblem] = []
-    if had_controls:
-        found.append(InputProblem(
-            record_id, f"{record_id}: the id held control characters (terminal escapes, tabs, …); they are shown escaped",
-            "warning",
-        ))
-    if not record_id:
-        return found + [InputProblem(
-            where, f"{where}: {'FASTA' if header == '>' else 'FASTQ'} header '{header}' has no id (record {number}); "
-            f"put a name right after '{header}'", "error",
-        )]
-    if record_id in first_seen:
-        return found + [InputProblem(
-            record_id,
-            f"{record_id}: duplicate id (record {number} reuses the id of record {first_seen[record_id]}); only the "
-            "first one is used, give each record a unique id",
-            "error",
-        )]
-    first_seen[record_id] = number
-    return found + [RawRecord(record_id, record_id, sequence)]
 
 
 def _sequence_text(seq_record: SeqRecord) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.input.records import ALLOWED_RESIDUES, InputProblem, ProteinRecord, TooLongPolicy
+from core.input.records import ALLOWED_RESIDUES, InputProblem, ProteinRecord, TooLongPolicy, printable_id
 
 STANDARD_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY")
 
@@ -29,6 +29,37 @@ class RawRecord:
     record_id: str
     label: str  # how messages name the record, e.g. "seq_3 (line 7)"
     raw_sequence: str
+    notes: tuple[str, ...] = ()  # what reading it found (a parser's warning), kept as the record's warnings
+
+
+def named_record(raw_id: str, sequence: str, number: int, where: str, first_seen: dict[str, int],
+                 header: str = ">", missing_id: str | None = None, notes: tuple[str, ...] = ()
+                 ) -> list[RawRecord | InputProblem]:
+    """Record ``number`` (found at ``where``) as a raw record, or its problems: an escaped id warns; a missing
+    or duplicate id refuses it. ``header``: what starts the record's header line ('>' FASTA, '@' FASTQ), for
+    the missing-id message, or ``missing_id``: that message whole (a format without header lines).
+    ``notes``: what reading the record found, its warnings once kept. ``first_seen`` (id -> record number)
+    is updated."""
+    record_id, had_controls = printable_id(raw_id)
+    found: list[RawRecord | InputProblem] = []
+    if had_controls:
+        found.append(InputProblem(
+            record_id, f"{record_id}: the id held control characters (terminal escapes, tabs, …); they are shown escaped",
+            "warning",
+        ))
+    if not record_id:
+        return found + [InputProblem(where, missing_id or (
+            f"{where}: {'FASTA' if header == '>' else 'FASTQ'} header '{header}' has no id (record {number}); "
+            f"put a name right after '{header}'"), "error")]
+    if record_id in first_seen:
+        return found + [InputProblem(
+            record_id,
+            f"{record_id}: duplicate id (record {number} reuses the id of record {first_seen[record_id]}); only the "
+            "first one is used, give each record a unique id",
+            "error",
+        )]
+    first_seen[record_id] = number
+    return found + [RawRecord(record_id, record_id, sequence, notes)]
 
 
 def validate_record(
@@ -41,7 +72,7 @@ def validate_record(
         return None, [InputProblem(raw.record_id, f"{label}: {message}", "error")]
 
     sequence = _clean(raw.raw_sequence)
-    notes: list[str] = []
+    notes = [f"{label}: {note}" for note in raw.notes]
     if sequence.endswith("*"):
         sequence = sequence[:-1]
         notes.append(f"{label}: trailing '*' (stop codon) removed")

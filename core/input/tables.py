@@ -1,0 +1,170 @@
+"""Sequences in a table: comma-, tab- or semicolon-separated text with a column of sequences (a data
+frame saved as CSV, a spreadsheet export), read with Python's csv module, which gives each row's line for
+the messages (pandas' reader drops or refuses a bad line without saying where).
+
+The sequence column is the one whose header names it (``sequence``, ``seq``, ``aa_seq`` …); the ids come
+from a column named ``id``, ``name``, ``accession`` … and else from the first column when the sequences
+are not in it. A table without a header row is read only when exactly one of its columns holds letters
+alone in every row; anything else is one error saying how to name the columns, never a guess.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+from core.input.records import InputProblem, Severity
+from core.input.validation import RawRecord, named_record
+
+DELIMITERS = {"\t": "tab", ",": "comma", ";": "semicolon"}  # in the order they are looked for
+
+SEQUENCE_COLUMNS = frozenset({"sequence", "sequences", "seq", "seqs", "aa_sequence", "sequence_aa", "aa_seq",
+                              "aaseq", "protein_sequence", "amino_acid_sequence", "amino_acids", "residues"})
+
+ID_COLUMNS = ("id", "name", "identifier", "accession", "entry", "protein_id", "seq_id", "sequence_id",
+              "uniprot_id", "uniprot", "entry_name", "protein_name", "protein", "gene", "header", "title")
+
+_LETTERS_ONLY = re.compile(r"[A-Za-z]+\*?")
+
+# Words that make a column *about* the sequences rather than the sequences ('sequence_length', 'seq_id').
+_ABOUT_A_SEQUENCE = frozenset({"id", "ids", "name", "names", "length", "len", "count", "number", "no", "type",
+                               "identity", "source", "version", "accession", "start", "end", "md5", "hash", "file"})
+
+_SAMPLE_ROWS = 200  # rows after the first that decide, with it, which column holds the sequences
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a table's sequences and ids are: column indices (``id_column`` None: rows are named seq_1,
+    seq_2, …), their header names (or None without a header row), and whether the first row is a header."""
+
+    sequence: int
+    id_column: int | None
+    names: tuple[str, ...] | None
+    has_header: bool
+
+
+def table_delimiter(first_line: str) -> str | None:
+    """The delimiter of a table whose first line is ``first_line`` (tab, comma, then semicolon), or None.
+    No sequence line holds one, so its presence is the table's mark (the caller tells FASTA, FASTQ and flat
+    files apart first: their headers may hold one)."""
+    return next((delimiter for delimiter in DELIMITERS if delimiter in first_line), None)
+
+
+def table_raw_records(text: str, limit: int, delimiter: str) -> tuple[list[RawRecord | InputProblem], int] | None:
+    """The rows of a ``delimiter``-separated table as raw records, in input order, after one warning saying
+    which columns were read; or one error when no column can be told to hold the sequences — None instead
+    when the delimiter is a tab, which may be whitespace inside sequence lines (read then one per line).
+    Only the first ``limit`` rows are returned, with the number of data rows. A row that cannot be read
+    ends the reading: the rows before it are kept and one error names where it stopped."""
+    rows, unreadable = _read_rows(text, delimiter)
+    kind = DELIMITERS[delimiter]
+    if not rows:
+        return [_input_problem(f"the table could not be read ({unreadable})" if unreadable else "no sequences found",
+                               "error")], 0
+    (line, header), sample = rows[0], [cells for _, cells in rows[1 : _SAMPLE_ROWS + 1]]
+    columns = _columns(header, sample)
+    if isinstance(columns, str):
+        if delimiter == "\t":
+            return None
+        return [_input_problem(f"read as a {kind}-separated table (line {line}), but {columns}", "error")], 0
+    items: list[RawRecord | InputProblem] = [_input_problem(_columns_note(kind, columns, len(header)), "warning")]
+    first_seen: dict[str, int] = {}
+    data = rows[1:] if columns.has_header else rows
+    for number, (line, cells) in enumerate(data[:limit], start=1):
+        items += _row_record(cells, columns, number, line, first_seen)
+    if unreadable is not None:
+        items.append(_input_problem(f"the table could not be read from its row {len(data) + 1} on ({unreadable}): "
+                                    "that row and the rows after it were not read; fix that row, or convert the "
+                                    "file to FASTA", "error"))
+    return items, len(data)
+
+
+def _read_rows(text: str, delimiter: str) -> tuple[list[tuple[int, list[str]]], str | None]:
+    """(line number where the row ends, cells) for each non-blank row, up to the first the csv module cannot
+    read, and why it could not (None when every row was read)."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    rows = []
+    try:
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                rows.append((reader.line_num, cells))
+    except csv.Error as error:
+        return rows, str(error)
+    return rows, None
+
+
+def _column_name(cell: str) -> str:
+    """A header cell as compared with SEQUENCE_COLUMNS and ID_COLUMNS: lower case, spaces and dashes as '_'."""
+    return re.sub(r"[\s\-]+", "_", cell.strip().lower())
+
+
+def _names_sequences(name: str) -> bool:
+    """A header such as 'Sequence (AA)' or 'protein seq': a word for sequences and none for something about
+    them ('sequence_length', 'seq_id')."""
+    words = set(re.split(r"[^a-z0-9]+", name))
+    return bool(words & {"sequence", "seq"}) and not words & _ABOUT_A_SEQUENCE
+
+
+def _columns(header: list[str], sample: list[list[str]]) -> Columns | str:
+    """Where the sequences and ids are, from the first row and a ``sample`` of those after it; or why that
+    cannot be told. Without an id column by name, ids come from the first column when the sequences are not
+    in it (columns after the sequences hold labels or features, not names), else rows are numbered."""
+    names = [_column_name(cell) for cell in header]
+    by_name = ([i for i, name in enumerate(names) if name in SEQUENCE_COLUMNS]
+               or [i for i, name in enumerate(names) if _names_sequences(name)])
+    if len(by_name) > 1:
+        listed = ", ".join(repr(header[i].strip()) for i in by_name)
+        return f"several columns are named as sequences ({listed}); keep one"
+    if by_name:
+        sequence = by_name[0]
+        ids = [i for name in ID_COLUMNS for i, cell in enumerate(names) if cell == name and i != sequence]
+        id_column = ids[0] if ids else (0 if sequence > 0 else None)
+        return Columns(sequence, id_column, tuple(cell.strip() for cell in header), has_header=True)
+    letter_columns = [i for i in range(len(header))
+                      if all(i < len(cells) and _LETTERS_ONLY.fullmatch("".join(cells[i].split()))
+                             for cells in [header, *sample])]
+    if len(letter_columns) == 1 and len(header) > 1:
+        sequence = letter_columns[0]
+        return Columns(sequence, 0 if sequence > 0 else None, None, has_header=False)
+    return ("no column is named as holding the sequences; add a header row naming that column 'sequence' "
+            "(and the one with the names 'id'), or convert the file to FASTA")
+
+
+def _columns_note(kind: str, columns: Columns, width: int) -> str:
+    """The warning that says how the table was read."""
+    def named(i: int | None) -> str:
+        if i is None:
+            return "none (rows named seq_1, seq_2, …)"
+        return f"column '{columns.names[i]}'" if columns.names is not None else f"column {i + 1}"
+
+    set_aside = width - 1 - (columns.id_column is not None)
+    note = (f"read as a {kind}-separated table: sequences from {named(columns.sequence)}, ids from "
+            f"{named(columns.id_column)}")
+    if not columns.has_header:
+        note += " (no header row)"
+    return note + (f"; {set_aside} other column(s) set aside" if set_aside > 0 else "")
+
+
+def _row_record(cells: list[str], columns: Columns, number: int, line: int,
+                first_seen: dict[str, int]) -> list[RawRecord | InputProblem]:
+    """Data row ``number`` (ending on ``line``) as a raw record, or its problem."""
+    where = f"row {number} (line {line})"
+    if columns.sequence >= len(cells):
+        return [InputProblem(where, f"{where}: has {len(cells)} cell(s), none in the sequence column; "
+                                    "the row was not read", "error")]
+    sequence = cells[columns.sequence]
+    if columns.id_column is None:
+        record_id = f"seq_{number}"
+        return [RawRecord(record_id, f"{record_id} ({where})", sequence)]
+    raw_id = cells[columns.id_column].strip() if columns.id_column < len(cells) else ""
+    id_column = columns.names[columns.id_column] if columns.names is not None else f"column {columns.id_column + 1}"
+    return named_record(raw_id, sequence, number, where, first_seen,
+                        missing_id=f"{where}: no id in {id_column!r}; give every row a name")
+
+
+def _input_problem(message: str, severity: Severity) -> InputProblem:
+    """A problem of the input as a whole."""
+    return InputProblem("input", message, severity)
