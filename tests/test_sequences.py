@@ -428,9 +428,18 @@ def test_nul_bytes_are_reported_as_binary() -> None:
     assert err.record_id == "input" and "binary" in err.message
 
 
-def test_undecodable_bytes_are_a_problem() -> None:
-    err = only_error(read_sequences(">a\nMKTÄ\n".encode("latin-1")))
-    assert err.record_id == "input" and "UTF-8" in err.message
+def test_bytes_that_are_not_utf8_are_read_as_windows_1252_with_a_warning() -> None:
+    parsed = read_sequences(">a\nMKT\n>b\u2019s\nGSG\n".encode("cp1252"))  # a curly apostrophe, 0x92
+    assert ids(parsed) == ["a", "b\u2019s"]
+    (warning,) = parsed.warnings
+    assert warning.record_id == "input" and "not UTF-8 (byte 0x92 on line 3)" in warning.message
+
+
+def test_bytes_that_are_neither_utf8_nor_text_are_a_problem() -> None:
+    err = only_error(read_sequences(b">a\nMKT\x81\n"))  # 0x81: undefined in Windows-1252
+    assert err.record_id == "input" and "not UTF-8 text (byte 0x81 at offset 6)" in err.message
+    err = only_error(read_sequences(b">a\nMKT\xe9\x07\n"))  # a bell: a control character, not text
+    assert "not UTF-8 text (byte 0xe9" in err.message
 
 
 def test_utf8_non_ascii_letter_is_reported_per_record() -> None:

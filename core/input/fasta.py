@@ -10,6 +10,7 @@ user input: every refused record is reported, and the valid ones are kept.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import os
@@ -125,10 +126,14 @@ def read_sequences(
     data = _load_bytes(source)
     if isinstance(data, InputProblem):
         return ParsedInput([], [data])
-    text = _decode(data)
-    if isinstance(text, InputProblem):
-        return ParsedInput([], [text])
-    return _parse_text(text, max_length, on_too_long)  # size already checked on the bytes
+    decoded = _decode(data)
+    if isinstance(decoded, InputProblem):
+        return ParsedInput([], [decoded])
+    text, warning = decoded
+    parsed = _parse_text(text, max_length, on_too_long)  # size already checked on the bytes
+    if warning is not None:
+        parsed.problems.insert(0, warning)
+    return parsed
 
 
 def _check_options(max_length: int, on_too_long: str) -> None:
@@ -339,15 +344,51 @@ def _gunzip(data: bytes) -> bytes | InputProblem:
     return out
 
 
-def _decode(data: bytes) -> str | InputProblem:
-    """Decode UTF-8 (dropping a BOM); refuse undecodable or binary content."""
+def _decode(data: bytes) -> tuple[str, InputProblem | None] | InputProblem:
+    """The text of ``data`` and a warning when it was not UTF-8, or the problem that it is not text.
+
+    UTF-8 (a BOM dropped) is the rule; UTF-16 and UTF-32 are read when a byte-order mark says so (Windows
+    Notepad's "Unicode"). Other 8-bit text — no NUL, no control characters — is read as Windows-1252, a
+    superset of Latin-1, with a warning naming the first byte that is not UTF-8, so a file with one
+    accented name is still compared. Anything else is refused as not text.
+    """
+    warning = None
+    codec = next((codec for bom, codec in _UNICODE_BOMS if data.startswith(bom)), None)
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode(codec or "utf-8-sig")
     except UnicodeDecodeError as exc:
-        return _input_error(
-            f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "upload a plain-text FASTA file"
-        )
+        if codec is not None:
+            return _input_error(f"the input starts with a {codec.upper()} byte-order mark but is not {codec.upper()} "
+                                "text; save it as UTF-8")
+        text = _as_windows_1252(data)
+        if text is None:
+            return _input_error(f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                                "upload a plain-text FASTA file")
+        line = data.count(b"\n", 0, exc.start) + 1
+        warning = InputProblem(_INPUT_ID, (
+            f"the input is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it "
+            "was read as Windows-1252 (Latin-1): check the names with accented letters, or save the file as UTF-8"),
+            "warning")
     if "\x00" in text:
         return _input_error("the input looks like binary data, not text; upload a plain-text FASTA file")
+    return text, warning
+
+
+# Byte-order marks that name an encoding; UTF-32's little-endian mark starts with UTF-16's, so it comes first.
+_UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+# Control characters text may hold (tab, line feed, vertical tab, form feed, carriage return).
+_TEXT_CONTROLS = frozenset("\t\n\v\f\r")
+
+
+def _as_windows_1252(data: bytes) -> str | None:
+    """``data`` as Windows-1252 text, or None when it is not text in it (an undefined byte, NUL or another
+    control character: binary data)."""
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return None
+    if any(ord(c) < 32 and c not in _TEXT_CONTROLS for c in text):
+        return None
     return text
