@@ -662,3 +662,9 @@ def test_a_flat_file_cut_short_is_read_with_the_parsers_warning_on_its_record() 
     assert [(r.id, r.sequence) for r in parsed.records] == [("XP_2", "GSG")]
     assert parsed.records[0].warnings == ("XP_2: read with a warning from Biopython (Premature end of file in sequence "
                                           "data); check that the record is complete",)
+
+
+def test_a_table_whose_first_column_is_called_like_a_pdb_record_stays_a_table() -> None:
+    parsed = parse_sequences("HEADER\tsequence\nx\tMKT\n")  # PDB's HEADER is followed by spaces, not a tab
+    assert [(r.id, r.sequence) for r in parsed.records] == [("x", "MKT")]
+    assert "ids from column 'HEADER'" in parsed.warnings[0].message

@@ -92,10 +92,10 @@ def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> Parse
 
 def _read_records(text: str, uncommented: str, first_line: str) -> tuple[list[RawRecord | InputProblem], int]:
     """Raw records of ``text`` (not FASTQ; ``uncommented``: its comment lines blanked), read as its first
-    non-comment line ``first_line`` says: FASTA
-    after a '>'; a flat file after its first line (GenBank's LOCUS, UniProt's or EMBL's ID); a table when
-    that line holds a tab, comma or semicolon (see core.input.tables.table_raw_records); else one sequence
-    per line. Up to MAX_RECORDS, with the number found."""
+    non-comment line ``first_line`` says: FASTA after a '>'; a flat file after its first line (GenBank's
+    LOCUS, UniProt's or EMBL's ID); a table when that line holds a tab, comma or semicolon (see
+    core.input.tables.table_raw_records); else one sequence per line. Up to MAX_RECORDS, with the number
+    found."""
     if first_line.startswith(">"):
         return _fasta_raw_records(uncommented, MAX_RECORDS)
     if (flat := flat_file_format(first_line)) is not None:
@@ -240,7 +240,7 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     for number, seq_record in enumerate(parsed, start=1):
         line_no = header_lines[number - 1] if number <= len(header_lines) else None
         items += named_record(seq_record.id, _sequence_text(seq_record), number,
-                             f"line {line_no}" if line_no is not None else f"record {number}", first_seen)
+                              f"line {line_no}" if line_no is not None else f"record {number}", first_seen)
     return items, total
 
 
@@ -259,7 +259,7 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
             total += 1
             if total <= limit:
                 items += named_record(title.split(maxsplit=1)[0] if title.strip() else "", sequence, total,
-                                     f"read {total}", first_seen, header="@")
+                                      f"read {total}", first_seen, header="@")
     except ValueError as exc:  # Biopython's word for a malformed read
         reason = str(exc).rstrip(". ")
         items.append(_input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "

@@ -14,15 +14,16 @@ from Bio.Seq import UndefinedSequenceError
 from core.input.records import InputProblem
 from core.input.validation import RawRecord, named_record
 
-# Biopython format -> (what the file is, in words); recognised by the first line.
+# Biopython format -> what the file is, in words; recognised by its first line (flat_file_format).
 FLAT_FILES = {"genbank": "GenBank", "swiss": "UniProt text", "embl": "EMBL"}
 
-# (first line, what the input is, what to do) for formats refused whole.
+# (first line, what the input is, what to do) for formats refused whole. Record names are followed by spaces,
+# as in the format, so that a tab-separated table with a column called HEADER stays a table.
 _FOREIGN = (
     (re.compile(r"# STOCKHOLM\b"), "a Stockholm alignment", "export its sequences without gaps as FASTA"),
     (re.compile(r"(CLUSTAL|MUSCLE)\b"), "a Clustal alignment", "export its sequences without gaps as FASTA"),
     (re.compile(r"#NEXUS\b", re.IGNORECASE), "a NEXUS file", "export its sequences without gaps as FASTA"),
-    (re.compile(r"(HEADER|TITLE|COMPND|REMARK|CRYST1|EXPDTA|SEQRES)\s+\S|(ATOM|HETATM|MODEL)\s+\d"),
+    (re.compile(r"(HEADER|TITLE|COMPND|REMARK|CRYST1|EXPDTA|SEQRES) +\S|(ATOM|HETATM|MODEL) +\d"),
      "a PDB structure", "give the chains' sequences as FASTA (e.g. the entry's FASTA download)"),
     (re.compile(r"data_\S"), "an mmCIF structure", "give the chains' sequences as FASTA (e.g. the entry's FASTA download)"),
     (re.compile(r"##gff-version\b"), "a GFF annotation file", "give the protein sequences as FASTA"),
@@ -34,7 +35,7 @@ _FOREIGN = (
 def flat_file_format(first_line: str) -> str | None:
     """The Biopython format of a flat file starting with ``first_line`` ('genbank', 'swiss' or 'embl'), or None.
     UniProt text and EMBL share the 'ID' line; UniProt's counts amino acids ('AA.'), EMBL's bases ('BP.')."""
-    if re.match(r"LOCUS\s+\S", first_line):
+    if re.match(r"LOCUS +\S", first_line):
         return "genbank"
     if re.match(r"ID   \S", first_line):
         return "swiss" if re.search(r"\bAA\.\s*$", first_line) else "embl"
