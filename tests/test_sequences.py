@@ -668,3 +668,12 @@ def test_a_table_whose_first_column_is_called_like_a_pdb_record_stays_a_table() 
     parsed = parse_sequences("HEADER\tsequence\nx\tMKT\n")  # PDB's HEADER is followed by spaces, not a tab
     assert [(r.id, r.sequence) for r in parsed.records] == [("x", "MKT")]
     assert "ids from column 'HEADER'" in parsed.warnings[0].message
+
+
+def test_a_wide_table_without_names_is_not_searched_for_its_sequences() -> None:
+    wide = ",".join(["1"] * 64 + ["MKT"])  # 65 columns: past the width a headerless table is searched to
+    parsed = parse_sequences(f"{wide}\n{wide}\n")
+    assert ids(parsed) == []
+    assert "no column is named as holding the sequences (of 65)" in only_error(parsed).message
+    narrow = ",".join(["1"] * 63 + ["MKT"])
+    assert [r.sequence for r in parse_sequences(f"{narrow}\n").records] == ["MKT"]

@@ -32,6 +32,10 @@ _LETTERS_ONLY = re.compile(r"[A-Za-z]+\*?")
 _ABOUT_A_SEQUENCE = frozenset({"id", "ids", "name", "names", "length", "len", "count", "number", "no", "type",
                                "identity", "source", "version", "accession", "start", "end", "md5", "hash", "file"})
 
+# A table without a header row is searched for its one letters-only column only up to this width (wider
+# ones are feature tables: they must name their sequence column), so a hostile one costs no search.
+_MAX_UNNAMED_COLUMNS = 64
+
 _SAMPLE_ROWS = 200  # rows after the first that decide, with it, which column holds the sequences
 
 
@@ -123,6 +127,9 @@ def _columns(header: list[str], sample: list[list[str]]) -> Columns | str:
         ids = [i for name in ID_COLUMNS for i, cell in enumerate(names) if cell == name and i != sequence]
         id_column = ids[0] if ids else (0 if sequence > 0 else None)
         return Columns(sequence, id_column, tuple(cell.strip() for cell in header), has_header=True)
+    if len(header) > _MAX_UNNAMED_COLUMNS:
+        return (f"no column is named as holding the sequences (of {len(header):,}); add a header row naming that "
+                "column 'sequence' (and the one with the names 'id'), or convert the file to FASTA")
     letter_columns = [i for i in range(len(header))
                       if all(i < len(cells) and _LETTERS_ONLY.fullmatch("".join(cells[i].split()))
                              for cells in [header, *sample])]
