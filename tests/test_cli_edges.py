@@ -22,7 +22,8 @@ from streamlit.testing.v1 import AppTest
 import core.cli
 from core.cli import main
 from core.cli_args import EXIT_CODES_EPILOG, build_parser, parse_arguments
-from core.input.fasta import _bytes_too_large, read_sequences
+from core.input.decoding import _bytes_too_large
+from core.input.fasta import read_sequences
 from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES
 from core.input.sources import InputUnavailable, read_stdin
 

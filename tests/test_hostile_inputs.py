@@ -18,8 +18,12 @@ table; the CLI and dashboard use demo-8M on the CPU.
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
+import lzma
 import random
+import zipfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +68,15 @@ class Case:
 
 def _text(s: str) -> bytes:
     return s.encode("utf-8")
+
+
+def _xlsx() -> bytes:
+    """A workbook as Excel writes one: a ZIP archive of XML parts."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/worksheets/sheet1.xml", f"<sheetData><row><c><v>{PROTEIN}</v></c></row></sheetData>")
+    return buffer.getvalue()
 
 
 def _random_bytes() -> bytes:
@@ -283,6 +296,13 @@ CATALOGUE: list[Case] = [
     # ------------------------------------------------------------ binary and compressed
     Case("binary_random_bytes", _random_bytes(), refused=(("input", "not UTF-8 text"),), surface="upload"),
     Case("png_header", PNG_HEADER, refused=(("input", "not UTF-8 text (byte 0x89 at offset 0)"),)),
+    Case("excel_workbook", _xlsx, refused=(("input", "is a ZIP archive (an Excel .xlsx workbook is one), not text; "
+                                                      "nothing was read: save the sheet as CSV"),)),
+    Case("bzip2_fasta", bz2.compress(_text(f">a\n{PROTEIN}\n")), refused=(("input", "is bzip2-compressed, not text"),)),
+    Case("xz_fasta", lzma.compress(_text(f">a\n{PROTEIN}\n")), refused=(("input", "is xz-compressed, not text"),)),
+    Case("pdf_that_decodes_as_windows_1252", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n",
+         refused=(("input", "is a PDF document, not text"),)),
+    Case("gzipped_excel_workbook", lambda: gzip.compress(_xlsx()), refused=(("input", "is a ZIP archive"),)),
     Case("nul_bytes", b">a\nMKT\x00\x00AY\n", refused=(("input", "looks like binary data"),)),
     Case("truncated_gzip", TRUNCATED_GZ, refused=(("input", "gzip data is truncated or corrupt"),)),
     Case(

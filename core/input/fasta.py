@@ -10,28 +10,20 @@ user input: every refused record is reported, and the valid ones are kept.
 
 from __future__ import annotations
 
-import codecs
-import gzip
 import io
 import os
-import zlib
 from itertools import islice
-from pathlib import Path
 
 from Bio import SeqIO
 from Bio.SeqIO.QualityIO import FastqGeneralIterator
 from Bio.SeqRecord import SeqRecord
 
-from core.input.records import (
-    INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy,
-    size_text,
-)
+from core.input.decoding import input_error, text_of, text_too_large
 from core.input.flatfiles import flat_file_format, flat_file_raw_records, foreign_format
+from core.input.records import MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy
 from core.input.tables import table_delimiter, table_raw_records
 from core.input.validation import RawRecord, named_record, validate_record
 
-
-_GZIP_MAGIC = b"\x1f\x8b"
 
 _INPUT_ID = "input"
 
@@ -57,7 +49,7 @@ def parse_sequences(
     Never raises for bad input; see the module docstring.
     """
     _check_options(max_length, on_too_long)
-    too_large = _text_too_large(text)
+    too_large = text_too_large(text)
     if too_large is not None:
         return ParsedInput([], [too_large])
     return _parse_text(text, max_length, on_too_long)
@@ -71,7 +63,7 @@ def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> Parse
     else:
         uncommented = _without_comments(text)
         if not uncommented.strip():
-            return ParsedInput([], [_input_error("no sequences found")])
+            return ParsedInput([], [input_error("no sequences found")])
         first_line = uncommented.lstrip().split("\n", 1)[0].rstrip()
         if (foreign := foreign_format(first_line)) is not None:
             return ParsedInput([], [foreign])
@@ -117,16 +109,13 @@ def read_sequences(
 ) -> ParsedInput:
     """Read a file path or raw bytes (optionally gzipped) and parse its sequences.
 
-    A ``str`` is treated as a path. Gzip is detected from the magic bytes, not
-    the file name. Unreadable files, corrupt gzip data, non-UTF-8 or binary
-    content and input over MAX_INPUT_BYTES (before or after gunzip) are reported
-    as one :class:`InputProblem` with record_id "input", and nothing is parsed.
+    A ``str`` is treated as a path; core.input.decoding turns the bytes into text. Unreadable files,
+    corrupt gzip data, binary content (named when its format is known) and input over MAX_INPUT_BYTES
+    (before or after gunzip) are reported as one :class:`InputProblem` with record_id "input", and
+    nothing is parsed; text that was not UTF-8 is parsed after a warning saying how it was read.
     """
     _check_options(max_length, on_too_long)
-    data = _load_bytes(source)
-    if isinstance(data, InputProblem):
-        return ParsedInput([], [data])
-    decoded = _decode(data)
+    decoded = text_of(source)
     if isinstance(decoded, InputProblem):
         return ParsedInput([], [decoded])
     text, warning = decoded
@@ -144,38 +133,10 @@ def _check_options(max_length: int, on_too_long: str) -> None:
         raise ValueError(f"on_too_long must be 'truncate' or 'reject', got {on_too_long!r}")
 
 
-def _input_error(message: str) -> InputProblem:
-    """An error about the input as a whole rather than one record."""
-    return InputProblem(_INPUT_ID, message, "error")
-
-
-def _size_error(what: str) -> InputProblem:
-    """The input is over MAX_INPUT_BYTES; ``what`` says what is how big, in words."""
-    return _input_error(
-        f"{what}, more than the limit of {INPUT_LIMIT_TEXT}; "
-        "nothing was read. Split it into smaller files"
-    )
-
-
-def _bytes_too_large(n_bytes: int, unit: str = "bytes") -> InputProblem | None:
-    """The size problem for ``n_bytes`` of input, or None when within MAX_INPUT_BYTES."""
-    if n_bytes <= MAX_INPUT_BYTES:
-        return None
-    return _size_error(f"the input is too large: {n_bytes:,} {unit} ({size_text(n_bytes)})")
-
-
-def _text_too_large(text: str) -> InputProblem | None:
-    """The size problem for text over MAX_INPUT_BYTES as UTF-8, or None (cheap for small text)."""
-    if len(text) * 4 <= MAX_INPUT_BYTES:  # a character is at most 4 UTF-8 bytes
-        return None
-    n_bytes = len(text.encode("utf-8", errors="surrogatepass"))
-    return _bytes_too_large(n_bytes, "bytes of text as UTF-8")
-
-
 def _records_dropped(total: int, kept: int) -> InputProblem:
     """One error for the records beyond MAX_RECORDS (never a silent loss)."""
     dropped = total - kept
-    return _input_error(
+    return input_error(
         f"the input has {total:,} records, more than the limit of {kept:,} records per input "
         f"(MAX_RECORDS); only the first {kept:,} were read and the remaining {dropped:,} "
         "record(s) were dropped. Split the input into several files"
@@ -231,7 +192,7 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     try:
         parsed = list(islice(SeqIO.parse(io.StringIO(body), "fasta"), limit))
     except Exception as exc:  # noqa: BLE001 - never let a parser bug reach the user as a traceback
-        return [_input_error(f"could not read the input as FASTA: {exc}")], 0
+        return [input_error(f"could not read the input as FASTA: {exc}")], 0
     # Every record starts at a '>' line, so the headers count the records not parsed.
     total = max(len(header_lines), len(parsed))
 
@@ -262,7 +223,7 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
                                       f"read {total}", first_seen, header="@")
     except ValueError as exc:  # Biopython's word for a malformed read
         reason = str(exc).rstrip(". ")
-        items.append(_input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
+        items.append(input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
                                   "were not read; fix that read, or convert the file to FASTA"))
     return items, total
 
@@ -294,101 +255,3 @@ def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProb
     return records, total
 
 
-def _load_bytes(source: str | os.PathLike[str] | bytes) -> bytes | InputProblem:
-    """Read the source into bytes, gunzipping when it starts with the gzip magic.
-
-    Input over MAX_INPUT_BYTES, before or after gunzip, is a problem. A file is
-    read at most one byte past the limit, so a huge file (or an endless one
-    such as a device) is never loaded whole.
-    """
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        too_large = _bytes_too_large(len(data))
-    else:
-        path = Path(source)
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_INPUT_BYTES + 1)
-                size = os.fstat(handle.fileno()).st_size
-        except OSError as exc:
-            return _input_error(f"could not read file '{path}': {exc.strerror or exc}")
-        too_large = None
-        if len(data) > MAX_INPUT_BYTES:
-            # A regular file's size is known; a pipe or device only "more than the limit".
-            too_large = _bytes_too_large(size) or _size_error(
-                f"the input is too large: at least {MAX_INPUT_BYTES + 1:,} bytes"
-            )
-    if too_large is not None:
-        return too_large
-    if data.startswith(_GZIP_MAGIC):
-        return _gunzip(data)
-    return data
-
-
-def _gunzip(data: bytes) -> bytes | InputProblem:
-    """Decompress gzip data, reporting truncated/corrupt/oversized data as a problem."""
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
-            out = handle.read(MAX_INPUT_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as exc:
-        return _input_error(
-            f"the gzip data is truncated or corrupt ({exc}); "
-            "re-create the .gz file or upload the plain FASTA text"
-        )
-    if len(out) > MAX_INPUT_BYTES:
-        # Decompression stops one byte past the limit: the full size stays unknown.
-        return _size_error(
-            f"the gzip data is too large once decompressed: its {len(data):,} bytes expand "
-            f"to at least {MAX_INPUT_BYTES + 1:,} bytes"
-        )
-    return out
-
-
-def _decode(data: bytes) -> tuple[str, InputProblem | None] | InputProblem:
-    """The text of ``data`` and a warning when it was not UTF-8, or the problem that it is not text.
-
-    UTF-8 (a BOM dropped) is the rule; UTF-16 and UTF-32 are read when a byte-order mark says so (Windows
-    Notepad's "Unicode"). Other 8-bit text — no NUL, no control characters — is read as Windows-1252, a
-    superset of Latin-1, with a warning naming the first byte that is not UTF-8, so a file with one
-    accented name is still compared. Anything else is refused as not text.
-    """
-    warning = None
-    codec = next((codec for bom, codec in _UNICODE_BOMS if data.startswith(bom)), None)
-    try:
-        text = data.decode(codec or "utf-8-sig")
-    except UnicodeDecodeError as exc:
-        if codec is not None:
-            return _input_error(f"the input starts with a {codec.upper()} byte-order mark but is not {codec.upper()} "
-                                "text; save it as UTF-8")
-        text = _as_windows_1252(data)
-        if text is None:
-            return _input_error(f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                                "upload a plain-text FASTA file")
-        line = data.count(b"\n", 0, exc.start) + 1
-        warning = InputProblem(_INPUT_ID, (
-            f"the input is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it "
-            "was read as Windows-1252 (Latin-1): check the names with accented letters, or save the file as UTF-8"),
-            "warning")
-    if "\x00" in text:
-        return _input_error("the input looks like binary data, not text; upload a plain-text FASTA file")
-    return text, warning
-
-
-# Byte-order marks that name an encoding; UTF-32's little-endian mark starts with UTF-16's, so it comes first.
-_UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-# Control characters text may hold (tab, line feed, vertical tab, form feed, carriage return).
-_TEXT_CONTROLS = frozenset("\t\n\v\f\r")
-
-
-def _as_windows_1252(data: bytes) -> str | None:
-    """``data`` as Windows-1252 text, or None when it is not text in it (an undefined byte, NUL or another
-    control character: binary data)."""
-    try:
-        text = data.decode("cp1252")
-    except UnicodeDecodeError:
-        return None
-    if any(ord(c) < 32 and c not in _TEXT_CONTROLS for c in text):
-        return None
-    return text
