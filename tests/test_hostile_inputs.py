@@ -197,10 +197,18 @@ CATALOGUE: list[Case] = [
         processed=("P1", "P2"),
         warned=(("input", "sequences from column 2, ids from column 1 (no header row)"),),
     ),
-    Case(
+    Case(  # no column to tell: read one sequence per line, each line refused with a hint to name the column
         "table_without_a_sequence_column",
         b"name,description\nubiquitin,small protein\n",
-        refused=(("input", "read as a comma-separated table (line 1), but no column is named as holding the sequences"),),
+        refused=(("seq_1", "',' at position 5 (a table's separator; a table is read when a header row names its "
+                           "'sequence' column)"),
+                 ("seq_2", "',' at position 10 (a table's separator")),
+    ),
+    Case(  # a comma typed into one bare sequence line: that line refused, as before tables were read
+        "comma_in_a_bare_sequence_line",
+        _text(f"MKT,AYI\n{SHORT}\n"),
+        processed=("seq_2",),
+        refused=(("seq_1", "',' at position 4 (a table's separator"),),
     ),
     Case(  # a tab may be whitespace inside a bare sequence line: with no sequence column to tell, it stays one
         "tab_inside_a_bare_sequence_line",
@@ -347,6 +355,13 @@ CATALOGUE: list[Case] = [
         refused=(("input", "the input is too large: 100,000,001 bytes (100.0 MB), "
                            "more than the limit of 100 MB (100,000,000 bytes); nothing was read"),),
         max_seconds=5.0,
+    ),
+    Case(  # a record of 20 million refused characters: counted and placed without a loop over them
+        "record_of_twenty_million_commas",
+        lambda: b">commas\n" + b"A," * 20_000_000,
+        refused=(("commas", "',' at position 2 (a table's separator; a table is read when a header row names its "
+                            "'sequence' column) (20000000 invalid characters in total)"),),
+        max_seconds=2.0,
     ),
     Case("upload_of_exactly_100_mb", _exactly_100_mb, processed=("at_limit",), sequences={"at_limit": PROTEIN}),
     Case(

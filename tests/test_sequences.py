@@ -672,8 +672,25 @@ def test_a_table_whose_first_column_is_called_like_a_pdb_record_stays_a_table() 
 
 def test_a_wide_table_without_names_is_not_searched_for_its_sequences() -> None:
     wide = ",".join(["1"] * 64 + ["MKT"])  # 65 columns: past the width a headerless table is searched to
-    parsed = parse_sequences(f"{wide}\n{wide}\n")
-    assert ids(parsed) == []
-    assert "no column is named as holding the sequences (of 65)" in only_error(parsed).message
+    parsed = parse_sequences(f"{wide}\n")
+    assert ids(parsed) == [] and only_error(parsed).message.startswith("seq_1 (line 1): contains '1'")
     narrow = ",".join(["1"] * 63 + ["MKT"])
     assert [r.sequence for r in parse_sequences(f"{narrow}\n").records] == ["MKT"]
+
+
+def test_a_table_without_a_header_is_read_only_when_its_rows_are_as_wide() -> None:
+    assert ids(parse_sequences("P1,MKT\nP2,GSG\n")) == ["P1", "P2"]
+    ragged = parse_sequences("P1,MKT\nP2,GSG,1\n")
+    assert ids(ragged) == [] and [e.record_id for e in ragged.errors] == ["seq_1", "seq_2"]
+
+
+def test_a_record_with_many_distinct_invalid_characters_names_the_first_three_and_counts_the_rest() -> None:
+    junk = "".join(chr(c) for c in range(0x3b1, 0x3b1 + 40))  # 40 Greek letters: past the str.index path
+    parsed = parse_sequences(f">g\nMKT{junk}{junk}\n")
+    message = only_error(parsed).message
+    assert message.startswith("g: contains 'α' at position 4 (non-ASCII character; use one-letter amino-acid codes A-Z), "
+                              "'β' at position 5")
+    assert message.endswith(", and 37 more distinct invalid character(s) (80 invalid characters in total)")
+    few = only_error(parse_sequences(">f\nMK#T1#1\n")).message  # the str.index path: positions in order
+    assert few == ("f: contains '#' at position 3 (not an amino-acid letter), '1' at position 5 (digits are not "
+                   "amino acids) (4 invalid characters in total)")

@@ -4,8 +4,9 @@ the messages (pandas' reader drops or refuses a bad line without saying where).
 
 The sequence column is the one whose header names it (``sequence``, ``seq``, ``aa_seq`` …); the ids come
 from a column named ``id``, ``name``, ``accession`` … and else from the first column when the sequences
-are not in it. A table without a header row is read only when exactly one of its columns holds letters
-alone in every row; anything else is one error saying how to name the columns, never a guess.
+are not in it. A table without a header row is read only when its rows are all as wide and exactly one
+column holds letters alone in every row. Anything else is not read as a table but one sequence per line,
+where each line's separators are refused with a hint to name the sequence column: never a guess.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from itertools import chain, islice
+from typing import Iterable, Iterator
 
 from core.input.records import InputProblem, Severity
 from core.input.validation import RawRecord, named_record
@@ -59,45 +62,53 @@ def table_delimiter(first_line: str) -> str | None:
 
 def table_raw_records(text: str, limit: int, delimiter: str) -> tuple[list[RawRecord | InputProblem], int] | None:
     """The rows of a ``delimiter``-separated table as raw records, in input order, after one warning saying
-    which columns were read; or one error when no column can be told to hold the sequences — None instead
-    when the delimiter is a tab, which may be whitespace inside sequence lines (read then one per line).
-    Only the first ``limit`` rows are returned, with the number of data rows. A row that cannot be read
-    ends the reading: the rows before it are kept and one error names where it stopped."""
-    rows, unreadable = _read_rows(text, delimiter)
+    which columns were read; one error when the header names several sequence columns; None when no column
+    can be told to hold the sequences (the text is then read one sequence per line: a tab may be whitespace
+    inside a sequence, a comma a typo). Only the first ``limit`` rows are returned, with the number of data
+    rows. A row that cannot be read ends the reading: the rows before it are kept and one error names where
+    it stopped."""
+    unreadable: list[str] = []
+    rows = _rows(text, delimiter, unreadable)
+    first = next(rows, None)
     kind = DELIMITERS[delimiter]
-    if not rows:
-        return [_input_problem(f"the table could not be read ({unreadable})" if unreadable else "no sequences found",
+    if first is None:
+        return [_input_problem(f"the table could not be read ({unreadable[0]})" if unreadable else "no sequences found",
                                "error")], 0
-    (line, header), sample = rows[0], [cells for _, cells in rows[1 : _SAMPLE_ROWS + 1]]
-    columns = _columns(header, sample)
+    line, header = first
+    columns = _named_columns(header)
     if isinstance(columns, str):
-        if delimiter == "\t":
-            return None
         return [_input_problem(f"read as a {kind}-separated table (line {line}), but {columns}", "error")], 0
+    data: Iterable[tuple[int, list[str]]] = rows
+    if columns is None:
+        sample = list(islice(rows, _SAMPLE_ROWS)) if len(header) <= _MAX_UNNAMED_COLUMNS else []
+        columns = _unnamed_columns(header, [cells for _, cells in sample])
+        if columns is None:
+            return None
+        data = chain([first], sample, rows)
     items: list[RawRecord | InputProblem] = [_input_problem(_columns_note(kind, columns, len(header)), "warning")]
     first_seen: dict[str, int] = {}
-    data = rows[1:] if columns.has_header else rows
-    for number, (line, cells) in enumerate(data[:limit], start=1):
-        items += _row_record(cells, columns, number, line, first_seen)
-    if unreadable is not None:
-        items.append(_input_problem(f"the table could not be read from its row {len(data) + 1} on ({unreadable}): "
+    total = 0
+    for line, cells in data:
+        total += 1
+        if total <= limit:
+            items += _row_record(cells, columns, total, line, first_seen)
+    if unreadable:
+        items.append(_input_problem(f"the table could not be read from its row {total + 1} on ({unreadable[0]}): "
                                     "that row and the rows after it were not read; fix that row, or convert the "
                                     "file to FASTA", "error"))
-    return items, len(data)
+    return items, total
 
 
-def _read_rows(text: str, delimiter: str) -> tuple[list[tuple[int, list[str]]], str | None]:
+def _rows(text: str, delimiter: str, unreadable: list[str]) -> Iterator[tuple[int, list[str]]]:
     """(line number where the row ends, cells) for each non-blank row, up to the first the csv module cannot
-    read, and why it could not (None when every row was read)."""
+    read; why it could not is appended to ``unreadable``."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    rows = []
     try:
         for cells in reader:
             if any(cell.strip() for cell in cells):
-                rows.append((reader.line_num, cells))
+                yield reader.line_num, cells
     except csv.Error as error:
-        return rows, str(error)
-    return rows, None
+        unreadable.append(str(error))
 
 
 def _column_name(cell: str) -> str:
@@ -112,32 +123,37 @@ def _names_sequences(name: str) -> bool:
     return bool(words & {"sequence", "seq"}) and not words & _ABOUT_A_SEQUENCE
 
 
-def _columns(header: list[str], sample: list[list[str]]) -> Columns | str:
-    """Where the sequences and ids are, from the first row and a ``sample`` of those after it; or why that
-    cannot be told. Without an id column by name, ids come from the first column when the sequences are not
-    in it (columns after the sequences hold labels or features, not names), else rows are numbered."""
+def _named_columns(header: list[str]) -> Columns | str | None:
+    """Where the sequences and ids are by the names in ``header``; what is wrong when several columns are
+    named as sequences; None when none is. Without an id column by name, ids come from the first column
+    when the sequences are not in it (columns after the sequences hold labels or features, not names),
+    else rows are numbered."""
     names = [_column_name(cell) for cell in header]
     by_name = ([i for i, name in enumerate(names) if name in SEQUENCE_COLUMNS]
                or [i for i, name in enumerate(names) if _names_sequences(name)])
     if len(by_name) > 1:
         listed = ", ".join(repr(header[i].strip()) for i in by_name)
         return f"several columns are named as sequences ({listed}); keep one"
-    if by_name:
-        sequence = by_name[0]
-        ids = [i for name in ID_COLUMNS for i, cell in enumerate(names) if cell == name and i != sequence]
-        id_column = ids[0] if ids else (0 if sequence > 0 else None)
-        return Columns(sequence, id_column, tuple(cell.strip() for cell in header), has_header=True)
-    if len(header) > _MAX_UNNAMED_COLUMNS:
-        return (f"no column is named as holding the sequences (of {len(header):,}); add a header row naming that "
-                "column 'sequence' (and the one with the names 'id'), or convert the file to FASTA")
-    letter_columns = [i for i in range(len(header))
-                      if all(i < len(cells) and _LETTERS_ONLY.fullmatch("".join(cells[i].split()))
-                             for cells in [header, *sample])]
-    if len(letter_columns) == 1 and len(header) > 1:
-        sequence = letter_columns[0]
-        return Columns(sequence, 0 if sequence > 0 else None, None, has_header=False)
-    return ("no column is named as holding the sequences; add a header row naming that column 'sequence' "
-            "(and the one with the names 'id'), or convert the file to FASTA")
+    if not by_name:
+        return None
+    sequence = by_name[0]
+    ids = [i for name in ID_COLUMNS for i, cell in enumerate(names) if cell == name and i != sequence]
+    id_column = ids[0] if ids else (0 if sequence > 0 else None)
+    return Columns(sequence, id_column, tuple(cell.strip() for cell in header), has_header=True)
+
+
+def _unnamed_columns(first: list[str], sample: list[list[str]]) -> Columns | None:
+    """Where the sequences and ids are in a table without a header row, whose first row is ``first``: the one
+    column holding letters alone in it and the ``sample`` of rows after it, all as wide (at most
+    _MAX_UNNAMED_COLUMNS), the ids in the first column when it is another; None when there is no such one."""
+    if not 1 < len(first) <= _MAX_UNNAMED_COLUMNS or any(len(cells) != len(first) for cells in sample):
+        return None
+    letter_columns = [i for i in range(len(first))
+                      if all(_LETTERS_ONLY.fullmatch("".join(cells[i].split())) for cells in [first, *sample])]
+    if len(letter_columns) != 1:
+        return None
+    sequence = letter_columns[0]
+    return Columns(sequence, 0 if sequence > 0 else None, None, has_header=False)
 
 
 def _columns_note(kind: str, columns: Columns, width: int) -> str:

@@ -21,6 +21,9 @@ _NUCLEOTIDE_MIN_LENGTH = 10
 # How many distinct offending characters one error message lists.
 _MAX_BAD_CHARS_REPORTED = 3
 
+# Up to this many distinct offending characters, each one's first position is found by str.index.
+_MANY_DISTINCT = 32
+
 
 @dataclass(frozen=True)
 class RawRecord:
@@ -124,18 +127,25 @@ def _clean(raw_sequence: str) -> str:
 
 def _describe_bad_characters(sequence: str) -> str | None:
     """Describe the first few distinct characters outside ALLOWED_RESIDUES, or None."""
-    first_position: dict[str, int] = {}
-    total = 0
-    for match in _BAD_RESIDUE.finditer(sequence):
-        total += 1
-        first_position.setdefault(match.group(), match.start() + 1)
-    if not first_position:
+    if _BAD_RESIDUE.search(sequence) is None:
         return None
+    # String methods, not a Python loop over the matches: a hostile record may hold 100 MB of them.
+    distinct = set(sequence) - ALLOWED_RESIDUES
+    if len(distinct) <= _MANY_DISTINCT:
+        first_position = dict(sorted(((char, sequence.index(char) + 1) for char in distinct), key=lambda item: item[1]))
+        total = sum(sequence.count(char) for char in distinct)
+    else:  # many distinct characters: the first few come soon
+        first_position = {}
+        for match in _BAD_RESIDUE.finditer(sequence):
+            first_position.setdefault(match.group(), match.start() + 1)
+            if len(first_position) == _MAX_BAD_CHARS_REPORTED:
+                break
+        total = len(sequence) - len(_BAD_RESIDUE.sub("", sequence))
 
     shown = list(first_position.items())[:_MAX_BAD_CHARS_REPORTED]
     parts = [f"{char!r} at position {position} ({_hint(char)})" for char, position in shown]
     message = "contains " + ", ".join(parts)
-    hidden = len(first_position) - len(shown)
+    hidden = len(distinct) - len(shown)
     if hidden:
         message += f", and {hidden} more distinct invalid character(s)"
     if total > len(shown):
@@ -151,6 +161,8 @@ def _hint(char: str) -> str:
         return "alignment gap; remove alignment gaps"
     if char == "*":
         return "internal stop codon; only one trailing '*' is allowed"
+    if char in ",;":
+        return "a table's separator; a table is read when a header row names its 'sequence' column"
     if char == ">":
         return "'>' starts a FASTA header; FASTA input must begin with a '>' line"
     if not char.isascii():
