@@ -210,6 +210,13 @@ CATALOGUE: list[Case] = [
         processed=("seq_2",),
         refused=(("seq_1", "',' at position 4 (a table's separator"),),
     ),
+    Case(  # a one-column table: its header 'sequence' is made of residue letters, and is not a protein
+        "one_column_table_with_its_header",
+        _text(f"sequence\n{PROTEIN}\n{SHORT}\n"),
+        processed=("seq_1", "seq_2"),
+        warned=(("input", "line 1 ('sequence') read as the header of a column of sequences and skipped"),),
+        sequences={"seq_1": PROTEIN},
+    ),
     Case(  # a tab may be whitespace inside a bare sequence line: with no sequence column to tell, it stays one
         "tab_inside_a_bare_sequence_line",
         b"MKTAY\tIAKQR\n",

@@ -21,7 +21,7 @@ from Bio.SeqRecord import SeqRecord
 from core.input.decoding import input_error, text_of, text_too_large
 from core.input.flatfiles import flat_file_format, flat_file_raw_records, foreign_format
 from core.input.records import MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy
-from core.input.tables import table_delimiter, table_raw_records
+from core.input.tables import names_sequence_column, table_delimiter, table_raw_records
 from core.input.validation import RawRecord, named_record, validate_record
 
 
@@ -238,15 +238,24 @@ def _sequence_text(seq_record: SeqRecord) -> str:
 
 
 def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
-    """One record per non-blank line, named seq_1, seq_2, ... in order.
+    """One record per non-blank line, named seq_1, seq_2, ... in order; a first line that names a sequence
+    column ('sequence', 'Sequence (AA)': a one-column table's header, made of residue letters) is skipped
+    with a warning instead of compared as a protein.
 
     Only the first ``limit`` are returned, with the total number of records.
     """
     records: list[RawRecord | InputProblem] = []
     total = 0
+    first = True
     for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        if first and names_sequence_column(line):
+            records.append(InputProblem(_INPUT_ID, f"line {line_no} ({line.strip()!r}) read as the header of a column of "
+                                                   "sequences and skipped, not compared as a protein", "warning"))
+            first = False
+            continue
+        first = False
         total += 1
         if total > limit:
             continue

@@ -116,6 +116,12 @@ def _column_name(cell: str) -> str:
     return re.sub(r"[\s\-]+", "_", cell.strip().lower())
 
 
+def names_sequence_column(cell: str) -> bool:
+    """Whether ``cell`` is a header naming a column of sequences ('sequence', 'Sequence (AA)', 'aa_seq' …)."""
+    name = _column_name(cell)
+    return name in SEQUENCE_COLUMNS or _names_sequences(name)
+
+
 def _names_sequences(name: str) -> bool:
     """A header such as 'Sequence (AA)' or 'protein seq': a word for sequences and none for something about
     them ('sequence_length', 'seq_id')."""
