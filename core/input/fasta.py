@@ -239,18 +239,19 @@ def _sequence_text(seq_record: SeqRecord) -> str:
 
 def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
     """One record per non-blank line, named seq_1, seq_2, ... in order; a first line that names a sequence
-    column ('sequence', 'Sequence (AA)': a one-column table's header, made of residue letters) is skipped
-    with a warning instead of compared as a protein.
+    column ('sequence', 'Sequence (AA)': a one-column table's header, made of residue letters) above other
+    lines is skipped with a warning instead of compared as a protein.
 
     Only the first ``limit`` are returned, with the total number of records.
     """
     records: list[RawRecord | InputProblem] = []
     total = 0
     first = True
-    for line_no, line in enumerate(text.split("\n"), start=1):
+    lines = text.split("\n")
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if first and names_sequence_column(line):
+        if first and names_sequence_column(line) and any(rest.strip() for rest in lines[line_no:]):
             records.append(InputProblem(_INPUT_ID, f"line {line_no} ({line.strip()!r}) read as the header of a column of "
                                                    "sequences and skipped, not compared as a protein", "warning"))
             first = False
