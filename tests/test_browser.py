@@ -107,12 +107,14 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
     assert screenshot.stat().st_size > 50_000
 
 
-def test_fastq_and_table_files_are_taken_by_the_uploader_and_read_as_such(server, tmp_path):
+def test_fastq_table_and_workbook_files_are_taken_by_the_uploader_and_read_as_such(server, tmp_path):
     """The browser checks an upload's extension against the uploader's types before the server sees it."""
     fastq = tmp_path / "reads.fastq"
     fastq.write_text("@p1\nMKTAYIAKQR\n+\nIIIIIIIIII\n@p2\nGSGSGSLLKK\n+\n;IIIIIIIII\n")
     table = tmp_path / "proteins.csv"
     table.write_text("id,sequence,label\nP1,MKTAYIAKQR,1\nP2,GSGSGSLLKK,0\nP3,,1\n")
+    workbook = tmp_path / "proteins.xlsx"
+    pd.read_csv(table, dtype=str, keep_default_na=False).to_excel(workbook, index=False)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
@@ -124,6 +126,9 @@ def test_fastq_and_table_files_are_taken_by_the_uploader_and_read_as_such(server
         uploader.set_input_files(str(table))
         page.get_by_text(f"2 valid sequence(s) from the uploaded file ({table.stat().st_size} bytes); 1 record(s) "
                          "refused and 1 warning(s)").wait_for(timeout=60_000)
+        uploader.set_input_files(str(workbook))
+        page.get_by_text(f"2 valid sequence(s) from the uploaded file ({workbook.stat().st_size:,} bytes); 1 record(s) "
+                         "refused and 2 warning(s)").wait_for(timeout=60_000)
         browser.close()
 
 

@@ -71,12 +71,34 @@ def _text(s: str) -> bytes:
 
 
 def _xlsx() -> bytes:
-    """A workbook as Excel writes one: a ZIP archive of XML parts."""
+    """A workbook as Excel writes one (a ZIP archive of XML parts): a sheet of proteins, then another."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("[Content_Types].xml", "<Types/>")
-        archive.writestr("xl/worksheets/sheet1.xml", f"<sheetData><row><c><v>{PROTEIN}</v></c></row></sheetData>")
+    with pd.ExcelWriter(buffer, engine="openpyxl") as workbook:
+        pd.DataFrame({"id": ["P1", "P2", None], "sequence": [PROTEIN, SHORT.lower(), SHORT], "label": [1, 0, 1]}
+                     ).to_excel(workbook, sheet_name="proteins", index=False)
+        pd.DataFrame({"note": ["not read"]}).to_excel(workbook, sheet_name="notes", index=False)
     return buffer.getvalue()
+
+
+def _zip_of(parts: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _zip_of_fasta() -> bytes:
+    return _zip_of({"proteins.fasta": _text(f">a\n{PROTEIN}\n")})
+
+
+def _workbook_bomb() -> bytes:
+    """A few hundred kilobytes that claim to be a workbook and unpack past the input limit."""
+    return _zip_of({"xl/workbook.xml": b"<workbook/>", "xl/worksheets/sheet1.xml": b" " * (MAX_INPUT_BYTES + 90)})
+
+
+def _damaged_workbook() -> bytes:
+    return _zip_of({"xl/workbook.xml": b"this is not XML", "[Content_Types].xml": b"<Types/>"})
 
 
 def _random_bytes() -> bytes:
@@ -311,13 +333,26 @@ CATALOGUE: list[Case] = [
     # ------------------------------------------------------------ binary and compressed
     Case("binary_random_bytes", _random_bytes(), refused=(("input", "not UTF-8 text"),), surface="upload"),
     Case("png_header", PNG_HEADER, refused=(("input", "not UTF-8 text (byte 0x89 at offset 0)"),)),
-    Case("excel_workbook", _xlsx, refused=(("input", "is a ZIP archive (an Excel .xlsx workbook is one), not text; "
-                                                      "nothing was read: save the sheet as CSV"),)),
+    Case(
+        "excel_workbook",
+        _xlsx,
+        processed=("P1", "P2"),
+        warned=(("input", "read the Excel workbook's first sheet ('proteins'); 1 other sheet(s) not read"),
+                ("input", "read as a comma-separated table: sequences from column 'sequence', ids from column 'id'")),
+        refused=(("row 3 (line 4)", "no id in 'id'"),),
+        sequences={"P2": SHORT},
+        surface="upload",
+    ),
+    Case("zip_archive_of_a_fasta_file", _zip_of_fasta, refused=(("input", "is a ZIP archive, not text; nothing was "
+                                                                          "read: unzip it and give the FASTA file inside"),)),
+    Case("workbook_unpacking_past_the_limit", _workbook_bomb,
+         refused=(("input", "the Excel workbook unpacks to 100,000,101 bytes, more than the limit"),), max_seconds=5.0),
+    Case("damaged_workbook", _damaged_workbook, refused=(("input", "the Excel workbook could not be read ("),)),
     Case("bzip2_fasta", bz2.compress(_text(f">a\n{PROTEIN}\n")), refused=(("input", "is bzip2-compressed, not text"),)),
     Case("xz_fasta", lzma.compress(_text(f">a\n{PROTEIN}\n")), refused=(("input", "is xz-compressed, not text"),)),
     Case("pdf_that_decodes_as_windows_1252", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n",
          refused=(("input", "is a PDF document, not text"),)),
-    Case("gzipped_excel_workbook", lambda: gzip.compress(_xlsx()), refused=(("input", "is a ZIP archive"),)),
+    Case("gzipped_zip_archive", lambda: gzip.compress(_zip_of_fasta()), refused=(("input", "is a ZIP archive"),)),
     Case("nul_bytes", b">a\nMKT\x00\x00AY\n", refused=(("input", "looks like binary data"),)),
     Case("truncated_gzip", TRUNCATED_GZ, refused=(("input", "gzip data is truncated or corrupt"),)),
     Case(

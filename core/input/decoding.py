@@ -1,7 +1,8 @@
 """Input bytes to text: a file (read at most one byte past the size limit) or bytes, gunzipped when they
-are gzip, decoded (UTF-8; UTF-16/32 by their byte-order mark; other 8-bit text as Windows-1252, warned),
-and refused in one message when they are too large, binary, or a known binary format (a ZIP archive such
-as an Excel workbook, bzip2, xz, zstd, a PDF), named so that the user knows what to give instead."""
+are gzip, decoded (UTF-8; UTF-16/32 by their byte-order mark; other 8-bit text as Windows-1252, warned)
+or, for an Excel workbook, its first sheet as CSV (core.input.workbooks); refused in one message when
+they are too large, binary, or a known binary format (another ZIP archive, old Office, bzip2, xz, zstd,
+a PDF), named so that the user knows what to give instead."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import zlib
 from pathlib import Path
 
 from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, InputProblem, size_text
+from core.input.workbooks import is_workbook, workbook_text
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 # (magic bytes at the start, what the input is, what to give instead) for binary formats named in the refusal.
 _BINARY_FORMATS = (
-    (re.compile(rb"PK\x03\x04"), "a ZIP archive (an Excel .xlsx workbook is one)",
-     "save the sheet as CSV, or unzip the archive"),
-    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), "an old Office document (.xls, .doc)", "save the sheet as CSV"),
+    (re.compile(rb"PK\x03\x04"), "a ZIP archive", "unzip it and give the FASTA file inside"),
+    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), "an old Office document (.xls, .doc)",
+     "save the sheet as .xlsx or CSV"),
     (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed", "decompress it, or compress it with gzip instead"),
     (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed", "decompress it, or compress it with gzip instead"),
     (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed", "decompress it, or compress it with gzip instead"),
@@ -30,12 +32,14 @@ _BINARY_FORMATS = (
 
 
 def text_of(source: str | os.PathLike[str] | bytes) -> tuple[str, InputProblem | None] | InputProblem:
-    """The text of a file path (a ``str`` is a path) or of raw bytes, with a warning when it was not UTF-8;
-    or the one problem that stops it being read (unreadable, too large before or after gunzip, corrupt
+    """The text of a file path (a ``str`` is a path) or of raw bytes, with a warning when it was not UTF-8
+    text (a workbook's sheet, or 8-bit text read as Windows-1252); or the one problem that stops it being read (unreadable, too large before or after gunzip, corrupt
     gzip, binary, a named binary format)."""
     data = _load_bytes(source)
     if isinstance(data, InputProblem):
         return data
+    if is_workbook(data):
+        return workbook_text(data)
     named = _binary_format(data)
     if named is not None:
         return named
