@@ -33,8 +33,8 @@ _BINARY_FORMATS = (
 
 def text_of(source: str | os.PathLike[str] | bytes) -> tuple[str, InputProblem | None] | InputProblem:
     """The text of a file path (a ``str`` is a path) or of raw bytes, with a warning when it was not UTF-8
-    text (a workbook's sheet, or 8-bit text read as Windows-1252); or the one problem that stops it being read (unreadable, too large before or after gunzip, corrupt
-    gzip, binary, a named binary format)."""
+    text (a workbook's sheet, or 8-bit text read as Windows-1252); or the one problem that stops it being
+    read (unreadable, too large before or after gunzip, corrupt gzip, binary, a named binary format)."""
     data = _load_bytes(source)
     if isinstance(data, InputProblem):
         return data
@@ -147,11 +147,11 @@ def _decode(data: bytes) -> tuple[str, InputProblem | None] | InputProblem:
     except UnicodeDecodeError as exc:
         if codec is not None:
             return input_error(f"the input starts with a {codec.upper()} byte-order mark but is not {codec.upper()} "
-                                "text; save it as UTF-8")
+                               "text; save it as UTF-8")
         text = _as_windows_1252(data)
         if text is None:
             return input_error(f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                                "upload a plain-text FASTA file")
+                               "upload a plain-text FASTA file")
         line = data.count(b"\n", 0, exc.start) + 1
         warning = InputProblem("input", (
             f"the input is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it "

@@ -224,7 +224,7 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     except ValueError as exc:  # Biopython's word for a malformed read
         reason = str(exc).rstrip(". ")
         items.append(input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
-                                  "were not read; fix that read, or convert the file to FASTA"))
+                                 "were not read; fix that read, or convert the file to FASTA"))
     return items, total
 
 
