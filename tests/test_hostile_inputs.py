@@ -345,6 +345,12 @@ CATALOGUE: list[Case] = [
     ),
     Case("zip_archive_of_a_fasta_file", _zip_of_fasta, refused=(("input", "is a ZIP archive, not text; nothing was "
                                                                           "read: unzip it and give the FASTA file inside"),)),
+    Case("opendocument_spreadsheet", lambda: _zip_of({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet",
+                                                       "content.xml": b"<office:document-content/>"}),
+         refused=(("input", "is an OpenDocument file (.ods, .odt), not text; nothing was read: save the sheet as .xlsx "
+                            "or CSV"),)),
+    Case("word_document", lambda: _zip_of({"word/document.xml": _text(f"<w:document>{PROTEIN}</w:document>")}),
+         refused=(("input", "is a Word document, not text"),)),
     Case("workbook_unpacking_past_the_limit", _workbook_bomb,
          refused=(("input", "the Excel workbook unpacks to 100,000,101 bytes, more than the limit"),), max_seconds=5.0),
     Case("damaged_workbook", _damaged_workbook, refused=(("input", "the Excel workbook could not be read ("),)),

@@ -1,8 +1,8 @@
 """Input bytes to text: a file (read at most one byte past the size limit) or bytes, gunzipped when they
 are gzip, decoded (UTF-8; UTF-16/32 by their byte-order mark; other 8-bit text as Windows-1252, warned)
 or, for an Excel workbook, its first sheet as CSV (core.input.workbooks); refused in one message when
-they are too large, binary, or a known binary format (another ZIP archive, old Office, bzip2, xz, zstd,
-a PDF), named so that the user knows what to give instead."""
+they are too large, binary, or a known binary format (another office document or ZIP archive, old
+Office, bzip2, xz, zstd, a PDF), named so that the user knows what to give instead."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, InputProblem, size_text
-from core.input.workbooks import is_workbook, workbook_text
+from core.input.workbooks import is_workbook, other_document, workbook_text
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -40,7 +40,7 @@ def text_of(source: str | os.PathLike[str] | bytes) -> tuple[str, InputProblem |
         return data
     if is_workbook(data):
         return workbook_text(data)
-    named = _binary_format(data)
+    named = other_document(data) or _binary_format(data)
     if named is not None:
         return named
     return _decode(data)

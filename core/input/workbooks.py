@@ -16,16 +16,39 @@ from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, InputProblem
 
 _WORKBOOK_PART = "xl/workbook.xml"
 
+# Other office documents, also ZIP archives, named in their refusal: (a part only they hold, what it is,
+# what to give instead).
+_OTHER_DOCUMENTS = (
+    ("content.xml", "an OpenDocument file (.ods, .odt)", "save the sheet as .xlsx or CSV"),
+    ("word/document.xml", "a Word document", "give the sequences as FASTA text"),
+    ("ppt/presentation.xml", "a PowerPoint file", "give the sequences as FASTA text"),
+)
+
 
 def is_workbook(data: bytes) -> bool:
     """Whether ``data`` is an Excel workbook: a ZIP archive holding xl/workbook.xml."""
+    return _WORKBOOK_PART in _zip_parts(data)
+
+
+def other_document(data: bytes) -> InputProblem | None:
+    """The refusal naming an office document other than an Excel workbook (an OpenDocument file, a Word or
+    PowerPoint file), or None."""
+    parts = _zip_parts(data)
+    for part, what, fix in _OTHER_DOCUMENTS:
+        if part in parts:
+            return _problem(f"the input is {what}, not text; nothing was read: {fix}")
+    return None
+
+
+def _zip_parts(data: bytes) -> frozenset[str]:
+    """The names in ``data`` when it is a ZIP archive, else none."""
     if not data.startswith(b"PK\x03\x04"):
-        return False
+        return frozenset()
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return _WORKBOOK_PART in archive.namelist()
+            return frozenset(archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
-        return False
+        return frozenset()
 
 
 def workbook_text(data: bytes) -> tuple[str, InputProblem] | InputProblem:
@@ -51,4 +74,5 @@ def workbook_text(data: bytes) -> tuple[str, InputProblem] | InputProblem:
 
 
 def _problem(message: str) -> InputProblem:
+    """A problem of the input as a whole."""
     return InputProblem("input", message, "error")
