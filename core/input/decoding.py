@@ -14,8 +14,8 @@ import re
 import zlib
 from pathlib import Path
 
-from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, InputProblem, size_text
-from core.input.workbooks import is_workbook, other_document, workbook_text
+from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, InputProblem, input_problem, size_text
+from core.input.workbooks import office_document
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -38,17 +38,13 @@ def text_of(source: str | os.PathLike[str] | bytes) -> tuple[str, InputProblem |
     data = _load_bytes(source)
     if isinstance(data, InputProblem):
         return data
-    if is_workbook(data):
-        return workbook_text(data)
-    named = other_document(data) or _binary_format(data)
+    document = office_document(data)
+    if document is not None:
+        return document
+    named = _binary_format(data)
     if named is not None:
         return named
     return _decode(data)
-
-
-def input_error(message: str) -> InputProblem:
-    """An error about the input as a whole rather than one record."""
-    return InputProblem("input", message, "error")
 
 
 def text_too_large(text: str) -> InputProblem | None:
@@ -63,13 +59,13 @@ def _binary_format(data: bytes) -> InputProblem | None:
     """The refusal naming a known binary format ``data`` starts with, or None."""
     for magic, what, fix in _BINARY_FORMATS:
         if magic.match(data):
-            return input_error(f"the input is {what}, not text; nothing was read: {fix}")
+            return input_problem(f"the input is {what}, not text; nothing was read: {fix}")
     return None
 
 
 def _size_error(what: str) -> InputProblem:
     """The input is over MAX_INPUT_BYTES; ``what`` says what is how big, in words."""
-    return input_error(
+    return input_problem(
         f"{what}, more than the limit of {INPUT_LIMIT_TEXT}; "
         "nothing was read. Split it into smaller files"
     )
@@ -99,7 +95,7 @@ def _load_bytes(source: str | os.PathLike[str] | bytes) -> bytes | InputProblem:
                 data = handle.read(MAX_INPUT_BYTES + 1)
                 size = os.fstat(handle.fileno()).st_size
         except OSError as exc:
-            return input_error(f"could not read file '{path}': {exc.strerror or exc}")
+            return input_problem(f"could not read file '{path}': {exc.strerror or exc}")
         too_large = None
         if len(data) > MAX_INPUT_BYTES:
             # A regular file's size is known; a pipe or device only "more than the limit".
@@ -119,7 +115,7 @@ def _gunzip(data: bytes) -> bytes | InputProblem:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
             out = handle.read(MAX_INPUT_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:
-        return input_error(
+        return input_problem(
             f"the gzip data is truncated or corrupt ({exc}); "
             "re-create the .gz file or upload the plain FASTA text"
         )
@@ -146,19 +142,19 @@ def _decode(data: bytes) -> tuple[str, InputProblem | None] | InputProblem:
         text = data.decode(codec or "utf-8-sig")
     except UnicodeDecodeError as exc:
         if codec is not None:
-            return input_error(f"the input starts with a {codec.upper()} byte-order mark but is not {codec.upper()} "
+            return input_problem(f"the input starts with a {codec.upper()} byte-order mark but is not {codec.upper()} "
                                "text; save it as UTF-8")
         text = _as_windows_1252(data)
         if text is None:
-            return input_error(f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            return input_problem(f"the input is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
                                "upload a plain-text FASTA file")
         line = data.count(b"\n", 0, exc.start) + 1
-        warning = InputProblem("input", (
+        warning = input_problem((
             f"the input is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); it "
             "was read as Windows-1252 (Latin-1): check the names with accented letters, or save the file as UTF-8"),
             "warning")
     if "\x00" in text:
-        return input_error("the input looks like binary data, not text; upload a plain-text FASTA file")
+        return input_problem("the input looks like binary data, not text; upload a plain-text FASTA file")
     return text, warning
 
 

@@ -18,14 +18,12 @@ from Bio import SeqIO
 from Bio.SeqIO.QualityIO import FastqGeneralIterator
 from Bio.SeqRecord import SeqRecord
 
-from core.input.decoding import input_error, text_of, text_too_large
+from core.input.decoding import text_of, text_too_large
 from core.input.flatfiles import flat_file_format, flat_file_raw_records, foreign_format
-from core.input.records import MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy
+from core.input.records import MAX_RECORDS, MAX_RESIDUES, InputProblem, ParsedInput, TooLongPolicy, input_problem
 from core.input.tables import names_sequence_column, table_delimiter, table_raw_records
 from core.input.validation import RawRecord, named_record, validate_record
 
-
-_INPUT_ID = "input"
 
 
 def parse_sequences(
@@ -63,7 +61,7 @@ def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> Parse
     else:
         uncommented = _without_comments(text)
         if not uncommented.strip():
-            return ParsedInput([], [input_error("no sequences found")])
+            return ParsedInput([], [input_problem("no sequences found")])
         first_line = uncommented.lstrip().split("\n", 1)[0].rstrip()
         if (foreign := foreign_format(first_line)) is not None:
             return ParsedInput([], [foreign])
@@ -136,7 +134,7 @@ def _check_options(max_length: int, on_too_long: str) -> None:
 def _records_dropped(total: int, kept: int) -> InputProblem:
     """One error for the records beyond MAX_RECORDS (never a silent loss)."""
     dropped = total - kept
-    return input_error(
+    return input_problem(
         f"the input has {total:,} records, more than the limit of {kept:,} records per input "
         f"(MAX_RECORDS); only the first {kept:,} were read and the remaining {dropped:,} "
         "record(s) were dropped. Split the input into several files"
@@ -192,7 +190,7 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     try:
         parsed = list(islice(SeqIO.parse(io.StringIO(body), "fasta"), limit))
     except Exception as exc:  # noqa: BLE001 - never let a parser bug reach the user as a traceback
-        return [input_error(f"could not read the input as FASTA: {exc}")], 0
+        return [input_problem(f"could not read the input as FASTA: {exc}")], 0
     # Every record starts at a '>' line, so the headers count the records not parsed.
     total = max(len(header_lines), len(parsed))
 
@@ -211,8 +209,8 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     A malformed read ends the reading: the reads before it are kept and one error names where it stopped.
     Only the first ``limit`` reads are returned, with the number of reads read."""
     _, _, body = _from_first_line(text)
-    items: list[RawRecord | InputProblem] = [InputProblem(
-        _INPUT_ID, "read as FASTQ: each read's sequence is used and its quality line set aside", "warning")]
+    items: list[RawRecord | InputProblem] = [input_problem(
+        "read as FASTQ: each read's sequence is used and its quality line set aside", "warning")]
     first_seen: dict[str, int] = {}
     total = 0
     try:
@@ -223,7 +221,7 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
                                       f"read {total}", first_seen, header="@")
     except ValueError as exc:  # Biopython's word for a malformed read
         reason = str(exc).rstrip(". ")
-        items.append(input_error(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
+        items.append(input_problem(f"FASTQ read {total + 1} could not be read ({reason}): it and the reads after it "
                                  "were not read; fix that read, or convert the file to FASTA"))
     return items, total
 
@@ -244,19 +242,17 @@ def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProb
 
     Only the first ``limit`` are returned, with the total number of records.
     """
-    records: list[RawRecord | InputProblem] = []
-    total = 0
-    first = True
     lines = text.split("\n")
-    for line_no, line in enumerate(lines, start=1):
+    first = next(i for i, line in enumerate(lines) if line.strip())  # the caller has seen one
+    header = names_sequence_column(lines[first]) and any(line.strip() for line in lines[first + 1:])
+    records: list[RawRecord | InputProblem] = [input_problem(
+        f"line {first + 1} ({lines[first].strip()!r}) read as the header of a column of sequences and skipped, not "
+        "compared as a protein", "warning")] if header else []
+    total = 0
+    start = first + header
+    for line_no, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
             continue
-        if first and names_sequence_column(line) and any(rest.strip() for rest in lines[line_no:]):
-            records.append(InputProblem(_INPUT_ID, f"line {line_no} ({line.strip()!r}) read as the header of a column of "
-                                                   "sequences and skipped, not compared as a protein", "warning"))
-            first = False
-            continue
-        first = False
         total += 1
         if total > limit:
             continue

@@ -11,7 +11,7 @@ import warnings
 from Bio import BiopythonParserWarning, SeqIO
 from Bio.Seq import UndefinedSequenceError
 
-from core.input.records import InputProblem
+from core.input.records import InputProblem, input_problem
 from core.input.validation import RawRecord, named_record
 
 # Biopython format -> what the file is, in words; recognised by its first line (flat_file_format).
@@ -47,7 +47,7 @@ def foreign_format(first_line: str) -> InputProblem | None:
     (an alignment, a structure, JSON, XML), or None."""
     for pattern, what, fix in _FOREIGN:
         if pattern.match(first_line):
-            return InputProblem("input", f"the input looks like {what}, not sequences; nothing was read: {fix}", "error")
+            return input_problem(f"the input looks like {what}, not sequences; nothing was read: {fix}")
     return None
 
 
@@ -56,8 +56,8 @@ def flat_file_raw_records(text: str, limit: int, format_name: str) -> tuple[list
     after one warning saying how the file was read. Only the first ``limit`` are returned, with the number
     read; a record Biopython cannot read ends the reading, and one error names where it stopped."""
     what = FLAT_FILES[format_name]
-    items: list[RawRecord | InputProblem] = [InputProblem(
-        "input", f"read as {what}: each record's sequence is used, named by its accession", "warning")]
+    items: list[RawRecord | InputProblem] = [
+        input_problem(f"read as {what}: each record's sequence is used, named by its accession", "warning")]
     first_seen: dict[str, int] = {}
     total = 0
     records = SeqIO.parse(io.StringIO(text.lstrip()), format_name)
@@ -77,9 +77,8 @@ def flat_file_raw_records(text: str, limit: int, format_name: str) -> tuple[list
                                       missing_id=f"record {total}: has no accession or name; give it one", notes=notes)
     except Exception as error:  # noqa: BLE001 - Biopython's parsers raise several kinds; never a traceback
         reason = str(error).rstrip(". ") or type(error).__name__
-        items.append(InputProblem("input", f"{what} record {total + 1} could not be read ({reason}): it and the "
-                                           "records after it were not read; fix that record, or convert the file "
-                                           "to FASTA", "error"))
+        items.append(input_problem(f"{what} record {total + 1} could not be read ({reason}): it and the records "
+                                   "after it were not read; fix that record, or convert the file to FASTA"))
     return items, total
 
 

@@ -63,6 +63,14 @@ class InputProblem:
     severity: Severity
 
 
+INPUT_ID = "input"  # the record id of a problem of the input as a whole
+
+
+def input_problem(message: str, severity: Severity = "error") -> InputProblem:
+    """A problem of the input as a whole rather than of one record (an error unless ``severity`` says)."""
+    return InputProblem(INPUT_ID, message, severity)
+
+
 @dataclass
 class ParsedInput:
     """Result of parsing user input: valid records plus every problem, in input order."""

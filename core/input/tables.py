@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Iterable, Iterator
 
-from core.input.records import InputProblem, Severity
+from core.input.records import InputProblem, input_problem
 from core.input.validation import RawRecord, named_record
 
 DELIMITERS = {"\t": "tab", ",": "comma", ";": "semicolon"}  # in the order they are looked for
@@ -72,12 +72,12 @@ def table_raw_records(text: str, limit: int, delimiter: str) -> tuple[list[RawRe
     first = next(rows, None)
     kind = DELIMITERS[delimiter]
     if first is None:
-        return [_input_problem(f"the table could not be read ({unreadable[0]})" if unreadable else "no sequences found",
+        return [input_problem(f"the table could not be read ({unreadable[0]})" if unreadable else "no sequences found",
                                "error")], 0
     line, header = first
     columns = _named_columns(header)
     if isinstance(columns, str):
-        return [_input_problem(f"read as a {kind}-separated table (line {line}), but {columns}", "error")], 0
+        return [input_problem(f"read as a {kind}-separated table (line {line}), but {columns}", "error")], 0
     data: Iterable[tuple[int, list[str]]] = rows
     if columns is None:
         sample = list(islice(rows, _SAMPLE_ROWS)) if len(header) <= _MAX_UNNAMED_COLUMNS else []
@@ -85,7 +85,7 @@ def table_raw_records(text: str, limit: int, delimiter: str) -> tuple[list[RawRe
         if columns is None:
             return None
         data = chain([first], sample, rows)
-    items: list[RawRecord | InputProblem] = [_input_problem(_columns_note(kind, columns, len(header)), "warning")]
+    items: list[RawRecord | InputProblem] = [input_problem(_columns_note(kind, columns, len(header)), "warning")]
     first_seen: dict[str, int] = {}
     total = 0
     for line, cells in data:
@@ -93,7 +93,7 @@ def table_raw_records(text: str, limit: int, delimiter: str) -> tuple[list[RawRe
         if total <= limit:
             items += _row_record(cells, columns, total, line, first_seen)
     if unreadable:
-        items.append(_input_problem(f"the table could not be read from its row {total + 1} on ({unreadable[0]}): "
+        items.append(input_problem(f"the table could not be read from its row {total + 1} on ({unreadable[0]}): "
                                     "that row and the rows after it were not read; fix that row, or convert the "
                                     "file to FASTA", "error"))
     return items, total
@@ -192,8 +192,3 @@ def _row_record(cells: list[str], columns: Columns, number: int, line: int,
     id_column = columns.names[columns.id_column] if columns.names is not None else f"column {columns.id_column + 1}"
     return named_record(raw_id, sequence, number, where, first_seen,
                         missing_id=f"{where}: no id in {id_column!r}; give every row a name")
-
-
-def _input_problem(message: str, severity: Severity) -> InputProblem:
-    """A problem of the input as a whole."""
-    return InputProblem("input", message, severity)
