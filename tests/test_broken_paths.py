@@ -103,6 +103,13 @@ def test_the_catalogue_names_its_bug_classes(judged):
     for rotary in ("rotary tables interleaved", "keys not rotated"):
         assert "the rotary embedding (its table layout, or left off q or k)" in judged(rotary)["numerics"]["likely_cause"]
     assert "precision difference" in judged("GELU in bf16")["numerics"]["likely_cause"]
+    assert ("from layer 1 only on the longer sequences (each of 262 residues or more departs, none of 239 or fewer"
+            in judged("rotary tables for 256 positions")["numerics"]["likely_cause"])
+    assert judged("rotary tables for 256 positions")["numerics"]["departs_by_length"] == {"agree_up_to": 239,
+                                                                                          "depart_from": 262}
+    # every other bug reaches sequences of every length: none is put down to a length limit
+    assert [name for name in CATALOGUE if judged(name)["numerics"]["departs_by_length"] is not None] == [
+        "rotary tables for 256 positions"]
 
 
 def test_a_batch_sorted_and_not_put_back_changes_predictions_in_the_comparison_itself(judged):
@@ -114,6 +121,17 @@ def test_a_batch_sorted_and_not_put_back_changes_predictions_in_the_comparison_i
     assert summary["numerics"]["first_departing_layer"] == 0 and not summary["numerics"]["departs_only_deep_in_a_pack"]
     assert "rows returned for the wrong sequences" in summary["numerics"]["likely_cause"]
     assert summary["cosine"]["min"] < 0.99 and summary["predictions"]["heads"]["counted_flips"] > 0
+
+
+def test_a_bug_past_the_longest_sequence_is_accepted_only_up_to_that_length(tmp_path, capsys):
+    """Rotary tables for 256 positions: the patterns set (up to 400 residues) is flagged (above), while on the
+    "real" set (up to 238) v2.0 *is* v1.0's arithmetic, so ACCEPT is right there, and says how far it holds."""
+    bug = CATALOGUE["rotary tables for 256 positions"]
+    assert main(["compare", "--example", "real", "--v2", bug, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"] == "ACCEPT" and summary["longest_residues"] == 238
+    assert summary["recommendation"].startswith("Adopt v2.0 for sequences of up to 238 residues (the longest here;")
+    assert "Adopt v2.0 for sequences of up to 238 residues" in capsys.readouterr().out
 
 
 def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):

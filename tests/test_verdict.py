@@ -31,9 +31,9 @@ def seed_rule(share: float = 0.6) -> SeedRule:
 
 def headline(verdict: str = "ACCEPT", agreement: Fraction = Fraction(1), numerics: NumericsGate | None = PASSING,
              failing: tuple[str, ...] = (), share: float = 0.6, non_finite: NonFinite = NonFinite(),
-             failed_checks: tuple[str, ...] = ()) -> Headline:
+             failed_checks: tuple[str, ...] = (), longest: int | None = None) -> Headline:
     predictions = Predictions(verdict, agreement, "100 balanced proxy heads", 0)
-    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share), non_finite, failed_checks)
+    return Headline(predictions, numerics, failing, Thresholds(), seed_rule(share), non_finite, failed_checks, longest)
 
 
 def test_accept_needs_predictions_numerics_and_cosine():
@@ -42,6 +42,18 @@ def test_accept_needs_predictions_numerics_and_cosine():
     assert headline(numerics=gate(layer(0), layer(1, closer=(32, 0), p=4e-10))).verdict == "VALIDATE"
     assert headline(numerics=None).verdict == "VALIDATE"
     assert headline(failing=("seq5",)).verdict == "VALIDATE"
+
+
+def test_an_accept_says_the_longest_length_it_covers_when_esm2_takes_longer():
+    """A path can be wrong only past some length; an ACCEPT holds for the lengths compared, and says so unless
+    they reach ESM-2's 1,022 residues. Other verdicts already say not to adopt, without a scope."""
+    scoped = headline(longest=238).recommendation()
+    assert scoped.startswith("Adopt v2.0 for sequences of up to 238 residues (the longest here;") and "cosmetic" in scoped
+    assert headline(longest=1_021).recommendation().startswith("Adopt v2.0 for sequences of up to 1,021 residues")
+    for whole in (1_022, None):
+        assert headline(longest=whole).recommendation().startswith("Adopt v2.0: predictions agree")
+    assert "longest" not in headline("VALIDATE", Fraction(97, 100), longest=238).recommendation()
+    assert "longest" not in headline("FALLBACK", Fraction(90, 100), longest=238).recommendation()
 
 
 def test_a_failed_check_of_v2_withholds_accept_and_says_which():

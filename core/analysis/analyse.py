@@ -158,7 +158,8 @@ def judge(values: LayerValues, options: AnalysisOptions, comparison: Comparison,
     non_finite = memo(("non_finite", layer), lambda: non_finite_ids(run.ids, values.v1, values.v2))
     failed_checks = tuple(f"{check.name}: max |diff| {check.max_abs_diff:.3g} over {check.n_sequences} sequences"
                           for check in checks if not check.passed)
-    headline = Headline(predictions, gate, failing, options.thresholds, seed_rule, non_finite, failed_checks)
+    longest = int(run.lengths.max()) if len(run.ids) else None
+    headline = Headline(predictions, gate, failing, options.thresholds, seed_rule, non_finite, failed_checks, longest)
     return headline, votes, ProxyBalance(head_name, majority_share(comparison.labels_v1), votes, seed_rule)
 
 

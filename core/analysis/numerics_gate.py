@@ -23,7 +23,7 @@ and its size point at the likely bug class.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ ALPHA = 1e-3  # family-wise level of the per-layer sign tests
 FLOOR_MULTIPLE = 4.0  # without a reference: v2.0 may be this many rounding floors from v1.0
 STRUCTURAL_DISTANCE = 1e-4  # 1 − cosine(v2.0, v1.0) above this at the first departing layer: no precision effect
 UNIFORM_SCALE_DISTANCE = 1e-6  # 1 − cosine below this at layer 0: v2.0 is v1.0 times a scale
+MIN_AGREEING_SHARE = 0.25  # of the sample, agreeing, before a departure of the longer sequences alone is read
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class NumericsGate:
     layers: tuple[LayerNumerics, ...]
     deep_pack: LayerNumerics | None = None  # the first attention layer again, v2.0 deep in one pack
     deep_pack_skipped: DeepPackSkipped | None = None  # why a packed v2.0 has no deep pack
+    # (agree up to, depart from) residues: at the first departing layer the sample's longer sequences depart, alone
+    length_split: tuple[int, int] | None = None
 
     @property
     def tests(self) -> tuple[LayerNumerics, ...]:
@@ -168,6 +171,12 @@ class NumericsGate:
             return (f"at layer {first.layer} only deep in a pack: the result depends on where a sequence sits in its "
                     "pack — position ids that run on instead of restarting per sequence, attention across "
                     "sequence boundaries, or a pack reordered and its rows not put back")
+        if self.length_split is not None:
+            agree, depart = self.length_split
+            return (f"from layer {first.layer} only on the longer sequences (each of {depart:,} residues or more departs, "
+                    f"none of {agree:,} or fewer, which agree as a faithful path does): a limit on length or position — a "
+                    "rotary or position table built for shorter inputs, sequences cut short, or a kernel's block or tile "
+                    "limit")
         large = 1.0 - first.min_cosine > STRUCTURAL_DISTANCE
         if first.layer == 0:
             if 1.0 - first.min_cosine < UNIFORM_SCALE_DISTANCE:
@@ -255,6 +264,8 @@ class NumericsGate:
             "passed": self.passed,
             "first_departing_layer": None if first is None else first.layer,
             "departs_only_deep_in_a_pack": self.departs_only_deep,
+            "departs_by_length": (None if self.length_split is None
+                                  else dict(zip(("agree_up_to", "depart_from"), self.length_split))),
             "likely_cause": self.likely_cause(),
             "alpha": self.alpha,
             "line": self.line(),
@@ -289,5 +300,40 @@ def numerics_gate(run: EmbeddingRun, k: float = DEFAULT_K, alpha: float = ALPHA,
 
     layers = tuple(test(yardstick.candidate, layer) for layer in run.layers)
     deep = None if yardstick.deep is None else test(yardstick.deep, next(iter(yardstick.deep.layers)))
-    return NumericsGate(yardstick.kind, yardstick.dtype, yardstick.size, len(yardstick.probes), alpha, layers, deep,
+    gate = NumericsGate(yardstick.kind, yardstick.dtype, yardstick.size, len(yardstick.probes), alpha, layers, deep,
                         yardstick.deep_skipped)
+    first = gate.first_departure
+    if first is None or gate.departs_only_deep:
+        return gate
+    lengths = np.concatenate([np.asarray(run.lengths)[yardstick.indices], [len(probe) for probe in yardstick.probes]])
+    parts = (yardstick.baseline, yardstick.candidate, yardstick.reference)
+    split = length_split(*(part.layers[first.layer] for part in parts), yardstick.kind, first.bound, lengths,
+                         per_test_alpha)
+    return replace(gate, length_split=split)
+
+
+def length_split(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: YardstickKind, bound: float,
+                 lengths: np.ndarray, alpha: float) -> tuple[int, int] | None:
+    """(L, M) residues when the sampled sequences that depart — each one's own largest error beyond ``bound`` ×
+    v1.0's largest over the sample — are exactly those longer than L (the shortest of them M), and the rest,
+    at least MIN_AGREEING_SHARE of the sample, behave as a faithful path's (no systematic side against the
+    reference); else None. v1, v2, yardstick: (m, embed_dim) rows; lengths:
+    (m,) residues. A precision difference moves every sequence to one side, so it gives no split."""
+    v1, v2, yardstick = (np.asarray(a, np.float64) for a in (v1, v2, yardstick))
+    baseline, _ = largest_errors(v1, v2, yardstick, kind)
+    against = v1 if kind == "floor" else yardstick
+    departing = nan_as_inf(np.abs(v2 - against).max(axis=1)) > bound * baseline
+    # A sequence alone in its pack agrees whatever a packing bug does (the shortest of a set goes alone first):
+    # a length limit is read only when a good part of the sample agrees.
+    if not departing.any() or (~departing).sum() < max(2, MIN_AGREEING_SHARE * departing.size):
+        return None
+    longest_agreeing, shortest_departing = int(lengths[~departing].max()), int(lengths[departing].min())
+    if shortest_departing <= longest_agreeing:
+        return None
+    if kind == "reference":
+        agreeing = ~departing
+        error_v1 = np.abs(v1[agreeing] - yardstick[agreeing]).mean(axis=1)
+        error_v2 = np.abs(v2[agreeing] - yardstick[agreeing]).mean(axis=1)
+        if sign_test(int((error_v1 < error_v2).sum()), int((error_v2 < error_v1).sum())) < alpha:
+            return None
+    return longest_agreeing, shortest_departing

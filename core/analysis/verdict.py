@@ -18,6 +18,7 @@ from fractions import Fraction
 from core.analysis.metrics import Comparison, format_percent, Thresholds, Verdict, verdict_for
 from core.analysis.numerics_gate import NumericsGate
 from core.analysis.proxies import HeadVotes, UNINFORMATIVE_SHARE
+from core.input.records import MAX_RESIDUES
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Headline:
     seed_rule: SeedRule
     non_finite: NonFinite = NonFinite()
     failed_checks: tuple[str, ...] = ()  # v2.0's own checks that failed (--checks), each "name: what it measured"
+    longest: int | None = None  # residues of the longest sequence compared: what an ACCEPT covers
 
     @property
     def numerics_passed(self) -> bool:
@@ -204,8 +206,8 @@ class Headline:
         predictions, thresholds = self.predictions, self.thresholds
         pct = format_percent(float(predictions.agreement))
         if self.verdict == "ACCEPT":
-            return (f"Adopt v2.0: predictions agree ({pct} of labels, {predictions.decided_by}) and its numerics "
-                    "are v1.0's to rounding; the divergence is cosmetic.")
+            return (f"Adopt v2.0{self._scope()}: predictions agree ({pct} of labels, {predictions.decided_by}) and its "
+                    "numerics are v1.0's to rounding; the divergence is cosmetic.")
         departure = self._numerics_reason()
         others = ([f"its numerics {departure}"] if departure else []) + self._cosine_reason() + self._checks_reason()
         if self.verdict == "FALLBACK":
@@ -222,6 +224,13 @@ class Headline:
             reasons.append(f"label agreement {pct} ({predictions.decided_by}) is between "
                            f"{100 * thresholds.min_agreement:g}% and {100 * thresholds.accept_agreement:g}%")
         return f"Validate v2.0 on a production dataset before adopting it: {' and '.join(reasons + others)}."
+
+    def _scope(self) -> str:
+        """What an ACCEPT covers when the set stops short of ESM-2's longest input: a path can be wrong only
+        past some length (a rotary table or a kernel sized too small), and no sequence here would show it."""
+        if self.longest is None or self.longest >= MAX_RESIDUES:
+            return ""
+        return f" for sequences of up to {self.longest:,} residues (the longest here; compare longer ones to cover them)"
 
     def _checks_reason(self) -> list[str]:
         if not self.failed_checks:

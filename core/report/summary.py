@@ -137,6 +137,7 @@ class Summary:
             "cosine_failures": list(headline.cosine_failures),
             "non_finite": headline.non_finite.to_json(),
             "n_sequences": comparison.n,
+            "longest_residues": headline.longest,
         } | self._provenance_json() | {
             "thresholds": asdict(comparison.thresholds),
             "reference": self.attribution.to_json() if self.attribution is not None else None,

@@ -85,6 +85,18 @@ class GlobalPositions(Mutant):
         return cos[positions], sin[positions]
 
 
+class ShortRotaryTables(Mutant):
+    """Rotary tables built for 256 positions and indexed modulo their length (a cache sized for short inputs):
+    exact on sequences of up to 254 residues, rotated wrongly from position 256 of a longer one on."""
+
+    bug = "rotary tables for 256 positions only"
+    TABLE_POSITIONS = 256
+
+    def _rotary(self, inv_freq, positions, max_seqlen):
+        cos, sin = rotary_tables(inv_freq, self.TABLE_POSITIONS)
+        return cos[positions % self.TABLE_POSITIONS], sin[positions % self.TABLE_POSITIONS]
+
+
 def each_sequence(attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], q: torch.Tensor,
                   k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """An attention of the mutant's own, sequence by sequence: ``attend`` takes one sequence's q (already
@@ -344,6 +356,7 @@ make_keys_not_rotated = _factory(KeysNotRotated)
 make_eos_dropped = _factory(EosDropped)
 make_bf16_gelu = _factory(Bf16Gelu)
 make_sorted_not_put_back = _factory(SortedNotPutBack)
+make_short_rotary_tables = _factory(ShortRotaryTables)
 
 CATALOGUE: dict[str, str] = {
     "attention across sequences": "tests.plugins.broken_paths:make_cross_sequence_attention",
@@ -364,4 +377,5 @@ CATALOGUE: dict[str, str] = {
     "EOS dropped": "tests.plugins.broken_paths:make_eos_dropped",
     "GELU in bf16": "tests.plugins.broken_paths:make_bf16_gelu",
     "batch sorted, rows not put back": "tests.plugins.broken_paths:make_sorted_not_put_back",
+    "rotary tables for 256 positions": "tests.plugins.broken_paths:make_short_rotary_tables",
 }
