@@ -103,10 +103,11 @@ def test_the_catalogue_names_its_bug_classes(judged):
     for rotary in ("rotary tables interleaved", "keys not rotated"):
         assert "the rotary embedding (its table layout, or left off q or k)" in judged(rotary)["numerics"]["likely_cause"]
     assert "precision difference" in judged("GELU in bf16")["numerics"]["likely_cause"]
-    assert ("from layer 1 only on the longer sequences (each of 262 residues or more departs, none of 239 or fewer"
+    assert ("from layer 1 only on the longer sequences (all 7 sequences of 262 residues or more depart; the 25 of 239 "
+            "or fewer agree as a faithful path's do)"
             in judged("rotary tables for 256 positions")["numerics"]["likely_cause"])
-    assert judged("rotary tables for 256 positions")["numerics"]["departs_by_length"] == {"agree_up_to": 239,
-                                                                                          "depart_from": 262}
+    assert judged("rotary tables for 256 positions")["numerics"]["departs_by_length"] == {
+        "agree_up_to": 239, "depart_from": 262, "departing": 7, "at_least": 7, "shorter": 25}
     # every other bug reaches sequences of every length: none is put down to a length limit
     assert [name for name in CATALOGUE if judged(name)["numerics"]["departs_by_length"] is not None] == [
         "rotary tables for 256 positions"]

@@ -37,6 +37,7 @@ FLOOR_MULTIPLE = 4.0  # without a reference: v2.0 may be this many rounding floo
 STRUCTURAL_DISTANCE = 1e-4  # 1 − cosine(v2.0, v1.0) above this at the first departing layer: no precision effect
 UNIFORM_SCALE_DISTANCE = 1e-6  # 1 − cosine below this at layer 0: v2.0 is v1.0 times a scale
 MIN_AGREEING_SHARE = 0.25  # of the sample, agreeing, before a departure of the longer sequences alone is read
+FAITHFUL_SIDE_ALPHA = 0.05  # the agreeing shorter sequences must not lean to one side even at this (loose) level
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,24 @@ def measure_layer(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: Y
 
 
 @dataclass(frozen=True)
+class LengthSplit:
+    """In residues: the sample's sequences shorter than ``depart_from`` (``shorter`` of them, the longest
+    ``agree_up_to``) agree as a faithful path's do; ``departing`` of the ``at_least`` sequences of
+    ``depart_from`` or more depart."""
+
+    agree_up_to: int
+    depart_from: int
+    departing: int
+    at_least: int
+    shorter: int
+
+    def described(self) -> str:
+        share = "all" if self.departing == self.at_least else f"{self.departing} of the"
+        return (f"{share} {self.at_least} sequences of {self.depart_from:,} residues or more depart; the {self.shorter} "
+                f"of {self.agree_up_to:,} or fewer agree as a faithful path's do")
+
+
+@dataclass(frozen=True)
 class NumericsGate:
     """The gate over every pooled layer: passes when no layer departs."""
 
@@ -133,8 +152,7 @@ class NumericsGate:
     layers: tuple[LayerNumerics, ...]
     deep_pack: LayerNumerics | None = None  # the first attention layer again, v2.0 deep in one pack
     deep_pack_skipped: DeepPackSkipped | None = None  # why a packed v2.0 has no deep pack
-    # (agree up to, depart from) residues: at the first departing layer the sample's longer sequences depart, alone
-    length_split: tuple[int, int] | None = None
+    length_split: LengthSplit | None = None  # at the first departing layer, only the longer sequences depart
 
     @property
     def tests(self) -> tuple[LayerNumerics, ...]:
@@ -172,11 +190,9 @@ class NumericsGate:
                     "pack — position ids that run on instead of restarting per sequence, attention across "
                     "sequence boundaries, or a pack reordered and its rows not put back")
         if self.length_split is not None:
-            agree, depart = self.length_split
-            return (f"from layer {first.layer} only on the longer sequences (each of {depart:,} residues or more departs, "
-                    f"none of {agree:,} or fewer, which agree as a faithful path does): a limit on length or position — a "
-                    "rotary or position table built for shorter inputs, sequences cut short, or a kernel's block or tile "
-                    "limit")
+            return (f"from layer {first.layer} only on the longer sequences ({self.length_split.described()}): a limit "
+                    "on length or position — a rotary or position table built for shorter inputs, sequences cut short, "
+                    "or a kernel's block or tile limit")
         large = 1.0 - first.min_cosine > STRUCTURAL_DISTANCE
         if first.layer == 0:
             if 1.0 - first.min_cosine < UNIFORM_SCALE_DISTANCE:
@@ -264,8 +280,7 @@ class NumericsGate:
             "passed": self.passed,
             "first_departing_layer": None if first is None else first.layer,
             "departs_only_deep_in_a_pack": self.departs_only_deep,
-            "departs_by_length": (None if self.length_split is None
-                                  else dict(zip(("agree_up_to", "depart_from"), self.length_split))),
+            "departs_by_length": None if self.length_split is None else asdict(self.length_split),
             "likely_cause": self.likely_cause(),
             "alpha": self.alpha,
             "line": self.line(),
@@ -307,33 +322,34 @@ def numerics_gate(run: EmbeddingRun, k: float = DEFAULT_K, alpha: float = ALPHA,
         return gate
     lengths = np.concatenate([np.asarray(run.lengths)[yardstick.indices], [len(probe) for probe in yardstick.probes]])
     parts = (yardstick.baseline, yardstick.candidate, yardstick.reference)
-    split = length_split(*(part.layers[first.layer] for part in parts), yardstick.kind, first.bound, lengths,
-                         per_test_alpha)
+    split = length_split(*(part.layers[first.layer] for part in parts), yardstick.kind, first.bound, lengths)
     return replace(gate, length_split=split)
 
 
 def length_split(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: YardstickKind, bound: float,
-                 lengths: np.ndarray, alpha: float) -> tuple[int, int] | None:
-    """(L, M) residues when the sampled sequences that depart — each one's own largest error beyond ``bound`` ×
-    v1.0's largest over the sample — are exactly those longer than L (the shortest of them M), and the rest,
-    at least MIN_AGREEING_SHARE of the sample, behave as a faithful path's (no systematic side against the
-    reference); else None. v1, v2, yardstick: (m, embed_dim) rows; lengths:
-    (m,) residues. A precision difference moves every sequence to one side, so it gives no split."""
+                 lengths: np.ndarray) -> LengthSplit | None:
+    """Whether only the longer sequences depart: a sequence departs when its own largest error is beyond
+    ``bound`` × v1.0's largest over the sample. With M the shortest departing length, the sequences shorter
+    than M — at least MIN_AGREEING_SHARE of the sample — must also show no systematic side against the
+    reference (a precision difference moves every sequence to one side, the longer ones the most); those of
+    M or more may depart or not (a bug past some position moves a sequence by how much of it lies past).
+    v1, v2, yardstick: (m, embed_dim) rows; lengths: (m,) residues."""
     v1, v2, yardstick = (np.asarray(a, np.float64) for a in (v1, v2, yardstick))
     baseline, _ = largest_errors(v1, v2, yardstick, kind)
     against = v1 if kind == "floor" else yardstick
     departing = nan_as_inf(np.abs(v2 - against).max(axis=1)) > bound * baseline
+    if not departing.any():
+        return None
+    depart_from = int(lengths[departing].min())
+    shorter = lengths < depart_from
     # A sequence alone in its pack agrees whatever a packing bug does (the shortest of a set goes alone first):
     # a length limit is read only when a good part of the sample agrees.
-    if not departing.any() or (~departing).sum() < max(2, MIN_AGREEING_SHARE * departing.size):
-        return None
-    longest_agreeing, shortest_departing = int(lengths[~departing].max()), int(lengths[departing].min())
-    if shortest_departing <= longest_agreeing:
+    if shorter.sum() < max(2, MIN_AGREEING_SHARE * lengths.size):
         return None
     if kind == "reference":
-        agreeing = ~departing
-        error_v1 = np.abs(v1[agreeing] - yardstick[agreeing]).mean(axis=1)
-        error_v2 = np.abs(v2[agreeing] - yardstick[agreeing]).mean(axis=1)
-        if sign_test(int((error_v1 < error_v2).sum()), int((error_v2 < error_v1).sum())) < alpha:
+        error_v1 = np.abs(v1[shorter] - yardstick[shorter]).mean(axis=1)
+        error_v2 = np.abs(v2[shorter] - yardstick[shorter]).mean(axis=1)
+        if sign_test(int((error_v1 < error_v2).sum()), int((error_v2 < error_v1).sum())) < FAITHFUL_SIDE_ALPHA:
             return None
-    return longest_agreeing, shortest_departing
+    return LengthSplit(int(lengths[shorter].max()), depart_from, int(departing.sum()), int((~shorter).sum()),
+                       int(shorter.sum()))
