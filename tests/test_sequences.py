@@ -664,6 +664,37 @@ def test_a_flat_file_cut_short_is_read_with_the_parsers_warning_on_its_record() 
                                           "data); check that the record is complete",)
 
 
+def test_page_sessions_reading_flat_files_at_once_each_keep_their_own_parser_warnings() -> None:
+    """Python's warnings capture is process-wide: two sessions reading flat files at the same moment could
+    take each other's Biopython warning, or lose it to stderr. Each read keeps exactly its own."""
+    import sys
+    import threading
+
+    def cut_short(name: str) -> str:
+        return f"LOCUS       {name}\nORIGIN\n" + "        1 gsgsgsgsgs gsgsgsgsgs\n" * 40
+
+    notes: dict[str, list[tuple[str, ...]]] = {f"XP_{i}": [] for i in range(8)}
+
+    def read(name: str) -> None:
+        for _ in range(15):
+            notes[name].append(parse_sequences(cut_short(name)).records[0].warnings)
+
+    threads = [threading.Thread(target=read, args=(name,)) for name in notes]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, as under a busy server: the overlap is certain
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    for name, seen in notes.items():
+        expected = (f"{name}: read with a warning from Biopython (Premature end of file in sequence data); check "
+                    "that the record is complete",)
+        assert seen == [expected] * 15, name
+
+
 def test_a_table_whose_first_column_is_called_like_a_pdb_record_stays_a_table() -> None:
     parsed = parse_sequences("HEADER\tsequence\nx\tMKT\n")  # PDB's HEADER is followed by spaces, not a tab
     assert [(r.id, r.sequence) for r in parsed.records] == [("x", "MKT")]

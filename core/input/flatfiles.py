@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
 
 from Bio import BiopythonParserWarning, SeqIO
@@ -15,6 +16,9 @@ from core.input.records import InputProblem, input_problem
 from core.input.validation import RawRecord, named_record
 
 # Biopython format -> what the file is, in words; recognised by its first line (flat_file_format).
+# Python's warnings capture swaps process-wide state: page sessions reading flat files at once would take
+# each other's Biopython warnings, or lose them to stderr. One read at a time holds it.
+_CAPTURING_WARNINGS = threading.Lock()
 FLAT_FILES = {"genbank": "GenBank", "swiss": "UniProt text", "embl": "EMBL"}
 
 # (first line, what the input is, what to do) for formats refused whole. Record names are followed by spaces,
@@ -63,7 +67,7 @@ def flat_file_raw_records(text: str, limit: int, format_name: str) -> tuple[list
     records = SeqIO.parse(io.StringIO(text.lstrip()), format_name)
     try:
         while True:
-            with warnings.catch_warnings(record=True) as caught:
+            with _CAPTURING_WARNINGS, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", BiopythonParserWarning)
                 record = next(records, None)
             if record is None:
