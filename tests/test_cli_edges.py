@@ -191,15 +191,18 @@ def test_a_closed_stdin_is_an_input_error_not_a_traceback():
 def test_a_reader_that_leaves_early_changes_neither_exit_code_nor_files(tmp_path):
     """``compare … | head -1``: stdout's reader is gone before the table is printed. No traceback, no
     'internal error', the files are written and the exit code is the comparison's (here the gate's 1)."""
-    command = [sys.executable, "-m", "core", "compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
-               "--seeds", "0", "--min-cosine", "1.0", "--fail-on", "validate", "--out", str(tmp_path)]
+    fasta = tmp_path / "two.fasta"
+    fasta.write_text(TWO_GOOD)
+    command = [sys.executable, "-m", "core", "compare", str(fasta), "--model", "demo-8M", "--device", "cpu",
+               "--seeds", "0", "--reference-sample", "0", "--min-cosine", "1.0", "--fail-on", "validate",
+               "--out", str(tmp_path / "out")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     process.stdout.close()  # the reader leaves before anything is printed
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 1, stderr
     assert "Traceback" not in stderr and "internal error" not in stderr
     assert "failing: verdict VALIDATE is at or below --fail-on validate" in stderr
-    assert (tmp_path / "summary.json").exists() and (tmp_path / "sequences.csv").exists()
+    assert (tmp_path / "out" / "summary.json").exists() and (tmp_path / "out" / "sequences.csv").exists()
 
 
 @pytest.mark.parametrize("stream", [None, io.TextIOWrapper(io.BytesIO())])
