@@ -157,8 +157,9 @@ def _add_verdict_arguments(compare: argparse.ArgumentParser) -> None:
                          help="the numerics gate's yardstick: the standard path on the same weights in a wider dtype "
                               "(auto: fp32 with TF32 off on a GPU, fp64 on a CPU), or none: v1.0's rounding floor")
     compare.add_argument("--reference-sample", type=sample_size, default=DEFAULT_REFERENCE_SAMPLE, metavar="N|all|0",
-                         help=f"sequences in the numerics sample, chosen to span the lengths (default "
-                              f"{DEFAULT_REFERENCE_SAMPLE}; 0: no reference, the rounding floor instead)")
+                         help=f"sequences in the numerics sample, chosen to span the lengths, and one more for each "
+                              f"residue letter they miss (default {DEFAULT_REFERENCE_SAMPLE}; 0: no reference, the "
+                              "rounding floor instead)")
     compare.add_argument("--rule-k", type=positive_float, default=DEFAULT_K,
                          help="FlashAttention rule: v2.0 error <= k x v1.0 error (k > 0)")
     compare.add_argument("--proxy", choices=PROXY_KINDS, default="balanced",

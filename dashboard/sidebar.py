@@ -76,8 +76,9 @@ def evidence_controls() -> None:
                          help="The yardstick the numerics gate measures both paths against, on a sample of the "
                               "sequences at every layer. Recomputes on Run.")
     st.sidebar.text_input("Numerics sample (sequences, or all)", key="reference_sample",
-                          help=f"Sequences chosen to span the lengths (default {DEFAULT_REFERENCE_SAMPLE}; 0: the "
-                               "rounding floor instead of a reference). Small sets are topped up with probe proteins.")
+                          help=f"Sequences chosen to span the lengths, and one more for each residue letter they miss "
+                               f"(default {DEFAULT_REFERENCE_SAMPLE}; 0: the rounding floor instead of a reference). "
+                               "Small sets are topped up with probe proteins.")
     try:
         parse_sample(st.session_state.reference_sample)
     except ValueError:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from core.cli import main
@@ -133,6 +135,30 @@ def test_a_bug_past_the_longest_sequence_is_accepted_only_up_to_that_length(tmp_
     assert summary["verdict"] == "ACCEPT" and summary["longest_residues"] == 238
     assert summary["recommendation"].startswith("Adopt v2.0 for sequences of up to 238 residues (the longest here;")
     assert "Adopt v2.0 for sequences of up to 238 residues" in capsys.readouterr().out
+
+
+def test_a_bug_on_a_rare_residue_is_measured_though_the_length_span_misses_it(tmp_path, capsys):
+    """X and U embedded as <unk>, in two of 40 sequences that a sample spanning the lengths would leave out:
+    the sample takes them in for their letters, and the gate departs from layer 0, where it would otherwise
+    have measured only sequences the bug leaves exact."""
+    from core.embed.yardstick import spanning_sample
+    from core.input.examples import random_proteins
+
+    sequences = random_proteins(40, seed=5, median=50, sigma=0.3, shortest=20, longest=90)
+    rare = [i for i in np.argsort([len(seq) for seq in sequences]) if i not in spanning_sample(
+        [len(seq) for seq in sequences], 8)][10:12]
+    for i, residue in zip(rare, "XU"):
+        sequences[i] = sequences[i][:10] + residue + sequences[i][11:]
+    fasta = tmp_path / "rare.fasta"
+    fasta.write_text("".join(f">s{i}\n{seq}\n" for i, seq in enumerate(sequences)))
+    code = main(["compare", str(fasta), "--reference-sample", "8", "--seeds", "20",
+                 "--v2", "tests.plugins.broken_paths:make_rare_residues_as_unknown", "--out", str(tmp_path / "out")])
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    table = pd.read_csv(tmp_path / "out" / "sequences.csv")
+    assert code == 0 and summary["verdict"] != "ACCEPT" and not summary["numerics"]["passed"]
+    assert summary["numerics"]["first_departing_layer"] == 0 and summary["numerics"]["departs_by_length"] is None
+    assert set(table.loc[table["in_reference_sample"], "id"]) >= {f"s{i}" for i in rare}
 
 
 def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):

@@ -9,7 +9,8 @@ import torch
 
 from core.embed.paths import packed_path, plugin_path
 from core.embed.run import run_both_paths
-from core.embed.yardstick import DEEP_PACK_OFFSET, MIN_NUMERICS_SAMPLE, plan_yardstick, spanning_sample, YardstickPlan
+from core.embed.yardstick import (covering_sample, DEEP_PACK_OFFSET, MIN_NUMERICS_SAMPLE, plan_yardstick, spanning_sample,
+                                  YardstickPlan)
 from core.analysis.numerics_gate import length_split, LengthSplit, measure_layer, sign_test
 from core.input.examples import example_sequences, probe_sequences
 
@@ -114,6 +115,12 @@ def test_a_departure_of_the_longer_sequences_alone_is_put_down_to_length():
     assert length_split(v1, imprecise, reference, "reference", 2.0, lengths) is None
     assert length_split(v1, v2, reference, "reference", 2.0, lengths) is None
     assert length_split(v1, v2 + 1e-2, reference, "reference", 2.0, lengths) is None  # every one departs
+    one_long = v2.copy()
+    one_long[lengths == 420] += 1e-2  # the longest alone: something in that sequence, not its length
+    assert length_split(v1, one_long, reference, "reference", 2.0, lengths) is None
+    few = v2.copy()
+    few[(lengths > 250) & (lengths % 50 == 0)] += 1e-2  # 3 of the 17 longer ones: not a length limit either
+    assert length_split(v1, few, reference, "reference", 2.0, lengths) is None
     packed = v2 + 1e-2
     packed[lengths < 100] = v2[lengths < 100]  # the few alone in their packs agree whatever a packing bug does
     assert length_split(v1, packed, reference, "reference", 2.0, lengths) is None
@@ -156,6 +163,24 @@ class PackRecorder:
     def forward_packed(self, input_ids, cu_seqlens, max_seqlen, repr_layers):
         self.packs.append(cu_seqlens.tolist())
         return self.model.forward_packed(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+
+def test_the_sample_holds_every_residue_letter_of_the_set():
+    """A path wrong only on a rare residue must be measured: each letter the length span misses brings the
+    shortest sequence holding it. A set whose span already holds every letter keeps the span alone."""
+    sequences = ["MKT" * (10 + i) for i in range(40)]
+    sequences[7] = "MKTX" + "MKT" * 20  # X only here; U in two sequences, the shorter one chosen
+    sequences[30], sequences[12] = "MKU" * 45, "MKU" * 25
+    sequences[21] = "MKB" * 31 + "Z"
+    span = spanning_sample([len(seq) for seq in sequences], 5)
+    chosen = covering_sample(sequences, 5)
+    assert set(span) <= set(chosen) and list(chosen) == sorted(chosen)
+    extra = set(chosen) - set(span)
+    assert {7, 12, 21} <= set(chosen) and 30 not in extra and len(extra) <= 3
+    assert set("".join(sequences)) == set("".join(sequences[i] for i in chosen))
+    plain = ["MKT" * (10 + i) for i in range(40)]
+    assert covering_sample(plain, 5).tolist() == spanning_sample([len(seq) for seq in plain], 5).tolist()
+    assert covering_sample(sequences, None).tolist() == list(range(40))
 
 
 def test_numerics_sample_tops_up_small_sets_and_packs_v2_deep(demo_fp32):

@@ -1,7 +1,7 @@
 """The numerics gate: does v2.0 depart from v1.0 beyond rounding, and from which layer on?
 
 Measured on the run's numerics sample (``core.embed.yardstick.Yardstick``: v1.0, v2.0 in a deep pack, and the
-reference or v1.0's rounding floor, on sequences spanning the set's lengths) at every pooled layer:
+reference or v1.0's rounding floor, on sequences spanning the set's lengths and residues) at every pooled layer:
 
 - with a wider reference: FlashAttention's acceptance rule on the max error (v2.0's error against the
   reference at most k times v1.0's) and a two-sided sign test on which path is closer to the reference,
@@ -331,8 +331,9 @@ def length_split(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: Ya
     """Whether only the longer sequences depart: a sequence departs when its own largest error is beyond
     ``bound`` × v1.0's largest over the sample. With M the shortest departing length, the sequences shorter
     than M — at least MIN_AGREEING_SHARE of the sample — must also show no systematic side against the
-    reference (a precision difference moves every sequence to one side, the longer ones the most); those of
-    M or more may depart or not (a bug past some position moves a sequence by how much of it lies past).
+    reference (a precision difference moves every sequence to one side, the longer ones the most); of those
+    of M or more, at least two and at least half must depart (a bug past some position moves a sequence by
+    how much of it lies past, so not every one need).
     v1, v2, yardstick: (m, embed_dim) rows; lengths: (m,) residues."""
     v1, v2, yardstick = (np.asarray(a, np.float64) for a in (v1, v2, yardstick))
     baseline, _ = largest_errors(v1, v2, yardstick, kind)
@@ -342,6 +343,10 @@ def length_split(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: Ya
         return None
     depart_from = int(lengths[departing].min())
     shorter = lengths < depart_from
+    # One sequence departing, or a few among many as long, is no sign of a length limit: something in those
+    # sequences themselves (a rare residue, say) is likelier.
+    if departing.sum() < max(2, 0.5 * (~shorter).sum()):
+        return None
     # A sequence alone in its pack agrees whatever a packing bug does (the shortest of a set goes alone first):
     # a length limit is read only when a good part of the sample agrees.
     if shorter.sum() < max(2, MIN_AGREEING_SHARE * lengths.size):

@@ -1,5 +1,5 @@
 """The numerics sample: v1.0, v2.0 and a wider-precision reference (or v1.0's rounding floor) on a
-few sequences spanning the set's lengths, for the numerics gate (core.analysis.numerics_gate)."""
+few sequences spanning the set's lengths and residues, for the numerics gate (core.analysis.numerics_gate)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class DeepPackSkipped:
 class Yardstick:
     """The numerics sample: what v2.0's departure from v1.0 is measured on, and against.
 
-    Sequences: the run's rows ``indices`` ((m,) int64, chosen to span the lengths), then ``probes`` — fixed
+    Sequences: the run's rows ``indices`` ((m,) int64, chosen to span the lengths and cover the residues: see
+    covering_sample), then ``probes`` — fixed
     short proteins that top a small set up to MIN_NUMERICS_SAMPLE, so the tests have the power to decide.
     On them, each layer -> (m + len(probes), embed_dim):
     baseline: v1.0 (fair-esm's padded forward) and candidate: v2.0, each on the run's rows the run's own
@@ -134,6 +135,25 @@ def spanning_sample(lengths: Sequence[int], size: int | None) -> np.ndarray:
         return np.sort(order)
     ranks = np.unique(np.linspace(0, order.size - 1, num=max(size, 1)).round().astype(np.int64))
     return np.sort(order[ranks])
+
+
+def covering_sample(sequences: Sequence[str], size: int | None) -> np.ndarray:
+    """spanning_sample of the sequences' lengths, plus, for each residue letter of the set that none of those
+    holds, the shortest sequence that does: a path wrong only on a rare residue (X, U, B, Z, O, a gap) is
+    measured too. (m,) int64, ascending; m is at most ``size`` plus the number of letters."""
+    indices = spanning_sample([len(seq) for seq in sequences], size)
+    if indices.size == len(sequences):
+        return indices
+    missing = set("".join(sequences)).difference(*(sequences[i] for i in indices))
+    extra = []
+    for i in sorted(range(len(sequences)), key=lambda i: len(sequences[i])):
+        if not missing:
+            break
+        held = missing.intersection(sequences[i])
+        if held:
+            extra.append(i)
+            missing -= held
+    return np.union1d(indices, np.asarray(extra, dtype=np.int64))
 
 
 @contextlib.contextmanager
@@ -227,7 +247,7 @@ def measure_yardstick(
     the run's embeddings of all of ``sequences`` on the two paths, whose sampled rows the sample takes
     (see sample_rows)."""
     layers = layer_indices(model, layers)
-    indices = spanning_sample([len(seq) for seq in sequences], plan.sample)
+    indices = covering_sample(sequences, plan.sample)
     probes = tuple(probe_sequences(max(0, MIN_NUMERICS_SAMPLE - indices.size)))
     chosen = [*(sequences[i] for i in indices), *probes]
     if progress is not None:

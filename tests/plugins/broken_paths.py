@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import esm
 import torch
 
 from esm.modules import gelu
@@ -321,6 +322,22 @@ class SortedNotPutBack(Mutant):
         return super().forward_packed(sorted_ids, sorted_cu_seqlens, max_seqlen, repr_layers, backend)
 
 
+class RareResiduesAsUnknown(Mutant):
+    """X, B, U, Z and O embedded as <unk>: a vocabulary that lost fair-esm's rare residues. Exact on sequences
+    of the 20 standard ones (so not in CATALOGUE, whose sets hold none); tests/test_broken_paths.py."""
+
+    bug = "rare residues embedded as <unk>"
+
+    def _packed_embeddings(self, input_ids, seq_index, seq_lengths):
+        rare = torch.isin(input_ids, torch.tensor(self.rare_ids, device=input_ids.device))
+        return super()._packed_embeddings(input_ids.masked_fill(rare, self.unknown_id), seq_index, seq_lengths)
+
+    def __init__(self, model):
+        super().__init__(model)
+        alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+        self.rare_ids, self.unknown_id = [alphabet.get_idx(residue) for residue in "XBUZO"], alphabet.unk_idx
+
+
 class Plugin:
     """A mutant as a v2.0 plug-in (``name``, ``version``, ``forward_packed``)."""
 
@@ -357,6 +374,7 @@ make_eos_dropped = _factory(EosDropped)
 make_bf16_gelu = _factory(Bf16Gelu)
 make_sorted_not_put_back = _factory(SortedNotPutBack)
 make_short_rotary_tables = _factory(ShortRotaryTables)
+make_rare_residues_as_unknown = _factory(RareResiduesAsUnknown)
 
 CATALOGUE: dict[str, str] = {
     "attention across sequences": "tests.plugins.broken_paths:make_cross_sequence_attention",
