@@ -41,8 +41,8 @@ def synthetic_run(n: int, seed: int = 0, layers: int = DEMO_LAYERS, width: int =
         # a 100,000-sequence run is generated in half the time)
         wobble = np.roll(relative, 1, axis=0)
         wobble[outliers] *= np.float32(1e4)
-        v1[layer] = np.multiply(truth, relative, out=relative) + truth
-        v2[layer] = np.multiply(truth, wobble, out=wobble) + truth
+        v1[layer] = np.add(np.multiply(truth, relative, out=relative), truth, out=relative)  # in place: 100,000
+        v2[layer] = np.add(np.multiply(truth, wobble, out=wobble), truth, out=wobble)  # rows are 128 MB a draw
         reference[layer] = truth[indices].astype(np.float64)
     sample = Yardstick("reference", "fp64", indices, (), path({l: a[indices] for l, a in v1.items()}, 0.5),
                        path({l: a[indices] for l, a in v2.items()}, 0.5), path(reference, 1.0))
