@@ -125,7 +125,7 @@ def sample_size(text: str) -> int | None:
 def _add_run_arguments(compare: argparse.ArgumentParser) -> None:
     """What to compare and how to run it."""
     compare.add_argument("input", nargs="?", type=non_empty,
-                         help="FASTA, FASTQ, a CSV/TSV table or .xlsx sheet with a 'sequence' column, GenBank/UniProt/EMBL, or one "
+                         help="FASTA, FASTQ, a CSV/TSV table or .xlsx/.xls sheet with a 'sequence' column, GenBank/UniProt/EMBL, or one "
                               "sequence per line (gzip ok; a pipe, FIFO or /dev/fd/N too), or - for stdin")
     compare.add_argument("--example", choices=["patterns", "real", "all"], help="use a built-in example set instead of INPUT")
     compare.add_argument("--model", default="auto", type=non_empty,

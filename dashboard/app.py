@@ -27,7 +27,7 @@ from dashboard.sidebar import sidebar  # noqa: E402
 from dashboard.state import RunStatus, cancel_run, run_contents, run_status, submit_run, wait_for_run  # noqa: E402
 from dashboard.views import EXAMPLES  # noqa: E402
 
-UPLOAD_TYPES = ["fasta", "fa", "faa", "fastq", "fq", "csv", "tsv", "xlsx", "gb", "gbk", "gp", "dat", "embl", "txt", "gz"]
+UPLOAD_TYPES = ["fasta", "fa", "faa", "fastq", "fq", "csv", "tsv", "xlsx", "xls", "gb", "gbk", "gp", "dat", "embl", "txt", "gz"]
 POLL_SECONDS = 1.0  # how often a waiting page refreshes its progress (it redraws at once when the run ends)
 
 
@@ -42,7 +42,7 @@ def input_section() -> ParsedInput | None:
         for name, label in EXAMPLES.items():
             st.button(label, key=f"example_{name}", on_click=load_example, args=(name,), width="stretch")
         upload = st.file_uploader("…or upload a file", type=UPLOAD_TYPES, key="upload",
-                                  help="FASTA, FASTQ (quality lines set aside), a CSV/TSV table or Excel sheet with a 'sequence' column, "
+                                  help="FASTA, FASTQ (quality lines set aside), a CSV/TSV table or Excel sheet (.xlsx, .xls) with a 'sequence' column, "
                                        "GenBank, UniProt text or EMBL, or one sequence per line; gzip "
                                        f"accepted. Up to {INPUT_LIMIT_TEXT}.")
         # Streamlit's own "200MB per file" line states its transport cap, not ours: hide it, state ours.

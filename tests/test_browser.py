@@ -129,6 +129,10 @@ def test_fastq_table_and_workbook_files_are_taken_by_the_uploader_and_read_as_su
         uploader.set_input_files(str(workbook))
         page.get_by_text(f"2 valid sequence(s) from the uploaded file ({workbook.stat().st_size:,} bytes); 1 record(s) "
                          "refused and 2 warning(s)").wait_for(timeout=60_000)
+        old_workbook = Path(__file__).resolve().parent / "data" / "sequences.xls"  # Excel 97–2003
+        uploader.set_input_files(str(old_workbook))
+        page.get_by_text(f"2 valid sequence(s) from the uploaded file ({old_workbook.stat().st_size:,} bytes); 1 "
+                         "record(s) refused and 2 warning(s)").wait_for(timeout=60_000)
         browser.close()
 
 

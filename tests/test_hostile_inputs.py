@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+import openpyxl
 import pandas as pd
 import pytest
 import streamlit as st
@@ -45,6 +46,7 @@ TIMEOUT = 180
 
 PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"  # 33 residues, not nucleotide-like
 SHORT = "GSGSGSLLKKLLEEPEVKVNGQ"
+DATA = Path(__file__).resolve().parent / "data"  # binary inputs pandas cannot write (see its README)
 LONG_5000 = (PROTEIN * 200)[:5000]
 
 Surface = Literal["paste", "upload"]
@@ -77,6 +79,18 @@ def _xlsx() -> bytes:
         pd.DataFrame({"id": ["P1", "P2", None], "sequence": [PROTEIN, SHORT.lower(), SHORT], "label": [1, 0, 1]}
                      ).to_excel(workbook, sheet_name="proteins", index=False)
         pd.DataFrame({"note": ["not read"]}).to_excel(workbook, sheet_name="notes", index=False)
+    return buffer.getvalue()
+
+
+def _sparse_xlsx() -> bytes:
+    """5 kB of workbook with a cell a million rows down and 5,000 columns across: pandas would pad it to
+    five billion cells."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet["A1"], sheet["A2"] = "sequence", SHORT
+    sheet.cell(row=1_000_000, column=5_000, value=SHORT)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
     return buffer.getvalue()
 
 
@@ -343,6 +357,23 @@ CATALOGUE: list[Case] = [
         sequences={"P2": SHORT},
         surface="upload",
     ),
+    Case(
+        "excel_97_workbook",
+        lambda: (DATA / "sequences.xls").read_bytes(),
+        processed=("ubiquitin", "trp_cage"),
+        warned=(("input", "read the Excel 97–2003 workbook's first sheet ('proteins'); 1 other sheet(s) not read"),
+                ("input", "read as a comma-separated table: sequences from column 'sequence', ids from column 'id'; "
+                          "3 other column(s) set aside")),
+        refused=(("empty", "empty sequence"),),
+        surface="upload",
+    ),
+    Case("workbook_with_one_cell_a_million_rows_down", _sparse_xlsx,
+         refused=(("input", "a sheet of the Excel workbook spans 1,000,000 rows × 5,000 columns, more than the "
+                            "5,000,000 cells read; nothing was read"),), max_seconds=5.0),
+    Case("excel_97_workbook_with_its_last_cell_filled", lambda: (DATA / "sparse.xls").read_bytes(),
+         refused=(("input", "a sheet of the Excel 97–2003 workbook spans 65,536 rows × 256 columns"),), max_seconds=5.0),
+    Case("old_office_document_that_is_no_workbook", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(2048),
+         refused=(("input", "is an old Office document (.xls, .doc, .ppt) that could not be read as an Excel workbook ("),)),
     Case("zip_archive_of_a_fasta_file", _zip_of_fasta, refused=(("input", "is a ZIP archive, not text; nothing was "
                                                                           "read: unzip it and give the FASTA file inside"),)),
     Case("opendocument_spreadsheet", lambda: _zip_of({"mimetype": b"application/vnd.oasis.opendocument.spreadsheet",

@@ -695,6 +695,30 @@ def test_page_sessions_reading_flat_files_at_once_each_keep_their_own_parser_war
         assert seen == [expected] * 15, name
 
 
+def test_an_excel_97_sheet_reads_as_the_sheet_shows_it() -> None:
+    """xlrd gives numbers as floats and booleans as 0/1: the table holds them as Excel shows them."""
+    from core.input.workbooks import OLD_EXCEL
+
+    sheets, text = OLD_EXCEL.read((Path(__file__).resolve().parent / "data" / "sequences.xls").read_bytes())
+    assert sheets == ["proteins", "notes"]
+    assert text.splitlines()[0] == "id,sequence,length,score,reviewed"
+    assert text.splitlines()[2] == "trp_cage,NLYIQWLKDGGPSSGRPPPS,20,1.5,FALSE"
+    assert text.splitlines()[1].endswith(",76,0.25,TRUE") and text.splitlines()[3] == "empty,,0,0,FALSE"
+
+
+def test_a_sheet_is_measured_by_its_references_before_pandas_pads_it() -> None:
+    """The row and cell references bound what pandas would pad a sheet to; a row or cell without one
+    follows the one before; a namespace prefix changes nothing."""
+    from core.input.workbooks import _sheet_shape
+
+    assert _sheet_shape(b'<sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1"/></row>'
+                        b'<row><c/><c/><c/></row><row r="9"/></sheetData>') == (9, 3)
+    assert _sheet_shape(b'<x:sheetData><x:row r="3"><x:c r="XFD3"><x:v>1</x:v></x:c></x:row><x:rowBreaks/>'
+                        b'</x:sheetData>') == (3, 16384)
+    assert _sheet_shape(b'<sheetData><row><c><v>1</v></c></row><row><c/><c/></row></sheetData>'
+                        b'<cols><col min="1" max="5"/></cols>') == (2, 2)
+
+
 def test_a_table_whose_first_column_is_called_like_a_pdb_record_stays_a_table() -> None:
     parsed = parse_sequences("HEADER\tsequence\nx\tMKT\n")  # PDB's HEADER is followed by spaces, not a tab
     assert [(r.id, r.sequence) for r in parsed.records] == [("x", "MKT")]

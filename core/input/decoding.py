@@ -1,8 +1,8 @@
 """Input bytes to text: a file (read at most one byte past the size limit) or bytes, gunzipped when they
 are gzip, decoded (UTF-8; UTF-16/32 by their byte-order mark; other 8-bit text as Windows-1252, warned)
-or, for an Excel workbook, its first sheet as CSV (core.input.workbooks); refused in one message when
-they are too large, binary, or a known binary format (another office document or ZIP archive, old
-Office, bzip2, xz, zstd, a PDF), named so that the user knows what to give instead."""
+or, for an Excel workbook (.xlsx, .xls), its first sheet as CSV (core.input.workbooks); refused in one
+message when they are too large, binary, or a known binary format (another office document or ZIP
+archive, bzip2, xz, zstd, a PDF), named so that the user knows what to give instead."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # (magic bytes at the start, what the input is, what to give instead) for binary formats named in the refusal.
 _BINARY_FORMATS = (
     (re.compile(rb"PK\x03\x04"), "a ZIP archive", "unzip it and give the FASTA file inside"),
-    (re.compile(rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), "an old Office document (.xls, .doc)",
-     "save the sheet as .xlsx or CSV"),
     (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed", "decompress it, or compress it with gzip instead"),
     (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed", "decompress it, or compress it with gzip instead"),
     (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed", "decompress it, or compress it with gzip instead"),
