@@ -94,6 +94,15 @@ def _sparse_xlsx() -> bytes:
     return buffer.getvalue()
 
 
+def _xlsx_with_a_row(row: bytes) -> bytes:
+    """_xlsx() with ``row`` added to its first sheet's XML as written, past what openpyxl would write."""
+    with zipfile.ZipFile(io.BytesIO(_xlsx())) as archive:
+        parts = {name: archive.read(name) for name in archive.namelist()}
+    sheet = "xl/worksheets/sheet1.xml"
+    parts[sheet] = parts[sheet].replace(b"</sheetData>", row + b"</sheetData>")
+    return _zip_of(parts)
+
+
 def _zip_of(parts: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -370,6 +379,13 @@ CATALOGUE: list[Case] = [
     Case("workbook_with_one_cell_a_million_rows_down", _sparse_xlsx,
          refused=(("input", "a sheet of the Excel workbook spans 1,000,000 rows × 5,000 columns, more than the "
                             "5,000,000 cells read; nothing was read"),), max_seconds=5.0),
+    Case("workbook_far_cell_in_single_quotes", lambda: _xlsx_with_a_row(b"<row r='900000'><c r='zz900000' "
+                                                                        b"t='inlineStr'><is><t>MKT</t></is></c></row>"),
+         refused=(("input", "a sheet of the Excel workbook spans 900,000 rows × 702 columns"),), max_seconds=5.0),
+    Case("workbook_far_cell_behind_a_character_reference",
+         lambda: _xlsx_with_a_row(b'<row r="&#57;00000"><c r="A1" t="inlineStr"><is><t>MKT</t></is></c></row>'),
+         refused=(("input", "a sheet of the Excel workbook has a row or cell reference '&#57;00000' that cannot be "
+                            "measured; nothing was read"),), max_seconds=5.0),
     Case("excel_97_workbook_with_its_last_cell_filled", lambda: (DATA / "sparse.xls").read_bytes(),
          refused=(("input", "a sheet of the Excel 97–2003 workbook spans 65,536 rows × 256 columns"),), max_seconds=5.0),
     Case("old_office_document_that_is_no_workbook", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(2048),

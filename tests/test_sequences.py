@@ -709,7 +709,7 @@ def test_an_excel_97_sheet_reads_as_the_sheet_shows_it() -> None:
 def test_a_sheet_is_measured_by_its_references_before_pandas_pads_it() -> None:
     """The row and cell references bound what pandas would pad a sheet to; a row or cell without one
     follows the one before; a namespace prefix changes nothing."""
-    from core.input.workbooks import _sheet_shape
+    from core.input.workbooks import _sheet_shape, SheetTooLarge
 
     assert _sheet_shape(b'<sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1"/></row>'
                         b'<row><c/><c/><c/></row><row r="9"/></sheetData>') == (9, 3)
@@ -717,6 +717,14 @@ def test_a_sheet_is_measured_by_its_references_before_pandas_pads_it() -> None:
                         b'</x:sheetData>') == (3, 16384)
     assert _sheet_shape(b'<sheetData><row><c><v>1</v></c></row><row><c/><c/></row></sheetData>'
                         b'<cols><col min="1" max="5"/></cols>') == (2, 2)
+    # what else openpyxl reads as a reference: single quotes, lower case, spaces around the value
+    assert _sheet_shape(b"<row r='1000000'><c r='gjh1000000'/></row>") == (1_000_000, 5_000)
+    assert _sheet_shape(b'<row r = " 7 "><c r="b7"/></row>') == (7, 2)
+    # what this scan cannot read as openpyxl would is not measured but refused
+    for unmeasurable in (b'<row r="&#49;000000"><c r="A1"/></row>', b'<row r="9"><c r="&#69;9"/></row>',
+                         b'<row r="1_000_000"/>', b'<!DOCTYPE worksheet [<!ENTITY rows "">]><sheetData>&rows;</sheetData>'):
+        with pytest.raises(SheetTooLarge):
+            _sheet_shape(unmeasurable)
 
 
 def test_a_table_whose_first_column_is_called_like_a_pdb_record_stays_a_table() -> None:

@@ -28,17 +28,14 @@ from core.input.records import INPUT_LIMIT_TEXT, MAX_INPUT_BYTES, InputProblem, 
 OLD_OFFICE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE2 compound file: .xls, .doc, .ppt
 MAX_SHEET_CELLS = 5_000_000  # rows × columns of a sheet, as pandas pads it: 100,000 rows of 50 columns
 _SHEET_PART = re.compile(r"xl/worksheets/[^/]+\.xml")
-_ROW_TAG = re.compile(rb"<(?:\w+:)?row\b([^>]*)>")
-_CELL_TAG = re.compile(rb"<(?:\w+:)?c\b([^>]*)>")
-_REFERENCE = re.compile(rb"\br=\"([A-Z]*)([0-9]+)\"")
+_ROW_TAG = re.compile(rb"<(?:[\w.-]+:)?row\b([^>]*)>")
+_CELL_TAG = re.compile(rb"<(?:[\w.-]+:)?c\b([^>]*)>")
+_REFERENCE = re.compile(rb"""(?:^|\s)r\s*=\s*(?:"([^"]*)"|'([^']*)')""")  # either quote, as XML allows
+_ROW_NUMBER, _CELL_NAME = re.compile(r"[0-9]+"), re.compile(r"([A-Za-z]{1,3})([0-9]+)")
 
 
 class SheetTooLarge(Exception):
-    """A sheet spans more than MAX_SHEET_CELLS as read: (rows, columns)."""
-
-    def __init__(self, rows: int, columns: int):
-        super().__init__(f"{rows:,} rows × {columns:,} columns")
-        self.rows, self.columns = rows, columns
+    """A sheet spans more than MAX_SHEET_CELLS as read, or cannot be measured; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +93,7 @@ def _first_sheet(data: bytes, kind: Spreadsheet, unpacked: int) -> tuple[str, In
     try:
         sheets, text = kind.read(data)
     except SheetTooLarge as large:
-        return input_problem(f"a sheet of the {kind.name} spans {large}, more than the {MAX_SHEET_CELLS:,} cells "
-                             "read; nothing was read: save the columns you need as CSV")
+        return input_problem(f"a sheet of the {kind.name} {large}; nothing was read: save the columns you need as CSV")
     except Exception as error:  # noqa: BLE001 - each reader raises many kinds for a damaged file; never a traceback
         reason = str(error).rstrip(". ") or type(error).__name__
         if kind is OLD_EXCEL:
@@ -113,7 +109,7 @@ def _first_sheet(data: bytes, kind: Spreadsheet, unpacked: int) -> tuple[str, In
 
 def _within_cells(rows: int, columns: int) -> None:
     if rows * columns > MAX_SHEET_CELLS:
-        raise SheetTooLarge(rows, columns)
+        raise SheetTooLarge(f"spans {rows:,} rows × {columns:,} columns, more than the {MAX_SHEET_CELLS:,} cells read")
 
 
 def _read_xlsx(data: bytes) -> tuple[list[str], str]:
@@ -159,26 +155,42 @@ def _cell_text(cell) -> str:
 
 
 def _sheet_shape(xml: bytes) -> tuple[int, int]:
-    """(rows, columns) a worksheet's XML spans: its last row, from the rows' and cells' references (a row or
-    cell without one follows the one before), and its widest row, likewise."""
+    """(rows, columns) a worksheet's XML spans as openpyxl reads it: its last row, from the rows' and cells'
+    references (a row or cell without one follows the one before), and its widest row, likewise. A part that
+    declares a DTD (entities could add rows this scan does not see) or a reference openpyxl would read
+    otherwise than plainly (a character reference, a sign, an underscore) cannot be measured: SheetTooLarge."""
+    if re.search(rb"<!(?:DOCTYPE|ENTITY)", xml):
+        raise SheetTooLarge("declares a DTD, which Excel never writes, so its size cannot be told")
     rows = columns = 0
     tags = list(_ROW_TAG.finditer(xml))
     for tag, following in zip(tags, [*tags[1:], None]):
-        reference = _REFERENCE.search(tag.group(1))
-        rows = int(reference.group(2)) if reference else rows + 1
+        reference = _reference(tag.group(1), _ROW_NUMBER)
+        rows = int(reference.group(0)) if reference else rows + 1
         column = 0
         for cell in _CELL_TAG.finditer(xml, tag.end(), following.start() if following else len(xml)):
-            reference = _REFERENCE.search(cell.group(1))
-            column = _column_number(reference.group(1)) if reference and reference.group(1) else column + 1
+            reference = _reference(cell.group(1), _CELL_NAME)
+            column = _column_number(reference.group(1)) if reference else column + 1
             columns = max(columns, column)
     return rows, columns
 
 
-def _column_number(letters: bytes) -> int:
-    """Excel's column letters as a number: A = 1, Z = 26, AA = 27."""
+def _reference(attributes: bytes, form: re.Pattern) -> re.Match | None:
+    """The tag's ``r`` attribute in ``form`` (None without one); SheetTooLarge when it has another form."""
+    found = _REFERENCE.search(attributes)
+    if found is None:
+        return None
+    value = (found.group(1) if found.group(1) is not None else found.group(2)).decode("utf-8", "replace")
+    reference = form.fullmatch(value.strip())
+    if reference is None:
+        raise SheetTooLarge(f"has a row or cell reference {value[:20]!r} that cannot be measured")
+    return reference
+
+
+def _column_number(letters: str) -> int:
+    """Excel's column letters as a number, either case: A = 1, Z = 26, AA = 27."""
     number = 0
-    for letter in letters:
-        number = number * 26 + letter - 64
+    for letter in letters.upper():
+        number = number * 26 + ord(letter) - 64
     return number
 
 
