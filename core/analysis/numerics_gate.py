@@ -333,8 +333,8 @@ def length_split(v1: np.ndarray, v2: np.ndarray, yardstick: np.ndarray, kind: Ya
     than M — at least MIN_AGREEING_SHARE of the sample — must also show no systematic side against the
     reference (a precision difference moves every sequence to one side, the longer ones the most); of those
     of M or more, at least two and at least half must depart (a bug past some position moves a sequence by
-    how much of it lies past, so not every one need).
-    v1, v2, yardstick: (m, embed_dim) rows; lengths: (m,) residues."""
+    how much of it lies past, so not every one need). v1, v2, yardstick: (m, embed_dim) rows; lengths: (m,)
+    residues."""
     v1, v2, yardstick = (np.asarray(a, np.float64) for a in (v1, v2, yardstick))
     baseline, _ = largest_errors(v1, v2, yardstick, kind)
     against = v1 if kind == "floor" else yardstick

@@ -48,8 +48,8 @@ class Yardstick:
     """The numerics sample: what v2.0's departure from v1.0 is measured on, and against.
 
     Sequences: the run's rows ``indices`` ((m,) int64, chosen to span the lengths and cover the residues: see
-    covering_sample), then ``probes`` — fixed
-    short proteins that top a small set up to MIN_NUMERICS_SAMPLE, so the tests have the power to decide.
+    covering_sample), then ``probes`` — fixed short proteins that top a small set up to MIN_NUMERICS_SAMPLE,
+    so the tests have the power to decide.
     On them, each layer -> (m + len(probes), embed_dim):
     baseline: v1.0 (fair-esm's padded forward) and candidate: v2.0, each on the run's rows the run's own
     embeddings (the very rows the report judges) and on the probes embedded in batches of their own;
@@ -146,7 +146,7 @@ def covering_sample(sequences: Sequence[str], size: int | None) -> np.ndarray:
         return indices
     missing = set("".join(sequences)).difference(*(sequences[i] for i in indices))
     extra = []
-    for i in sorted(range(len(sequences)), key=lambda i: len(sequences[i])):
+    for i in sorted(range(len(sequences)), key=lambda row: len(sequences[row])):
         if not missing:
             break
         held = {letter for letter in missing if letter in sequences[i]}  # a few letters, each found by memchr
