@@ -103,6 +103,14 @@ def _xlsx_with_a_row(row: bytes) -> bytes:
     return _zip_of(parts)
 
 
+def _genpept_with_many_features() -> bytes:
+    """15 GenPept records of 20,000 features each (20 MB): the feature tables are not what is read."""
+    features = "".join(f"     misc_feature    {i}..{i + 1}\n                     /note=\"n{i}\"\n" for i in range(1, 20_001))
+    return _text("".join(f"LOCUS       XP_{n}                    10 aa            linear   PRI 01-JAN-2020\n"
+                         f"ACCESSION   XP_{n}\nVERSION     XP_{n}.1\nFEATURES             Location/Qualifiers\n"
+                         f"{features}ORIGIN\n        1 mktayiakqr\n//\n" for n in range(15)))
+
+
 def _zip_of(parts: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -281,6 +289,10 @@ CATALOGUE: list[Case] = [
         warned=(("input", "read as GenBank: each record's sequence is used, named by its accession"),),
         sequences={"XP_000001.1": "MKTAYIAKQR"},
     ),
+    Case("genpept_with_300_000_features", _genpept_with_many_features,
+         processed=tuple(f"XP_{n}.1" for n in range(15)),
+         warned=(("input", "read as GenBank: each record's sequence is used, named by its accession"),),
+         sequences={"XP_14.1": "MKTAYIAKQR"}, max_seconds=2.0),
     Case(
         "uniprot_text_record",
         b"ID   TEST_HUMAN              Reviewed;          10 AA.\nAC   P12345;\n"

@@ -8,8 +8,10 @@ import io
 import re
 import threading
 import warnings
+from collections.abc import Iterator
 
 from Bio import BiopythonParserWarning, SeqIO
+from Bio.GenBank.Scanner import EmblScanner, GenBankScanner
 from Bio.Seq import UndefinedSequenceError
 
 from core.input.records import InputProblem, input_problem
@@ -64,7 +66,7 @@ def flat_file_raw_records(text: str, limit: int, format_name: str) -> tuple[list
         input_problem(f"read as {what}: each record's sequence is used, named by its accession", "warning")]
     first_seen: dict[str, int] = {}
     total = 0
-    records = SeqIO.parse(io.StringIO(text.lstrip()), format_name)
+    records = _parsed(io.StringIO(text.lstrip()), format_name)
     try:
         while True:
             with _CAPTURING_WARNINGS, warnings.catch_warnings(record=True) as caught:
@@ -84,6 +86,16 @@ def flat_file_raw_records(text: str, limit: int, format_name: str) -> tuple[list
         items.append(input_problem(f"{what} record {total + 1} could not be read ({reason}): it and the records "
                                    "after it were not read; fix that record, or convert the file to FASTA"))
     return items, total
+
+
+def _parsed(handle: io.StringIO, format_name: str) -> Iterator:
+    """Biopython's records of a flat file. GenBank's and EMBL's scanners skip the feature tables, which the
+    sequences do not need (a GenBank file with a million features: 0.7 s instead of 19 s, and less memory);
+    UniProt's parser has no such switch."""
+    scanner = {"genbank": GenBankScanner, "embl": EmblScanner}.get(format_name)
+    if scanner is None:
+        return SeqIO.parse(handle, format_name)
+    return scanner(debug=0).parse_records(handle, do_features=False)
 
 
 def _residues(record) -> str:
