@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 import os
-from itertools import islice
+import re
+from itertools import chain, islice
 
 from Bio import SeqIO
 from Bio.SeqIO.QualityIO import FastqGeneralIterator
@@ -141,6 +142,13 @@ def _records_dropped(total: int, kept: int) -> InputProblem:
     )
 
 
+_COMMENT_LINE = re.compile(r"^[^\S\n]*;[^\n]*", re.MULTILINE)  # a line whose first non-space is ';'
+_FIRST_OTHER_LINE = re.compile(r"^[^\S\n]*[^;\s]", re.MULTILINE)  # the first line neither blank nor a comment
+_LINE_START = re.compile(r"^[^\S\n]*(\S)", re.MULTILINE)  # each non-blank line's first character
+_NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S[^\n]*", re.MULTILINE)
+_BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)
+
+
 def _normalise_text(text: str) -> str:
     """Strip a leading BOM and turn CRLF / lone CR line endings into LF."""
     text = text.removeprefix("\ufeff")
@@ -149,30 +157,42 @@ def _normalise_text(text: str) -> str:
 
 def _without_comments(text: str, leading_only: bool = False) -> str:
     """Comment lines (';' first, the classic FASTA convention) blanked, so line numbers stay right; with
-    ``leading_only``, only those above the first other non-blank line."""
-    lines = text.split("\n")
-    ends = len(lines)
-    if leading_only:
-        ends = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith(";")), ends)
-    return "\n".join("" if i < ends and line.lstrip().startswith(";") else line for i, line in enumerate(lines))
+    ``leading_only``, only those above the first other non-blank line. (By regular expression, not line by
+    line: 40 million lines would be 40 million strings.)"""
+    if not leading_only:
+        return _COMMENT_LINE.sub("", text)
+    other = _FIRST_OTHER_LINE.search(text)
+    end = other.start() if other else len(text)
+    return _COMMENT_LINE.sub("", text[:end]) + text[end:]
 
 
 def _is_fastq(text: str) -> bool:
     """True when the first non-blank line starts with '@' and a '+' line follows it before any other '@'
     line: a read's header, its sequence line(s), its quality separator. (Text whose first line merely
     starts with '@' stays one sequence per line, where that line is refused and the rest still read.)"""
-    lines = iter(line.lstrip() for line in text.split("\n") if line.strip())
-    if not next(lines, "").startswith("@"):
+    starts = (line.group(1) for line in _LINE_START.finditer(text))
+    if next(starts, "") != "@":
         return False
-    return next((line[0] for line in lines if line[0] in "@+"), "") == "+"
+    return next((start for start in starts if start in "@+"), "") == "+"
 
 
-def _from_first_line(text: str) -> tuple[list[str], int, str]:
-    """The text's lines, the index of the first non-blank one, and the text from that line on with its
-    indentation removed: Biopython's parsers refuse anything before the first header."""
-    lines = text.split("\n")
-    first = next(i for i, line in enumerate(lines) if line.strip())
-    return lines, first, "\n".join([lines[first].lstrip(), *lines[first + 1 :]])
+def _from_first_line(text: str) -> tuple[int, str]:
+    """The index of the text's first non-blank line, and the text from that line on with its indentation
+    removed: Biopython's parsers refuse anything before the first header."""
+    body = text.lstrip()
+    return text.count("\n", 0, len(text) - len(body)), body
+
+
+def _header_lines(body: str, first: int, limit: int) -> tuple[list[int], int]:
+    """The line numbers (1-based) of the first ``limit`` headers of FASTA ``body`` (its first line, a header,
+    is the text's line first + 1), and how many headers it has in all: counted, not listed, so that 20
+    million one-residue records cost no list of 20 million lines."""
+    numbers, line, position = [first + 1], first + 1, 0
+    for header in islice(re.finditer("\n>", body), limit - 1):
+        line += body.count("\n", position, header.start() + 1)
+        position = header.start() + 1
+        numbers.append(line)
+    return numbers, 1 + body.count("\n>")
 
 
 def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
@@ -182,17 +202,15 @@ def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     records in the text. Records with an empty or duplicate id are replaced by
     their error so that problems stay in input order.
     """
-    lines, first, body = _from_first_line(text)
-    header_lines = [first + 1] + [
-        i + 1 for i, line in enumerate(lines) if i > first and line.startswith(">")
-    ]
+    first, body = _from_first_line(text)
+    header_lines, headers = _header_lines(body, first, limit)
 
     try:
         parsed = list(islice(SeqIO.parse(io.StringIO(body), "fasta"), limit))
     except Exception as exc:  # noqa: BLE001 - never let a parser bug reach the user as a traceback
         return [input_problem(f"could not read the input as FASTA: {exc}")], 0
     # Every record starts at a '>' line, so the headers count the records not parsed.
-    total = max(len(header_lines), len(parsed))
+    total = max(headers, len(parsed))
 
     items: list[RawRecord | InputProblem] = []
     first_seen: dict[str, int] = {}
@@ -208,7 +226,7 @@ def _fastq_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputPro
     each read's sequence, its qualities set aside (the model reads residues only), as one warning says.
     A malformed read ends the reading: the reads before it are kept and one error names where it stopped.
     Only the first ``limit`` reads are returned, with the number of reads read."""
-    _, _, body = _from_first_line(text)
+    _, body = _from_first_line(text)
     items: list[RawRecord | InputProblem] = [input_problem(
         "read as FASTQ: each read's sequence is used and its quality line set aside", "warning")]
     first_seen: dict[str, int] = {}
@@ -240,24 +258,26 @@ def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProb
     column ('sequence', 'Sequence (AA)': a one-column table's header, made of residue letters) above other
     lines is skipped with a warning instead of compared as a protein.
 
-    Only the first ``limit`` are returned, with the total number of records.
+    Only the first ``limit`` are returned, with the total number of records (counted, not listed).
     """
-    lines = text.split("\n")
-    first = next(i for i, line in enumerate(lines) if line.strip())  # the caller has seen one
-    header = names_sequence_column(lines[first]) and any(line.strip() for line in lines[first + 1:])
+    lines = _NON_BLANK_LINE.finditer(text)
+    first = next(lines)  # the caller has seen one
+    first_no = text.count("\n", 0, first.start()) + 1
+    second = next(lines, None)
+    header = second is not None and names_sequence_column(first.group())
     records: list[RawRecord | InputProblem] = [input_problem(
-        f"line {first + 1} ({lines[first].strip()!r}) read as the header of a column of sequences and skipped, not "
+        f"line {first_no} ({first.group().strip()!r}) read as the header of a column of sequences and skipped, not "
         "compared as a protein", "warning")] if header else []
-    total = 0
-    start = first + header
-    for line_no, line in enumerate(lines[start:], start=start + 1):
-        if not line.strip():
-            continue
-        total += 1
-        if total > limit:
-            continue
-        record_id = f"seq_{total}"
-        records.append(RawRecord(record_id, f"{record_id} (line {line_no})", line))
+    line_no, position = first_no, first.start()
+    for number, line in enumerate(islice(chain([second] if header else [first, second], lines), limit), start=1):
+        if line is None:
+            break
+        line_no += text.count("\n", position, line.start())
+        position = line.start()
+        record_id = f"seq_{number}"
+        records.append(RawRecord(record_id, f"{record_id} (line {line_no})", line.group()))
+    all_lines = text.count("\n") + 1
+    total = all_lines - len(_BLANK_LINE.findall(text)) - header
     return records, total
 
 
