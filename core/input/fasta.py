@@ -61,9 +61,10 @@ def _parse_text(text: str, max_length: int, on_too_long: TooLongPolicy) -> Parse
         items, total = _fastq_raw_records(text, MAX_RECORDS)
     else:
         uncommented = _without_comments(text)
-        if not uncommented.strip():
+        first = _NON_BLANK_LINE.search(uncommented)
+        if first is None:
             return ParsedInput([], [input_problem("no sequences found")])
-        first_line = uncommented.lstrip().split("\n", 1)[0].rstrip()
+        first_line = first.group().strip()
         if (foreign := foreign_format(first_line)) is not None:
             return ParsedInput([], [foreign])
         items, total = _read_records(text, uncommented, first_line)
