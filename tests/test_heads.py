@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pickle
 import random
 import warnings
@@ -350,6 +352,15 @@ def test_npy_is_taken_in_input_order_and_must_have_one_row_per_id(tmp_path):
         load_extra_features(tmp_path / "objects.npy", IDS)
     with pytest.raises(HeadError, match="not found"):
         load_extra_features(tmp_path / "absent.npy", IDS)
+    # a header alone may declare any shape: it is checked before any data is read (or memory asked for)
+    for name, shape in (("tall.npy", (20_000_000, 100)), ("wide.npy", (3, 10**12))):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        (tmp_path / name).write_bytes(header.getvalue() + bytes(64))
+    with pytest.raises(HeadError, match=r"shape \(20000000, 100\); .*3 rows"):
+        load_extra_features(tmp_path / "tall.npy", IDS)
+    with pytest.raises(HeadError, match=r"declares a 3 × 1000000000000 float64 array, more than its 64 bytes"):
+        load_extra_features(tmp_path / "wide.npy", IDS)
     (tmp_path / "extra.json").write_text("{}")
     with pytest.raises(HeadError, match="unsupported extra-features file"):
         load_extra_features(tmp_path / "extra.json", IDS)

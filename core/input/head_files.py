@@ -187,6 +187,22 @@ def _frame_to_features(frame: pd.DataFrame, ids: Sequence[str], source: str) -> 
     return out
 
 
+def _check_npy_shape(path: Path, rows: int) -> None:
+    """An .npy array's shape from its header, before any data is read: 2-D with ``rows`` rows, and no more
+    data than the file holds (a header alone could ask for terabytes)."""
+    with path.open("rb") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(file)
+        data_bytes = path.stat().st_size - file.tell()
+    if len(shape) != 2 or shape[0] != rows:
+        raise HeadError(f"{path.name} has shape {shape}; it must be 2-D with one row per sequence ({rows} rows, in "
+                        "input order)")
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize > data_bytes and not dtype.hasobject:
+        raise HeadError(f"{path.name} declares a {shape[0]} × {shape[1]} {dtype} array, more than its "
+                        f"{data_bytes:,} bytes of data hold")
+
+
 def load_extra_features(path: str | Path, ids: Sequence[str]) -> np.ndarray:
     """Per-sequence extra features, (len(ids), k) float64, rows in the order of ids.
 
@@ -199,14 +215,12 @@ def load_extra_features(path: str | Path, ids: Sequence[str]) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
+            _check_npy_shape(path, len(ids))
             array = np.load(path, allow_pickle=False)
+        except HeadError:
+            raise
         except Exception as error:
             raise HeadError(f"{path.name} is not a readable plain .npy array ({type(error).__name__}: {error})") from error
-        if array.ndim != 2 or array.shape[0] != len(ids):
-            raise HeadError(
-                f"{path.name} has shape {array.shape}; it must be 2-D with one row per sequence "
-                f"({len(ids)} rows, in input order)"
-            )
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise HeadError(f"{path.name} holds {array.dtype} values, not numbers")
         array = array.astype(np.float64)
