@@ -282,6 +282,24 @@ def test_unusable_heads_raise_head_error_saying_why(tmp_path, case, expected):
         load_head(_write_case(tmp_path, case))
 
 
+def test_a_head_archive_that_unpacks_past_the_limit_is_refused_unread(tmp_path, monkeypatch):
+    """torch.save writes its parts stored; a crafted archive can deflate them (half a gigabyte of zeros into
+    0.5 MB): what the parts declare unpacked is checked before torch reads any."""
+    import core.input.head_files as head_files
+
+    torch.save({"weight": torch.zeros(2, 40_000)}, tmp_path / "plain.pt")  # 320 kB of float32
+    with zipfile.ZipFile(tmp_path / "plain.pt") as plain, \
+            zipfile.ZipFile(tmp_path / "deflated.pt", "w", compression=zipfile.ZIP_DEFLATED) as deflated:
+        for info in plain.infolist():
+            deflated.writestr(info.filename, plain.read(info.filename))
+    assert (tmp_path / "deflated.pt").stat().st_size < 10_000
+    assert load_head(tmp_path / "deflated.pt").layers[0][0].shape == (2, 40_000)  # under the limit: read
+    monkeypatch.setattr(head_files, "MAX_HEAD_UNPACKED_BYTES", 300_000)
+    with pytest.raises(HeadError, match=r"deflated.pt unpacks to 320,\d{3} bytes, more than the 300,000 a head is read "
+                                        r"up to; nothing in it was read"):
+        load_head(tmp_path / "deflated.pt")
+
+
 def test_head_error_is_a_value_error():
     assert issubclass(HeadError, ValueError)
     with pytest.raises(HeadError, match="unknown activation 'elu'"):

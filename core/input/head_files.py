@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,6 +20,8 @@ from core.analysis.heads import DEFAULT_ACTIVATION, MAX_LISTED, ClassificationHe
 SAFETENSORS_SUFFIXES: tuple[str, ...] = (".safetensors",)
 
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".parquet")
+
+MAX_HEAD_UNPACKED_BYTES = 200_000_000  # a torch.save head's parts unpacked: a 5120 × 4096 float32 MLP is 84 MB
 
 
 def _natural_key(prefix: str) -> tuple[tuple[int, int, str], ...]:
@@ -97,8 +100,22 @@ def _torch_load_reason(text: str) -> str:
     return reason.splitlines()[0].strip() if reason else ""
 
 
+def _zip_unpacked_bytes(path: Path) -> int:
+    """What a torch.save file (a ZIP archive) declares its parts unpack to; 0 for another file. torch writes
+    them stored, not compressed, but a crafted archive may deflate half a gigabyte of zeros into 0.5 MB."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
+
+
 def _read_torch(path: Path) -> tuple[dict[str, np.ndarray], Any]:
     """(tensor entries as float64 numpy, the top-level 'activation' entry or None) of a plain state_dict file."""
+    unpacked = _zip_unpacked_bytes(path)
+    if unpacked > MAX_HEAD_UNPACKED_BYTES:
+        raise HeadError(f"{path.name} unpacks to {unpacked:,} bytes, more than the {MAX_HEAD_UNPACKED_BYTES:,} a head "
+                        "is read up to; nothing in it was read")
     try:
         # weights_only=True passed explicitly: the restricted unpickler refuses any global that
         # could run code, before running it, and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override it.
