@@ -695,6 +695,17 @@ def test_page_sessions_reading_flat_files_at_once_each_keep_their_own_parser_war
         assert seen == [expected] * 15, name
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["", " ", "\t", "MKT", " GSG", ";c", "\u00a0"]), max_size=30))
+def test_lines_are_counted_and_numbered_without_splitting_the_text(lines: list[str]) -> None:
+    """The regular-expression readers (no list of every line) agree with splitting the text into lines."""
+    from core.input.fasta import _non_blank_lines, _without_comments
+
+    text = "\n".join(lines)
+    assert _non_blank_lines(text) == sum(1 for line in lines if line.strip())
+    assert _without_comments(text) == "\n".join("" if line.lstrip().startswith(";") else line for line in lines)
+
+
 def test_an_excel_97_sheet_reads_as_the_sheet_shows_it() -> None:
     """xlrd gives numbers as floats and booleans as 0/1: the table holds them as Excel shows them."""
     from core.input.workbooks import OLD_EXCEL
