@@ -706,6 +706,20 @@ def test_lines_are_counted_and_numbered_without_splitting_the_text(lines: list[s
     assert _without_comments(text) == "\n".join("" if line.lstrip().startswith(";") else line for line in lines)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a,MKT", "b,GSG", "", ",,", " , ", 'c,"MK\nT"', "d,M;K"]), max_size=25),
+       st.integers(min_value=1, max_value=5))
+def test_rows_past_the_limit_are_counted_as_reading_them_would(rows: list[str], limit: int) -> None:
+    """Past the limit a table's rows are only counted (in C, when no quote is left): the same count as
+    reading every row."""
+    from core.input.tables import table_raw_records
+
+    text = "id,sequence\n" + "\n".join(rows)
+    counted, read = table_raw_records(text, limit, ","), table_raw_records(text, 10**9, ",")
+    assert counted[1] == read[1]
+    assert counted[0] == read[0][:len(counted[0])]
+
+
 def test_an_excel_97_sheet_reads_as_the_sheet_shows_it() -> None:
     """xlrd gives numbers as floats and booleans as 0/1: the table holds them as Excel shows them."""
     from core.input.workbooks import OLD_EXCEL
