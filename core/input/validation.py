@@ -177,8 +177,8 @@ def _hint(char: str) -> str:
 def _mixed_case(raw_sequence: str) -> bool:
     """Both upper- and lower-case letters: sequences come in one case (lower case is read as upper), while
     a name pasted without its '>' ("Ubiquitin") comes in both."""
-    letters = [c for c in raw_sequence if c.isascii() and c.isalpha()]
-    return any(c.isupper() for c in letters) and any(c.islower() for c in letters)
+    ascii_text = raw_sequence.encode("ascii", "ignore").decode("ascii")  # string methods: a record may be 100 MB
+    return ascii_text != ascii_text.lower() and ascii_text != ascii_text.upper()
 
 
 def _is_nucleotide_like(sequence: str) -> bool:
