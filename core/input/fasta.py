@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Iterator
 from itertools import chain, islice
 
 from Bio import SeqIO
@@ -148,6 +149,7 @@ _FIRST_OTHER_LINE = re.compile(r"^[^\S\n]*[^;\s]", re.MULTILINE)  # the first li
 _LINE_START = re.compile(r"^[^\S\n]*(\S)", re.MULTILINE)  # each non-blank line's first character
 _NON_BLANK_LINE = re.compile(r"^[^\S\n]*\S[^\n]*", re.MULTILINE)  # a line holding a non-space, whole
 _BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)  # an empty or whitespace-only line
+_HEADER_LINE = re.compile(r"^>", re.MULTILINE)  # a FASTA header's start
 
 
 def _normalise_text(text: str) -> str:
@@ -188,12 +190,17 @@ def _header_lines(body: str, first: int, limit: int) -> tuple[list[int], int]:
     """The line numbers (1-based) of the first ``limit`` headers of FASTA ``body`` (its first line, a header,
     is the text's line first + 1), and how many headers it has in all: counted, not listed, so that 20
     million one-residue records cost no list of 20 million lines."""
-    numbers, line, position = [first + 1], first + 1, 0
-    for header in islice(re.finditer("\n>", body), limit - 1):
-        line += body.count("\n", position, header.start() + 1)
-        position = header.start() + 1
-        numbers.append(line)
-    return numbers, 1 + body.count("\n>")
+    numbered = _numbered(body, _HEADER_LINE.finditer(body), first + 1, 0)
+    return [line for line, _ in islice(numbered, limit)], 1 + body.count("\n>")
+
+
+def _numbered(text: str, lines: Iterator[re.Match], line: int, position: int) -> Iterator[tuple[int, re.Match]]:
+    """Each match of ``lines`` (in order, each at a line's start) with its line number, counted from
+    ``position`` in ``text``, which is on line ``line``: newlines counted between matches, not listed."""
+    for match in lines:
+        line += text.count("\n", position, match.start())
+        position = match.start()
+        yield line, match
 
 
 def _fasta_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProblem], int]:
@@ -270,10 +277,8 @@ def _line_raw_records(text: str, limit: int) -> tuple[list[RawRecord | InputProb
         f"line {first_no} ({first.group().strip()!r}) read as the header of a column of sequences and skipped, not "
         "compared as a protein", "warning")] if header else []
     after_first = chain([] if second is None else [second], lines)
-    line_no, position = first_no, first.start()
-    for number, line in enumerate(islice(after_first if header else chain([first], after_first), limit), start=1):
-        line_no += text.count("\n", position, line.start())
-        position = line.start()
+    numbered = _numbered(text, after_first if header else chain([first], after_first), first_no, first.start())
+    for number, (line_no, line) in enumerate(islice(numbered, limit), start=1):
         record_id = f"seq_{number}"
         records.append(RawRecord(record_id, f"{record_id} (line {line_no})", line.group()))
     return records, _non_blank_lines(text) - header
