@@ -18,10 +18,11 @@ from core.input.records import InputProblem, input_problem
 from core.input.validation import RawRecord, named_record
 
 # Biopython format -> what the file is, in words; recognised by its first line (flat_file_format).
+FLAT_FILES = {"genbank": "GenBank", "swiss": "UniProt text", "embl": "EMBL"}
+
 # Python's warnings capture swaps process-wide state: page sessions reading flat files at once would take
 # each other's Biopython warnings, or lose them to stderr. One read at a time holds it.
 _CAPTURING_WARNINGS = threading.Lock()
-FLAT_FILES = {"genbank": "GenBank", "swiss": "UniProt text", "embl": "EMBL"}
 
 # (first line, what the input is, what to do) for formats refused whole. Record names are followed by spaces,
 # as in the format, so that a tab-separated table with a column called HEADER stays a table.

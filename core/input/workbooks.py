@@ -63,10 +63,14 @@ def office_document(data: bytes) -> tuple[str, InputProblem] | InputProblem | No
     (OpenDocument, Word, PowerPoint, an old Office file that is no workbook); None for anything else (not
     an office document)."""
     if data.startswith(OLD_OFFICE_MAGIC):
-        return _first_sheet(data, OLD_EXCEL, len(data))
+        return _first_sheet(data, OLD_EXCEL)
     sizes = _unpacked_sizes(data)
     if "xl/workbook.xml" in sizes:
-        return _first_sheet(data, EXCEL, sum(sizes.values()))
+        unpacked = sum(sizes.values())
+        if unpacked > MAX_INPUT_BYTES:
+            return input_problem(f"the {EXCEL.name} unpacks to {unpacked:,} bytes, more than the limit of "
+                                 f"{INPUT_LIMIT_TEXT}; nothing was read: save the sheet as CSV")
+        return _first_sheet(data, EXCEL)
     for part, what, fix in _OTHER_DOCUMENTS:
         if part in sizes:
             return input_problem(f"the input is {what}, not text; nothing was read: {fix}")
@@ -85,11 +89,8 @@ def _unpacked_sizes(data: bytes) -> dict[str, int]:
         return {}
 
 
-def _first_sheet(data: bytes, kind: Spreadsheet, unpacked: int) -> tuple[str, InputProblem] | InputProblem:
+def _first_sheet(data: bytes, kind: Spreadsheet) -> tuple[str, InputProblem] | InputProblem:
     """The first sheet of a ``kind`` file as CSV text with its warning, or the problem (see office_document)."""
-    if unpacked > MAX_INPUT_BYTES:
-        return input_problem(f"the {kind.name} unpacks to {unpacked:,} bytes, more than the limit of "
-                             f"{INPUT_LIMIT_TEXT}; nothing was read: save the sheet as CSV")
     try:
         sheets, text = kind.read(data)
     except SheetTooLarge as large:
