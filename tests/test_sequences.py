@@ -699,11 +699,16 @@ def test_page_sessions_reading_flat_files_at_once_each_keep_their_own_parser_war
 @given(st.lists(st.sampled_from(["", " ", "\t", "MKT", " GSG", ";c", "\u00a0"]), max_size=30))
 def test_lines_are_counted_and_numbered_without_splitting_the_text(lines: list[str]) -> None:
     """The regular-expression readers (no list of every line) agree with splitting the text into lines."""
-    from core.input.fasta import _non_blank_lines, _without_comments
+    from core.input.fasta import _line_raw_records, _non_blank_lines, _without_comments
 
     text = "\n".join(lines)
     assert _non_blank_lines(text) == sum(1 for line in lines if line.strip())
     assert _without_comments(text) == "\n".join("" if line.lstrip().startswith(";") else line for line in lines)
+    if any(line.strip() for line in lines):  # one record per non-blank line, named by its line
+        records, total = _line_raw_records(text, 10**6)
+        expected = [(f"seq_{n}", f"seq_{n} (line {i})", line) for n, (i, line) in
+                    enumerate(((i, line) for i, line in enumerate(lines, start=1) if line.strip()), start=1)]
+        assert [(r.record_id, r.label, r.raw_sequence) for r in records] == expected and total == len(expected)
 
 
 @settings(max_examples=200, deadline=None)
