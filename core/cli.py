@@ -37,7 +37,8 @@ from core.input.sources import InputUnavailable, input_path, read_stdin
 from core.numerics.attention import available_backends
 from core.numerics.environment import default_device, device_or_cpu, versions
 from core.numerics.precision import DTYPES
-from core.numerics.specs import PRETRAINED, default_dtype, default_model_spec, demo_specs, pretrained_available
+from core.numerics.specs import (PRETRAINED, TINY_DEMO, default_dtype, default_model_spec, demo_specs,
+                                 pretrained_available)
 from core.pipeline import SETUP_ERRORS, ComparisonRequest, ComparisonResult, Executor, LocalExecutor, SetupFailed, run_comparison
 from core.report.tables import write_outputs
 from core.report.terminal import format_summary
@@ -206,7 +207,8 @@ def models_command(args: argparse.Namespace) -> int:
     print("pretrained (weights in the local torch hub cache?):")
     for name in PRETRAINED:
         print(f"  {name:<22} {'available' if pretrained_available(name) else 'not cached (downloads on a connected host)'}")
-    print("demo weights (random init, offline): " + ", ".join(demo_specs()))
+    print("demo weights (random init, offline): " + ", ".join(
+        f"{spec} (not an ESM-2 size: smoke runs)" if spec == TINY_DEMO else spec for spec in demo_specs()))
     for dtype_label, dtype in DTYPES.items():
         print(f"v2.0 attention backends in {dtype_label}: {', '.join(available_backends(device, dtype))}")
     return 0

@@ -56,6 +56,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+TEST_MODEL = "demo-tiny"
+"""The suite's model wherever a test is about the tool, not about a real ESM-2 size: random weights in
+ESM-2's layout and head width (16), 3 layers of 64 instead of demo-8M's 6 of 320, so a CPU comparison
+costs a fiftieth. Every catalogued bug is caught, and every faithful path accepted, on it as on demo-8M
+(scripts/broken_paths.py runs the catalogue on demo-8M; the device runs it on demo-3B)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_fp64():
+    """demo-tiny (3 layers, 64 wide) in float64 on the CPU: (model, alphabet)."""
+    return load_esm2_model(TEST_MODEL, dtype="fp64", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32():
+    """demo-tiny in float32 on the CPU: (model, alphabet)."""
+    return load_esm2_model(TEST_MODEL, dtype="fp32", device="cpu")
+
+
+@pytest.fixture
+def tiny_page_model(monkeypatch):
+    """The page loads demo-tiny by default (and offers it), as a CPU server loads demo-8M: for tests of
+    the page's behaviour, not of a model's numbers."""
+    import dashboard.server
+    import dashboard.settings
+
+    monkeypatch.setattr(dashboard.settings, "default_model_spec", lambda device: TEST_MODEL)
+    monkeypatch.setattr(dashboard.server, "default_model_spec", lambda device: TEST_MODEL)
+
+
 @pytest.fixture(scope="session")
 def demo_fp64():
     """demo-8M (6 layers, 320 wide) in float64 on the CPU: (model, alphabet)."""

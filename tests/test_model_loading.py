@@ -25,7 +25,7 @@ from esm.model.esm2 import ESM2
 from core.embed.batching import pack_sequences, padded_tokens
 from core.numerics.esm2_packed import ESM2WithFlashAttention, rotary_inv_freq
 from core.numerics.loading import layer_indices, load_esm2_model, reference_copy, save_checkpoint, WeightsUnavailable
-from core.numerics.specs import DEMO_SIZES, PRETRAINED, pretrained_available
+from core.numerics.specs import DEMO_SIZES, PRETRAINED, TINY_ARCHITECTURE, ModelSpec, demo_specs, pretrained_available
 
 CPU = torch.device("cpu")
 SMALL_BATCH = ["MKTAYIAKQRQISFVKSHFSRQ", "GSGSGSLLKKLLEE", "ACDEFGHIKLMNPQRSTVWYXBUZO"]
@@ -133,6 +133,20 @@ def test_demo_35m_architecture():
 def test_demo_8m_architecture(demo_fp32):
     model, _ = demo_fp32
     assert (model.num_layers, model.embed_dim, model.esm2.attention_heads) == (6, 320, 20)
+
+
+def test_demo_tiny_is_a_labelled_demo_with_esm2_head_width(tiny_fp32):
+    """The suite's model: ESM-2's layout and head width (16, as demo-8M's), listed among the demo
+    specs first, and demo weights like any demo size (so never a real verdict)."""
+    model, alphabet = tiny_fp32
+    assert (model.num_layers, model.embed_dim, model.esm2.attention_heads) == (3, 64, 4) == (
+        TINY_ARCHITECTURE.num_layers, TINY_ARCHITECTURE.embed_dim, TINY_ARCHITECTURE.attention_heads)
+    assert model.embed_dim // model.esm2.attention_heads == 320 // 20
+    assert model.name == "demo-tiny" and model.weights == "demo" and ModelSpec.parse("DEMO-Tiny").name == "demo-tiny"
+    assert demo_specs()[0] == "demo-tiny" and "demo-tiny" not in (f"demo-{size}" for size in DEMO_SIZES)
+    assert model.esm2.embed_tokens.weight.shape == (len(alphabet.all_toks), 64)
+    with pytest.raises(ValueError, match=r"choose one of demo-tiny, demo-8M, .*demo-15B"):
+        ModelSpec.parse("demo-7M")
 
 
 @pytest.mark.parametrize("size", list(DEMO_SIZES))

@@ -159,7 +159,8 @@ def load_esm2_model(
     """Load ESM-2 weights and wrap them with both inference paths.
 
     name_or_path: a fair-esm pretrained name (``esm2_t36_3B_UR50D``), a local fair-esm checkpoint
-    file, or ``demo-<size>`` (8M, 35M, 150M, 650M, 3B, 15B) for random weights from ``demo_seed``.
+    file, or ``demo-<size>`` (8M, 35M, 150M, 650M, 3B, 15B, or tiny: see specs.TINY_DEMO) for random
+    weights from ``demo_seed``.
     Returns ``(model, alphabet)``; ``model.weights`` says which kind of weights it holds.
     """
     spec = ModelSpec.parse(name_or_path)

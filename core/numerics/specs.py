@@ -36,6 +36,12 @@ DEMO_SIZES: dict[str, str] = {
     "15B": "esm2_t48_15B_UR50D",
 }
 
+# Not an ESM-2 size: three layers of 64 with ESM-2's head width (16), random weights like the demo sizes.
+# It exercises the tool itself in seconds (plug-in smoke runs, this project's test suite); its numbers say
+# nothing about a real model's.
+TINY_DEMO = "demo-tiny"
+TINY_ARCHITECTURE = Architecture(3, 64, 4)
+
 DEFAULT_MODEL = "esm2_t36_3B_UR50D"
 
 DEMO_SEED = 20240229
@@ -81,16 +87,18 @@ class ModelSpec:
         """ValueError, naming the choices, for a spec that is none of the three."""
         if text in PRETRAINED:
             return cls("pretrained", text)
+        if text.lower() == TINY_DEMO:
+            return cls("demo", TINY_DEMO)
         if text.lower().startswith("demo-"):
             size = text[5:].upper()
             if size not in DEMO_SIZES:
-                raise ValueError(f"unknown demo size {text!r}; choose one of " + ", ".join(f"demo-{s}" for s in DEMO_SIZES))
+                raise ValueError(f"unknown demo size {text!r}; choose one of " + ", ".join(demo_specs()))
             return cls("demo", f"demo-{size}")
         if Path(text).expanduser().is_file():
             return cls("checkpoint", str(Path(text).expanduser()))
         raise ValueError(
             f"unknown model {text!r}: not a pretrained ESM-2 name ({', '.join(PRETRAINED)}), "
-            f"not demo-<size> ({', '.join(DEMO_SIZES)}), and no file at that path"
+            f"not demo-<size> ({', '.join(DEMO_SIZES)}, tiny), and no file at that path"
         )
 
     @staticmethod
@@ -103,9 +111,11 @@ class ModelSpec:
         """The shape a pretrained or demo model has; None for a checkpoint (known once it is read)."""
         if self.kind == "checkpoint":
             return None
+        if self.name == TINY_DEMO:
+            return TINY_ARCHITECTURE
         return PRETRAINED[self.name if self.kind == "pretrained" else DEMO_SIZES[self.name[5:]]]
 
 
 def demo_specs() -> list[str]:
-    """Every demo spec, smallest first."""
-    return [f"demo-{size}" for size in DEMO_SIZES]
+    """Every demo spec, smallest first: demo-tiny (not an ESM-2 size), then one per ESM-2 size."""
+    return [TINY_DEMO, *(f"demo-{size}" for size in DEMO_SIZES)]
