@@ -1,5 +1,5 @@
-"""A synthetic run of any size, shaped like demo-8M's (7 pooled layers × 320), for benchmarks and tests:
-no model involved. Both paths are a float64 "truth" plus independent float32-sized noise (a faithful
+"""A synthetic run of any size, shaped like a demo model's (demo-8M's 7 pooled layers × 320 by default),
+for benchmarks and tests: no model involved. Both paths are a float64 "truth" plus independent float32-sized noise (a faithful
 v2.0), a few sequences' v2.0 much further off so the views have flips and a worst list; the numerics
 sample's fp64 reference is the truth itself."""
 
@@ -15,18 +15,27 @@ from core.embed.run import EmbeddingRun
 from core.embed.yardstick import DEFAULT_REFERENCE_SAMPLE, Yardstick, spanning_sample
 from core.input.records import ParsedInput, ProteinRecord
 from core.numerics.environment import versions
+from core.numerics.specs import ModelSpec
 from dashboard.compact import compact_run
 from dashboard.runs import RunStore
 from dashboard.settings import Settings, options_for
 
-DEMO_LAYERS, DEMO_WIDTH = 7, 320
+DEFAULT_MODEL = "demo-8M"
 NOISE = 1e-6  # relative error of each path, about float32 rounding through a few layers
 OUTLIERS = 20  # sequences (at most 1 in 50 outside the numerics sample) whose v2.0 is NOISE × 1e4 off
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
 
-def synthetic_run(n: int, seed: int = 0, layers: int = DEMO_LAYERS, width: int = DEMO_WIDTH) -> EmbeddingRun:
-    """An EmbeddingRun of ``n`` sequences: per layer (n, width) float32 v1.0 and v2.0, lengths 30…800."""
+def pooled_shape(model: str) -> tuple[int, int]:
+    """(pooled layers, width) of a demo or pretrained model's runs: demo-8M's are (7, 320)."""
+    architecture = ModelSpec.parse(model).architecture
+    return architecture.num_layers + 1, architecture.embed_dim
+
+
+def synthetic_run(n: int, seed: int = 0, model: str = DEFAULT_MODEL) -> EmbeddingRun:
+    """An EmbeddingRun of ``n`` sequences shaped like ``model``'s: per layer (n, width) float32 v1.0 and
+    v2.0, lengths 30…800."""
+    layers, width = pooled_shape(model)
     rng = np.random.default_rng(seed)
     lengths = rng.integers(30, 800, size=n)
     indices = spanning_sample(lengths, DEFAULT_REFERENCE_SAMPLE)
@@ -47,7 +56,7 @@ def synthetic_run(n: int, seed: int = 0, layers: int = DEMO_LAYERS, width: int =
     sample = Yardstick("reference", "fp64", indices, (), path({l: a[indices] for l, a in v1.items()}, 0.5),
                        path({l: a[indices] for l, a in v2.items()}, 0.5), path(reference, 1.0))
     return EmbeddingRun(ids=[f"seq_{i:06d}" for i in range(n)], lengths=lengths, v1=path(v1, n * 1e-3),
-                        v2=path(v2, n * 5e-4), model="demo-8M", weights="demo", dtype="fp32", device="cpu",
+                        v2=path(v2, n * 5e-4), model=model, weights="demo", dtype="fp32", device="cpu",
                         layers=list(range(layers)), yardstick=sample)
 
 
@@ -65,12 +74,15 @@ def synthetic_input(run: EmbeddingRun) -> ParsedInput:
                        problems=[])
 
 
-def store_synthetic_run(store: RunStore, n: int, seed: int = 0, layer: int = DEMO_LAYERS - 1) -> str:
-    """Save a synthetic run of ``n`` sequences in ``store`` as the page saves a finished run (compact but
-    for ``layer``, summary.json and sequences.csv, state done); returns its id."""
-    run = compact_run(synthetic_run(n, seed), [layer])
+def store_synthetic_run(store: RunStore, n: int, seed: int = 0, layer: int | None = None,
+                        model: str = DEFAULT_MODEL) -> str:
+    """Save a synthetic run of ``n`` sequences shaped like ``model``'s in ``store`` as the page saves a
+    finished run (compact but for ``layer``, by default the last; summary.json and sequences.csv, state
+    done); returns its id."""
+    layer = pooled_shape(model)[0] - 1 if layer is None else layer
+    run = compact_run(synthetic_run(n, seed, model), [layer])
     parsed = synthetic_input(run)
-    settings = Settings(model="demo-8M", dtype="fp32", device="cpu", layer=layer)
+    settings = Settings(model=model, dtype="fp32", device="cpu", layer=layer)
     run_id = store.new_id()
     store.create(run_id, parsed, asdict(settings))
     pruned = store.save_embeddings(run_id, run)
