@@ -69,7 +69,7 @@ def test_an_analysis_from_the_prewarmed_memo_equals_a_fresh_one():
         prewarmed_without_sample.append(run.yardstick is None)
         prewarm_profile(run, 3, "balanced", memo, workers=3)  # layers on three threads
 
-    result = run_comparison(ComparisonRequest("demo-8M", "fp32", "cpu"), ids, sequences, meanwhile=meanwhile)
+    result = run_comparison(ComparisonRequest("demo-tiny", "fp32", "cpu"), ids, sequences, meanwhile=meanwhile)
     assert prewarmed_without_sample == [True] and result.run.yardstick is not None
     options = AnalysisOptions(seed=3)
     warm, fresh = analyse(result.run, result.layer, options, memo=memo), analyse(result.run, result.layer, options)

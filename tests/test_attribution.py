@@ -17,6 +17,7 @@ from core.analysis.profile import layer_profile, residue_divergence
 from core.analysis.metrics import compare_embeddings
 from core.analysis.analyse import analyse
 from core.input.examples import example_sequences
+from core.numerics.specs import TINY_ARCHITECTURE
 from core.analysis.metrics import binomial_interval
 from core.analysis.proxies import HeadBank, vote
 
@@ -57,9 +58,9 @@ def test_rule_passes_within_k_times_and_fails_beyond():
     assert tie.closer.tolist() == ["tie"] and tie.overall_closer == "tie"
 
 
-def test_a_broken_v2_path_is_caught_against_float64(demo_fp32):
+def test_a_broken_v2_path_is_caught_against_float64(tiny_fp32):
     """GELU swapped for its tanh approximation in v2.0 only: the reference must blame v2.0."""
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     exact = model.activation
     try:
         model.activation = lambda x: torch.nn.functional.gelu(x, approximate="tanh")
@@ -73,8 +74,8 @@ def test_a_broken_v2_path_is_caught_against_float64(demo_fp32):
     assert reference["v2_error"]["mean_abs_diff"] > 100 * reference["v1_error"]["mean_abs_diff"]
 
 
-def test_reference_run_on_healthy_paths(demo_fp32):
-    model, alphabet = demo_fp32
+def test_reference_run_on_healthy_paths(tiny_fp32):
+    model, alphabet = tiny_fp32
     run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=None, yardstick=YardstickPlan("reference", "fp64", None))
     assert run.yardstick.dtype == "fp64" and run.yardstick.reference.layers[0].dtype == np.float64
     analysis = analyse(run, model.num_layers)
@@ -90,8 +91,8 @@ def test_reference_run_on_healthy_paths(demo_fp32):
 # ---------------------------------------------------------------- layers and residues
 
 
-def test_layer_profile_shows_where_divergence_appears(demo_fp32):
-    model, alphabet = demo_fp32
+def test_layer_profile_shows_where_divergence_appears(tiny_fp32):
+    model, alphabet = tiny_fp32
     run = run_both_paths(model, alphabet, IDS, SEQUENCES)
     broken = run.v2.layers[3] + 0.5  # divergence introduced at layer 3 only
     run.v2.layers[3] = broken.astype(np.float32)
@@ -101,8 +102,8 @@ def test_layer_profile_shows_where_divergence_appears(demo_fp32):
     assert 1 - profile[0].cosine_min < 1e-10  # rounding moves 1 − cos by ~1e-14
 
 
-def test_residue_track_matches_positions(demo_fp64):
-    model, alphabet = demo_fp64
+def test_residue_track_matches_positions(tiny_fp64):
+    model, alphabet = tiny_fp64
     sequence = SEQUENCES[0]
     residues = residue_divergence(model, alphabet, sequence, model.num_layers)
     assert residues["position"].tolist() == list(range(1, len(sequence) + 1))
@@ -145,8 +146,8 @@ def test_wilson_interval():
 # ---------------------------------------------------------------- checks
 
 
-def test_packing_invariance_and_determinism_pass_and_a_corrupt_run_fails(demo_fp64):
-    model, alphabet = demo_fp64
+def test_packing_invariance_and_determinism_pass_and_a_corrupt_run_fails(tiny_fp64):
+    model, alphabet = tiny_fp64
     run = run_both_paths(model, alphabet, IDS, SEQUENCES, layers=[model.num_layers])
     packed = run.v2.layers[model.num_layers]
     invariance = packing_invariance(model, alphabet, SEQUENCES, packed, model.num_layers, limit=4)
@@ -164,7 +165,7 @@ def test_packing_invariance_and_determinism_pass_and_a_corrupt_run_fails(demo_fp
 
 
 def test_cli_reference_seeds_checks_and_layers(tmp_path, capsys):
-    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--reference", "fp64",
+    code = main(["compare", "--example", "real", "--model", "demo-tiny", "--device", "cpu", "--reference", "fp64",
                  "--seeds", "30", "--checks", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
@@ -174,7 +175,7 @@ def test_cli_reference_seeds_checks_and_layers(tmp_path, capsys):
     heads = summary["predictions"]["heads"]
     assert heads["n_heads"] == 30 and heads["kind"] == "balanced"
     assert heads["agreement_lower"] <= heads["agreement_mean"]
-    assert [entry["layer"] for entry in summary["layers"]] == list(range(7))
+    assert [entry["layer"] for entry in summary["layers"]] == list(range(TINY_ARCHITECTURE.num_layers + 1))
     assert [check["name"] for check in summary["checks_v2"]] == ["packing invariance", "determinism"]
     assert all(check["passed"] for check in summary["checks_v2"])
 
@@ -182,20 +183,20 @@ def test_cli_reference_seeds_checks_and_layers(tmp_path, capsys):
 def test_cli_head_with_extra_features_and_wrong_width(tmp_path, capsys):
     generator = torch.Generator().manual_seed(0)
     head = tmp_path / "head.pt"
-    torch.save({"0.weight": torch.randn(16, 324, generator=generator), "0.bias": torch.zeros(16),
+    torch.save({"0.weight": torch.randn(16, 68, generator=generator), "0.bias": torch.zeros(16),
                 "2.weight": torch.randn(2, 16, generator=generator), "2.bias": torch.zeros(2)}, head)
     features = tmp_path / "extra.csv"
     rows = ["id,f1,f2,f3,f4"] + [f"{seq_id},{i},{i * 0.5},-1,2" for i, seq_id in enumerate(reversed(IDS))]
     features.write_text("\n".join(rows) + "\n")
-    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu",
+    code = main(["compare", "--example", "real", "--model", "demo-tiny", "--device", "cpu",
                  "--head", str(head), "--extra-features", str(features), "--out", str(tmp_path / "out")])
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["classifier"] == "your head: MLP 324→16→2 (relu) from head.pt + 4 extra features"
+    assert summary["classifier"] == "your head: MLP 68→16→2 (relu) from head.pt + 4 extra features"
 
     capsys.readouterr()
-    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--head", str(head)])
+    code = main(["compare", "--example", "real", "--model", "demo-tiny", "--device", "cpu", "--head", str(head)])
     assert code == 3
-    assert "expects 324 input features but gets 320" in capsys.readouterr().err
-    code = main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--extra-features", str(features)])
+    assert "expects 68 input features but gets 64" in capsys.readouterr().err
+    code = main(["compare", "--example", "real", "--model", "demo-tiny", "--device", "cpu", "--extra-features", str(features)])
     assert code == 3

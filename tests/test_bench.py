@@ -32,15 +32,15 @@ def test_flops_are_two_per_parameter_per_token_plus_attention(demo_fp32):
 def test_bench_prints_and_appends_a_table(tmp_path, capsys):
     report = tmp_path / "BENCHMARKS.md"
     report.write_text("# Benchmarks\n")
-    assert main(["--models", "demo-8M", "--dtypes", "fp32", "--workloads", "realistic", "--n", "3",
+    assert main(["--models", "demo-tiny", "--dtypes", "fp32", "--workloads", "realistic", "--n", "3",
                  "--device", "cpu", "--append", str(report)]) == 0
     text = report.read_text()
-    assert text.startswith("# Benchmarks\n") and "Command: `python -m core.bench --models demo-8M" in text
-    rows = [line for line in text.splitlines() if line.startswith("| demo-8M | fp32 | realistic |")]
+    assert text.startswith("# Benchmarks\n") and "Command: `python -m core.bench --models demo-tiny" in text
+    rows = [line for line in text.splitlines() if line.startswith("| demo-tiny | fp32 | realistic |")]
     assert [row.split(" | ")[3] for row in rows] == ["v1.0 fair-esm", "v2.0 reference", "numerics sample (fp64 reference)",
                                                     "comparison (both + sample + metrics)"]
     assert "sample + heads + gate add" in rows[-1]
-    assert "Load from a local checkpoint: demo-8M fp32:" in text and "| tokens/s |" in capsys.readouterr().out
+    assert "Load from a local checkpoint: demo-tiny fp32:" in text and "| tokens/s |" in capsys.readouterr().out
 
 
 def test_workload_written_as_fasta_reads_back(tmp_path):
@@ -59,10 +59,10 @@ def test_peers_table_judges_each_implementation_against_v1(tmp_path, monkeypatch
     monkeypatch.setitem(peers.PEERS, "broken: EOS in the pool", "tests.plugins.broken_paths:make_eos_in_pool")
     monkeypatch.setattr(peers, "DEFAULT_REFERENCE_SAMPLE", 4)  # the table's plumbing, not the gate's power
     report = tmp_path / "BENCHMARKS.md"
-    assert main(["--peers", "--models", "demo-8M", "--dtypes", "fp32", "--n", "8", "--device", "cpu",
+    assert main(["--peers", "--models", "demo-tiny", "--dtypes", "fp32", "--n", "8", "--device", "cpu",
                  "--only", "built-in torch-flash,broken: EOS in the pool", "--append", str(report)]) == 0
     rows = {line.split(" | ")[2]: line.split(" | ") for line in report.read_text().splitlines()
-            if line.startswith("| demo-8M | fp32 |")}
+            if line.startswith("| demo-tiny | fp32 |")}
     assert "not run: ValueError: backend torch-flash is not available here" in rows["built-in torch-flash"][-1]
     broken = rows["broken: EOS in the pool"]
     assert broken[8] != "ACCEPT" and float(broken[10].rstrip("×")) > 2, broken

@@ -1,6 +1,6 @@
 """Every catalogued packed-path bug is flagged with default settings on the CPU; no faithful path is.
 
-demo-8M in float32 on the seed's 18 example sequences (the "patterns" set), with the defaults: 100
+demo-tiny in float32 on the seed's 18 example sequences (the "patterns" set), with the defaults: 100
 balanced heads, the numerics gate with an fp64 reference on a sample topped up to 32 sequences, v2.0 in a
 deep pack. v1.0 and the reference do not depend on v2.0, so they are computed once and each v2.0 is
 swapped in — the same arrays the pipeline would compute for it (run_both_paths is deterministic).
@@ -30,17 +30,17 @@ SEQUENCES = [r.sequence for r in RECORDS]
 
 
 @pytest.fixture(scope="module")
-def faithful_run(demo_fp32):
+def faithful_run(tiny_fp32):
     """The mutation script's shared baseline (scripts/broken_paths.py: the CLI's and the page's defaults;
     v1.0 and the numerics sample, each v2.0 swapped in)."""
-    return shared_baseline(*demo_fp32, SEQUENCES)
+    return shared_baseline(*tiny_fp32, SEQUENCES)
 
 
 @pytest.fixture(scope="module")
-def judged(demo_fp32, faithful_run):
+def judged(tiny_fp32, faithful_run):
     """name -> the catalogued bug's summary.json document through the mutation script's own compare(),
     against the shared baseline; each bug computed once for the module's tests."""
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     return functools.cache(lambda name: compare(model, alphabet, SEQUENCES, make_plugin_path(CATALOGUE[name], model),
                                                 faithful_run))
 
@@ -49,10 +49,10 @@ def summary_of(run, model) -> dict:
     return analyse(run, model.num_layers).summary.to_json()
 
 
-def test_the_shared_baseline_is_what_the_pipeline_computes(demo_fp32, faithful_run):
+def test_the_shared_baseline_is_what_the_pipeline_computes(tiny_fp32, faithful_run):
     """A v2.0 swapped into the shared baseline (whose own v2.0 was never computed) gives the numbers a
     whole comparison with that v2.0 gives."""
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     swapped = summary_of(with_v2(faithful_run, model, alphabet, SEQUENCES, packed_path(model)), model)
     whole = summary_of(baseline_run(model, alphabet, SEQUENCES), model)
     for key in ("numerics", "predictions", "verdict", "cosine", "max_abs_diff", "impl_v2"):
@@ -75,8 +75,8 @@ def test_each_catalogued_bug_is_never_accepted(judged, name):
 
 
 @pytest.mark.parametrize("faithful", ["built-in packed", "fallback", "Hugging Face eager", "Hugging Face sdpa"])
-def test_faithful_paths_are_accepted(demo_fp32, faithful_run, faithful):
-    model, alphabet = demo_fp32
+def test_faithful_paths_are_accepted(tiny_fp32, faithful_run, faithful):
+    model, alphabet = tiny_fp32
     if faithful.startswith("Hugging Face"):
         path = make_plugin_path(f"core.adapters.hf_esm:make_{faithful.split()[-1]}", model)
     else:
@@ -173,11 +173,11 @@ def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):
     assert f"VERDICT: {summary['verdict']}" in out and "failing: verdict" in err
 
 
-def test_report_html_and_terminal_carry_the_headline(demo_fp32, faithful_run):
+def test_report_html_and_terminal_carry_the_headline(tiny_fp32, faithful_run):
     from core.report.html import html_report
     from core.report.terminal import format_summary
 
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     analysis = analyse(with_v2(faithful_run, model, alphabet, SEQUENCES,
                                make_plugin_path(CATALOGUE["tanh GELU"], model)), model.num_layers)
     summary = analysis.summary

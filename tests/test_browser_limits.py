@@ -38,7 +38,7 @@ from dashboard.state import Submission
 from dashboard.views import CHECKPOINT
 from tests.test_dashboard import new_app
 
-pytestmark = pytest.mark.usefixtures("short_examples")  # the page's limits, not the example set's numbers
+pytestmark = pytest.mark.usefixtures("short_examples", "tiny_page_model")  # the page's limits, not the example set's numbers
 
 POLICY = LinkPolicy(("demo-8M", "demo-35M"), (Path("/srv/checkpoints"),), ("packed", "fallback"))
 DEFAULTS = Settings(model="demo-8M", dtype="fp32", device="cpu")
@@ -155,7 +155,7 @@ def server_config(monkeypatch, tmp_path, text: str) -> None:
 
 def test_without_config_links_offer_the_default_model_and_small_demos(monkeypatch, tmp_path):
     monkeypatch.setattr(dashboard.server, "CONFIG_FILE", tmp_path / "absent.toml")
-    expected = list(dict.fromkeys([default_model_spec(default_device()), "demo-8M", "demo-35M"]))
+    expected = list(dict.fromkeys([dashboard.server.default_model_spec(default_device()), "demo-8M", "demo-35M"]))
     assert dashboard.server.allowed_models() == expected
     assert dashboard.server.links_autorun() is False
     assert dashboard.server.max_sequences() == 10_000
@@ -241,8 +241,8 @@ def test_the_owner_cancels_a_queued_job_and_it_never_runs(blocked_queue):
     assert queue.cancel("a", "me") is CancelOutcome.NOT_ACTIVE
 
 
-def test_a_running_job_stops_at_its_next_batch(demo_fp32):
-    model, alphabet = demo_fp32
+def test_a_running_job_stops_at_its_next_batch(tiny_fp32):
+    model, alphabet = tiny_fp32
     sequences = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLI"] * 12  # 32 tokens each: one per batch below
     queue, reported = JobQueue(), []
     first_batch, go_on = threading.Event(), threading.Event()
@@ -379,8 +379,8 @@ def test_a_link_cannot_choose_an_unoffered_model_or_start_a_run(page):
     assert len(ignored) == 1 and "model='demo-15B' ignored" in ignored[0] and "demo-8M, demo-35M" in ignored[0]
     assert any("This link filled the input; press Run" in i.value for i in app.info)
     assert app.text_area(key="sequences_text").value.startswith(">pattern_01")
-    assert app.selectbox(key="model_choice").value == "demo-8M"
-    assert len(app.selectbox(key="model_choice").options) == 3, "demo-8M, demo-35M and a checkpoint file"
+    assert app.selectbox(key="model_choice").value == "demo-tiny"  # the default (tiny_page_model)
+    assert len(app.selectbox(key="model_choice").options) == 4, "the default, demo-8M, demo-35M and a checkpoint file"
     assert current_run(app) is None and page == [], "nothing ran"
     app.button(key="run").click().run()
     assert current_run(app) and page == [18]

@@ -1,5 +1,5 @@
 """The embedding cache: only new sequences are computed, keys separate what must not mix, and a
-broken cache never gives a wrong answer. CPU, demo-8M, small sets."""
+broken cache never gives a wrong answer. CPU, demo-tiny, small sets."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used f
 RECORDS = example_sequences("patterns")[:8]
 IDS = [r.id for r in RECORDS]
 SEQS = [r.sequence for r in RECORDS]
-CPU_DEMO = ["--model", "demo-8M", "--device", "cpu"]
+CPU_DEMO = ["--model", "demo-tiny", "--device", "cpu"]
 
 
 class Counter:
@@ -95,8 +95,8 @@ def assert_same_run(a: EmbeddingRun, b: EmbeddingRun, atol: float = 0.0) -> None
 # ---------------------------------------------------------------- only what is new
 
 
-def test_second_run_computes_nothing_and_equals_an_uncached_run(demo_fp32, cache, counter, no_sample):
-    model, alphabet = demo_fp32
+def test_second_run_computes_nothing_and_equals_an_uncached_run(tiny_fp32, cache, counter, no_sample):
+    model, alphabet = tiny_fp32
     first, stats = cached(cache, model, alphabet, IDS, SEQS)
     assert (stats.hits, stats.computed) == (0, len(SEQS))
     assert counter.calls == [IDS]
@@ -107,11 +107,11 @@ def test_second_run_computes_nothing_and_equals_an_uncached_run(demo_fp32, cache
     assert_same_run(first, uncached)  # same batches: bit-identical
     assert_same_run(second, uncached)
     assert second.v1.seconds == second.v2.seconds == 0.0
-    assert (second.model, second.weights, second.dtype, second.device) == ("demo-8M", "demo", "fp32", "cpu")
+    assert (second.model, second.weights, second.dtype, second.device) == ("demo-tiny", "demo", "fp32", "cpu")
 
 
-def test_a_superset_computes_only_the_new_sequences(demo_fp32, cache, counter, no_sample):
-    model, alphabet = demo_fp32
+def test_a_superset_computes_only_the_new_sequences(tiny_fp32, cache, counter, no_sample):
+    model, alphabet = tiny_fp32
     cached(cache, model, alphabet, IDS[:5], SEQS[:5])
     # The new ones interleaved with old ones, in another order: the merge must follow the input.
     order = [6, 0, 5, 3, 7, 1, 2, 4]
@@ -125,16 +125,16 @@ def test_a_superset_computes_only_the_new_sequences(demo_fp32, cache, counter, n
     assert_same_run(merged, run_both_paths(model, alphabet, ids, seqs), atol=1e-6)
 
 
-def test_same_residues_under_another_id_are_a_hit(demo_fp32, cache, counter, no_sample):
-    model, alphabet = demo_fp32
+def test_same_residues_under_another_id_are_a_hit(tiny_fp32, cache, counter, no_sample):
+    model, alphabet = tiny_fp32
     cached(cache, model, alphabet, IDS[:2], SEQS[:2])
     renamed, stats = cached(cache, model, alphabet, ["x", "y"], SEQS[:2])
     assert (stats.hits, stats.computed) == (2, 0)
     assert renamed.ids == ["x", "y"]
 
 
-def test_only_layer_is_cached_and_the_numerics_sample_measured_afresh(demo_fp32, cache, counter):
-    model, alphabet = demo_fp32
+def test_only_layer_is_cached_and_the_numerics_sample_measured_afresh(tiny_fp32, cache, counter):
+    model, alphabet = tiny_fp32
     first, _ = cached(cache, model, alphabet, IDS, SEQS, layer=3, only_layer=True)
     again, stats = cached(cache, model, alphabet, IDS, SEQS, layer=3, only_layer=True)
     assert (stats.hits, stats.computed) == (len(SEQS), 0) and len(counter.calls) == 1
@@ -150,15 +150,15 @@ def _computed_after_warm_cache(cache, model, alphabet, **kwargs) -> int:
     return cached(cache, model, alphabet, IDS[:3], SEQS[:3], **kwargs)[1].computed
 
 
-def test_key_changes_miss(demo_fp32, demo_fp64, cache, counter, no_sample):
-    model, alphabet = demo_fp32
-    last = {"layer": 6, "only_layer": True}
+def test_key_changes_miss(tiny_fp32, tiny_fp64, cache, counter, no_sample):
+    model, alphabet = tiny_fp32
+    last = {"layer": 3, "only_layer": True}
     cached(cache, model, alphabet, IDS[:3], SEQS[:3], **last)
     assert _computed_after_warm_cache(cache, model, alphabet, **last) == 0
     assert _computed_after_warm_cache(cache, model, alphabet) == 3  # another layer set: every layer
     assert _computed_after_warm_cache(cache, model, alphabet, candidate="fallback", **last) == 3  # another v2.0
-    assert _computed_after_warm_cache(cache, demo_fp64[0], demo_fp64[1], **last) == 3  # dtype
-    other_seed, _ = load_esm2_model("demo-8M", dtype="fp32", device="cpu", demo_seed=7)
+    assert _computed_after_warm_cache(cache, tiny_fp64[0], tiny_fp64[1], **last) == 3  # dtype
+    other_seed, _ = load_esm2_model("demo-tiny", dtype="fp32", device="cpu", demo_seed=7)
     assert fingerprint(other_seed) != fingerprint(model)
     assert _computed_after_warm_cache(cache, other_seed, alphabet, **last) == 3  # other weights
     # ... and each of those is now cached under its own key.
@@ -166,19 +166,19 @@ def test_key_changes_miss(demo_fp32, demo_fp64, cache, counter, no_sample):
     assert _computed_after_warm_cache(cache, other_seed, alphabet, **last) == 0
 
 
-def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(demo_fp32, tmp_path):
+def test_checkpoint_fingerprint_is_the_file_hash_and_follows_the_file(tiny_fp32, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache")
-    path = save_checkpoint(demo_fp32[0], tmp_path / "weights.pt")
+    path = save_checkpoint(tiny_fp32[0], tmp_path / "weights.pt")
     model, _ = load_esm2_model(str(path), dtype="fp32", device="cpu")
     first = fingerprint(model, cache)
     assert first.startswith("checkpoint-sha256:") and first == fingerprint(model, cache)
-    other, _ = load_esm2_model("demo-8M", dtype="fp32", device="cpu", demo_seed=7)
+    other, _ = load_esm2_model("demo-tiny", dtype="fp32", device="cpu", demo_seed=7)
     save_checkpoint(other, path)  # new content at the same path
     assert fingerprint(model, cache) != first
 
 
-def test_fingerprint_falls_back_to_parameter_bytes(demo_fp32, monkeypatch):
-    model = demo_fp32[0]
+def test_fingerprint_falls_back_to_parameter_bytes(tiny_fp32, monkeypatch):
+    model = tiny_fp32[0]
     monkeypatch.setattr(model, "weights", "pretrained")  # no such file in the hub cache
     monkeypatch.setattr(store_module, "hub_checkpoint", lambda name: Path("/nonexistent/weights.pt"))
     assert fingerprint(model).startswith("pretrained-params-sha256:")
@@ -204,13 +204,13 @@ def test_cache_path_that_is_a_file_is_refused(tmp_path):
     assert cache is None and str(not_a_dir) in warning
 
 
-def test_damaged_rows_are_recomputed_never_returned(demo_fp32, cache, counter, no_sample):
-    model, alphabet = demo_fp32
+def test_damaged_rows_are_recomputed_never_returned(tiny_fp32, cache, counter, no_sample):
+    model, alphabet = tiny_fp32
     good, _ = cached(cache, model, alphabet, IDS, SEQS)
     connection = sqlite3.connect(str(cache / DB_NAME))
     keys = [row[0] for row in connection.execute("SELECT key FROM embeddings ORDER BY key LIMIT 3")]
     connection.execute("UPDATE embeddings SET data = x'00ff' WHERE key = ?", (keys[0],))  # truncated blob
-    nan = np.full((7, 320), np.nan, dtype=np.float32).tobytes()
+    nan = np.full((4, 64), np.nan, dtype=np.float32).tobytes()  # 4 pooled layers of 64: a well-shaped row
     connection.execute("UPDATE embeddings SET data = ? WHERE key = ?", (nan, keys[1]))  # non-finite values
     connection.execute("UPDATE embeddings SET array_dtype = 'garbage' WHERE key = ?", (keys[2],))
     connection.commit()
@@ -222,8 +222,8 @@ def test_damaged_rows_are_recomputed_never_returned(demo_fp32, cache, counter, n
     assert stats.computed == 0
 
 
-def test_a_cache_that_fails_mid_run_still_gives_the_computed_answer(demo_fp32, cache, counter, monkeypatch, no_sample):
-    model, alphabet = demo_fp32
+def test_a_cache_that_fails_mid_run_still_gives_the_computed_answer(tiny_fp32, cache, counter, monkeypatch, no_sample):
+    model, alphabet = tiny_fp32
 
     def broken(*args, **kwargs):
         raise sqlite3.DatabaseError("database disk image is malformed")
@@ -308,20 +308,20 @@ def test_cli_with_a_corrupt_cache_warns_and_computes(capsys, tmp_path):
     assert summary["verdict"] == "ACCEPT"
 
 
-def test_a_change_to_the_numerics_code_misses(demo_fp32, cache, counter, monkeypatch, no_sample):
-    model, alphabet = demo_fp32
-    cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=6, only_layer=True)
+def test_a_change_to_the_numerics_code_misses(tiny_fp32, cache, counter, monkeypatch, no_sample):
+    model, alphabet = tiny_fp32
+    cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=3, only_layer=True)
     monkeypatch.setattr(cache_module, "code_fingerprint", lambda: "edited-pooling")
-    assert cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=6, only_layer=True)[1].computed == 2
+    assert cached(cache, model, alphabet, IDS[:2], SEQS[:2], layer=3, only_layer=True)[1].computed == 2
 
 
-def test_the_key_separates_device_kind_library_versions_and_plugin_version(demo_fp32, monkeypatch):
+def test_the_key_separates_device_kind_library_versions_and_plugin_version(tiny_fp32, monkeypatch):
     """Entries from another GPU model, another torch or flash-attn, or another plug-in release never mix."""
     from core.embed.paths import plugin_path
     from core.embed.cache import entry_key, path_identities, code_fingerprint
     from tests.plugins.example_v2 import PackedReference
 
-    model, _ = demo_fp32
+    model, _ = tiny_fp32
     key = lambda device="cuda NVIDIA H100 80GB HBM3", identity="v2 | x": entry_key("w", "fp16", device, identity, [6], "h")  # noqa: E731
     assert key() == key() and key(device="cuda NVIDIA H200") != key() and key(device="cpu") != key()
     import torch

@@ -1,6 +1,6 @@
 """The command line, ``python -m core``: outputs, exit codes and messages.
 
-Runs ``core.cli.main`` in-process on the CPU with demo-8M and small inputs, plus one real
+Runs ``core.cli.main`` in-process on the CPU with demo-tiny and small inputs, plus one real
 subprocess reading FASTA from stdin.
 """
 
@@ -27,7 +27,7 @@ from core.input.records import MAX_RESIDUES
 pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CPU_DEMO = ["--model", "demo-8M", "--device", "cpu"]
+CPU_DEMO = ["--model", "demo-tiny", "--device", "cpu"]
 SUMMARY_KEYS = {
     "verdict", "recommendation", "label_agreement", "pearson", "max_confidence_diff", "cosine",
     "mean_abs_diff", "n_sequences", "model", "weights", "dtype", "layer", "seed", "backend_v1",
@@ -60,7 +60,7 @@ def read_outputs(out_dir: Path) -> tuple[dict, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def patterns_run(tmp_path_factory):
-    """``compare --example patterns --model demo-8M --out DIR`` once: (code, stdout, stderr, DIR)."""
+    """``compare --example patterns --model demo-tiny --out DIR`` once: (code, stdout, stderr, DIR)."""
     out_dir = tmp_path_factory.mktemp("patterns") / "out"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -86,7 +86,7 @@ def test_patterns_exit_code_and_terminal_table(patterns_run):
         "mean |v1 - v2|", "max |v1 - v2|", "label agreement (seed 0)", "confidence Pearson", "max confidence diff",
     ):
         assert re.search(rf"^  {re.escape(row)}\s", out, re.MULTILINE), row
-    assert re.search(r"^  model\s+demo-8M \(demo weights\), fp32, layer 6$", out, re.MULTILINE)
+    assert re.search(r"^  model\s+demo-tiny \(demo weights\), fp32, layer 3$", out, re.MULTILINE)
     assert re.search(r"^  sequences\s+18$", out, re.MULTILINE)
     assert re.search(r"^  v2\.0 attention\s+reference$", out, re.MULTILINE)
     assert re.search(r"^  VERDICT: ACCEPT  \(demo weights\)$", out, re.MULTILINE)
@@ -101,11 +101,11 @@ def test_patterns_summary_json(patterns_run):
     assert summary["verdict"] == "ACCEPT"
     assert summary["recommendation"].startswith("Adopt v2.0")
     assert summary["weights"] == "demo"
-    assert summary["model"] == "demo-8M"
+    assert summary["model"] == "demo-tiny"
     assert summary["dtype"] == "fp32"
     assert summary["device"] == "cpu"
     assert summary["n_sequences"] == 18
-    assert summary["layer"] == 6  # the last layer by default
+    assert summary["layer"] == 3  # the last layer by default (demo-tiny has 3)
     assert summary["seed"] == 0
     assert summary["backend_v2"] == "reference"
     assert summary["backend_v1"] != summary["backend_v2"]
@@ -145,14 +145,14 @@ def test_layer_option_is_recorded(capsys, tmp_path, two_good):
     assert summary["layer"] == 2
     assert summary["n_sequences"] == 2
     assert list(table["id"]) == ["alpha", "beta"]
-    assert re.search(r"^  model\s+demo-8M \(demo weights\), fp32, layer 2$", out, re.MULTILINE)
+    assert re.search(r"^  model\s+demo-tiny \(demo weights\), fp32, layer 2$", out, re.MULTILINE)
 
 
 def test_negative_layer_counts_from_the_end(capsys, tmp_path, two_good):
     out_dir = tmp_path / "out"
     code, _, err = run_cli(capsys, "compare", str(two_good), *CPU_DEMO, "--layer", "-2", "--out", str(out_dir))
     assert code == 0, err
-    assert read_outputs(out_dir)[0]["layer"] == 5
+    assert read_outputs(out_dir)[0]["layer"] == 2
 
 
 def test_layer_out_of_range_is_a_setup_error(capsys, tmp_path, two_good):
@@ -160,7 +160,7 @@ def test_layer_out_of_range_is_a_setup_error(capsys, tmp_path, two_good):
     code, out, err = run_cli(capsys, "compare", str(two_good), *CPU_DEMO, "--layer", "9", "--out", str(out_dir))
     assert code == 3
     assert "layer 9 is out of range" in err
-    assert "0 … 6" in err
+    assert "0 … 3" in err
     assert "VERDICT" not in out
     assert not (out_dir / "summary.json").exists()
 
@@ -306,7 +306,7 @@ def test_unknown_demo_size_is_a_setup_error(capsys, two_good):
     code, _, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-7B", "--device", "cpu")
     assert code == 3
     assert "unknown demo size 'demo-7B'" in err
-    assert "demo-8M" in err
+    assert "demo-tiny" in err
 
 
 def test_invalid_threshold_is_an_argument_error(capsys, two_good):
@@ -317,7 +317,7 @@ def test_invalid_threshold_is_an_argument_error(capsys, two_good):
 
 
 def test_invalid_device_is_a_setup_error(capsys, two_good):
-    code, _, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--device", "bogus")
+    code, _, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-tiny", "--device", "bogus")
     assert code == 3
     assert err.startswith("error:") and "bogus" in err
 
@@ -359,7 +359,7 @@ def empty_hub(tmp_path, monkeypatch) -> Path:
     return hub
 
 
-def test_models_lists_pretrained_and_demo_sizes(capsys, empty_hub, demo_fp32):
+def test_models_lists_pretrained_and_demo_sizes(capsys, empty_hub, tiny_fp32):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0
     for name in PRETRAINED:
@@ -370,7 +370,7 @@ def test_models_lists_pretrained_and_demo_sizes(capsys, empty_hub, demo_fp32):
 
     cached = empty_hub / "checkpoints" / "esm2_t6_8M_UR50D.pt"
     cached.parent.mkdir(parents=True)
-    save_checkpoint(demo_fp32[0], cached)
+    save_checkpoint(tiny_fp32[0], cached)
     code, out, _ = run_cli(capsys, "models")
     assert code == 0
     assert re.search(r"^  esm2_t6_8M_UR50D\s+available$", out, re.MULTILINE)
@@ -382,7 +382,7 @@ def test_models_lists_pretrained_and_demo_sizes(capsys, empty_hub, demo_fp32):
 
 def test_module_entry_point_reads_stdin():
     result = subprocess.run(
-        [sys.executable, "-m", "core", "compare", "-", "--model", "demo-8M"],
+        [sys.executable, "-m", "core", "compare", "-", "--model", "demo-tiny"],
         input=TWO_GOOD,
         capture_output=True,
         text=True,
@@ -398,7 +398,7 @@ def test_module_entry_point_reads_stdin():
 def test_formula_like_ids_are_defused_in_the_csv(tmp_path, capsys):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(">=HYPERLINK(1)\nMKTAYIAKQR\n>plain\nGSGSLLKKLLEE\n")
-    assert main(["compare", str(fasta), "--model", "demo-8M", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    assert main(["compare", str(fasta), "--model", "demo-tiny", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
     table = pd.read_csv(tmp_path / "o" / "sequences.csv")
     assert list(table["id"]) == ["'=HYPERLINK(1)", "plain"]
 
@@ -426,7 +426,7 @@ def test_stdin_cannot_be_shared_by_torchrun_ranks(capsys, monkeypatch):
 
 def test_cuda_asked_for_without_cuda_runs_on_the_cpu_with_a_warning(capsys, tmp_path, two_good, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, out, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--device", "cuda", "--out", str(tmp_path))
+    code, out, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-tiny", "--device", "cuda", "--out", str(tmp_path))
     assert code == 0
     assert "warning: CUDA was asked for but is not available" in err and "Running on the CPU instead" in err
     assert json.loads((tmp_path / "summary.json").read_text())["device"] == "cpu"
@@ -438,14 +438,14 @@ def test_full_disk_keeps_the_printed_summary_and_earlier_files(capsys, tmp_path,
     import pandas as pd
 
     out = tmp_path / "out"
-    assert run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--out", str(out))[0] == 0
+    assert run_cli(capsys, "compare", str(two_good), "--model", "demo-tiny", "--out", str(out))[0] == 0
     before = {name: (out / name).read_text() for name in ("summary.json", "sequences.csv")}
 
     def disk_full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
-    code, stdout, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-8M", "--seed", "3", "--out", str(out))
+    code, stdout, err = run_cli(capsys, "compare", str(two_good), "--model", "demo-tiny", "--seed", "3", "--out", str(out))
     assert code == 3 and "VERDICT" in stdout
     assert f"error: cannot write results to {out}: No space left on device. The summary above is complete" in err
     assert {name: (out / name).read_text() for name in before} == before and not list(out.glob(".*partial"))

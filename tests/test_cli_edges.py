@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = str(REPO_ROOT / "dashboard" / "app.py")
 TWO_GOOD = ">alpha\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n>beta\nGSGSGSLLKKLLEEPEVKVNGQ\n"
 ONLY_DNA = ">dna\nATGGCCATTGTAATGGGCCGCTGAAAGGGTGCCCGATAG\n"  # refused before any model is loaded
-NO_DEVICE = ["--model", "demo-8M", "--device", "no-such-device"]  # without the checks: exit 3, no model
+NO_DEVICE = ["--model", "demo-tiny", "--device", "no-such-device"]  # without the checks: exit 3, no model
 
 
 def run_core(*args: str, shell: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -193,7 +193,7 @@ def test_a_reader_that_leaves_early_changes_neither_exit_code_nor_files(tmp_path
     'internal error', the files are written and the exit code is the comparison's (here the gate's 1)."""
     fasta = tmp_path / "two.fasta"
     fasta.write_text(TWO_GOOD)
-    command = [sys.executable, "-m", "core", "compare", str(fasta), "--model", "demo-8M", "--device", "cpu",
+    command = [sys.executable, "-m", "core", "compare", str(fasta), "--model", "demo-tiny", "--device", "cpu",
                "--seeds", "0", "--reference-sample", "0", "--min-cosine", "1.0", "--fail-on", "validate",
                "--out", str(tmp_path / "out")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)

@@ -1,4 +1,4 @@
-"""The Streamlit page, driven headlessly with streamlit.testing.v1.AppTest (CPU, demo-8M)."""
+"""The Streamlit page, driven headlessly with streamlit.testing.v1.AppTest (CPU, demo-tiny)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dashboard.runs import RunStore
 from dashboard.views import CHECKPOINT, FAILED_CHECKS_NOTE
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-pytestmark = pytest.mark.usefixtures("short_examples", "light_numerics")  # the page's behaviour, not the numbers
+pytestmark = pytest.mark.usefixtures("short_examples", "light_numerics", "tiny_page_model")  # the page's behaviour, not the numbers
 TIMEOUT = 180
 GOOD_AND_BAD = (
     ">good_one\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ\n"
@@ -92,7 +92,7 @@ def test_example_set_runs_to_a_verdict(run_counter):
     app = run_example(new_app())
     assert not app.exception
     card = verdict_html(app)
-    assert "ACCEPT" in card and "18 sequences" in card and "demo-8M" in card
+    assert "ACCEPT" in card and "18 sequences" in card and "demo-tiny" in card
     assert metrics(app)["Label agreement"] == "100.0%"
     assert app.metric[0].delta == "0 flips · 50% in the larger class"  # the balanced head: half on each side
     assert metrics(app)["Agreement, 100 heads"] == "100.0%"
@@ -126,7 +126,7 @@ def test_changing_seed_layer_and_thresholds_redraws_without_recomputing(run_coun
     app = run_example(new_app())
     assert len(run_counter) == 1
     before = verdict_html(app)
-    assert "layer 6" in before and "seed 0" in before
+    assert "layer 3" in before and "seed 0" in before
 
     app.number_input(key="seed").set_value(7).run()
     app.slider(key="layer").set_value(2).run()
@@ -191,14 +191,14 @@ def test_numerics_reference_layers_heads_residues_and_checks_views(run_counter):
     assert run_counter == [None]
     assert any(s.value.startswith("Numerics: equivalent to rounding (fp64 reference") for s in app.success)
     numerics = table_with(app, "sign_p")
-    assert list(numerics["layer"]) == [*range(7), 1] and not numerics["departs"].any()
-    assert list(numerics["v2.0 packed"]) == ["own batches"] * 7 + ["deep in one pack"]
+    assert list(numerics["layer"]) == [*range(4), 1] and not numerics["departs"].any()
+    assert list(numerics["v2.0 packed"]) == ["own batches"] * 4 + ["deep in one pack"]
     assert any("FlashAttention's rule" in s.value and "fp64 reference" in s.value for s in app.success)
     reference = table_with(app, "path")
     assert list(reference["path"]) == ["v1.0", "v2.0"]
     assert (1 - reference["cosine_min"] < 1e-10).all()  # each path against float64: rounding only
     layers = table_with(app, "v2_mean_abs_error")
-    assert list(layers["layer"]) == list(range(7)) and "v2_mean_abs_error" in layers.columns
+    assert list(layers["layer"]) == list(range(4)) and "v2_mean_abs_error" in layers.columns
     assert any("100 balanced heads: agreement judged on the lower 2.5%" in m.value for m in app.markdown)
 
     app.selectbox(key="residue_sequence").set_value("pattern_03")
@@ -321,17 +321,17 @@ def test_uploaded_head_replaces_the_proxy_and_a_wrong_width_is_refused(run_count
 
     app = run_example(new_app())
     good, wrong = tmp_path / "good.pt", tmp_path / "wrong.pt"
-    torch.save({"weight": torch.randn(3, 320, generator=torch.Generator().manual_seed(1)), "bias": torch.zeros(3)}, good)
+    torch.save({"weight": torch.randn(3, 64, generator=torch.Generator().manual_seed(1)), "bias": torch.zeros(3)}, good)
     torch.save({"weight": torch.randn(2, 480), "bias": torch.zeros(2)}, wrong)
 
     app.file_uploader(key="head_file").upload("good.pt", good.read_bytes()).run()
     assert not app.exception
-    assert "classifier: your head: linear 320→3 from good.pt" in verdict_html(app)
+    assert "classifier: your head: linear 64→3 from good.pt" in verdict_html(app)
     labels = table_with(app, "label_flip")["label_v1"]
     assert labels.max() <= 2 and labels.nunique() >= 2, "three-class head labels, not the proxy's two"
 
     app.file_uploader(key="head_file").upload("wrong.pt", wrong.read_bytes()).run()
-    assert any("expects 480 input features but gets 320" in e.value for e in app.error)
+    assert any("expects 480 input features but gets 64" in e.value for e in app.error)
     assert run_counter == [None]
 
 
@@ -505,13 +505,13 @@ def test_checkpoint_paths_outside_the_allowlist_are_refused_untouched(run_counte
     assert run_counter == [] and touched == []
 
 
-def test_a_checkpoint_inside_the_allowlist_runs(run_counter, monkeypatch, tmp_path, demo_fp32):
+def test_a_checkpoint_inside_the_allowlist_runs(run_counter, monkeypatch, tmp_path, tiny_fp32):
     from core.numerics.loading import save_checkpoint
 
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     server_config(monkeypatch, tmp_path, f'[paths]\ncheckpoint_dirs = ["{allowed}"]\n')
-    save_checkpoint(demo_fp32[0], allowed / "mine.pt")
+    save_checkpoint(tiny_fp32[0], allowed / "mine.pt")
     app = new_app(model=str(allowed / "mine.pt"), example="patterns", dtype="fp32", device="cpu", seeds="0")
     app.button(key="run").click().run()
     assert not app.exception
@@ -633,12 +633,12 @@ def test_a_shared_model_a_plugin_changed_is_loaded_again():
     from core.pipeline import ComparisonRequest, prepare
     from dashboard.settings import Settings
 
-    settings = Settings(model="demo-8M", dtype="fp32", device="cpu")
+    settings = Settings(model="demo-tiny", dtype="fp32", device="cpu")
     dashboard.state.get_model.clear()
     first = dashboard.state.loaded_for(settings)
     assert dashboard.state.loaded_for(settings) is first  # shared while unchanged
     first.model.esm2.token_dropout = False
-    request = ComparisonRequest(model="demo-8M", dtype="fp32", device="cpu")
+    request = ComparisonRequest(model="demo-tiny", dtype="fp32", device="cpu")
     with pytest.raises(ValueError, match=r"the loaded model has changed since it was loaded \(esm2.token_dropout"):
         prepare(request, first)
     again = dashboard.state.loaded_for(settings)

@@ -1,6 +1,6 @@
 """End to end through the command line, as CI would run it (issue 15): a FALLBACK verdict and its exit
 code, each threshold option changing the verdict it should, the token budget, the automatic model
-choice, and report.html escaping user text. CPU, demo-8M, the 18-sequence patterns set or smaller."""
+choice, and report.html escaping user text. CPU, demo-tiny, the 18-sequence patterns set or smaller."""
 
 from __future__ import annotations
 
@@ -82,9 +82,9 @@ def test_without_model_the_device_default_is_chosen_and_labelled(tmp_path, capsy
     assert summary["weights"] == "demo" and "demo" in out.lower()
 
 
-def test_report_html_escapes_user_text(demo_fp32):
+def test_report_html_escapes_user_text(tiny_fp32):
     """The page's report.html (Share tab) over a run whose ids are markup: shown as text, never as markup."""
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     ids = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]
     run = run_both_paths(model, alphabet, ids, ["MKTAYIAKQRQISFVKSHFSRQ", "GSGSGSLLKKLLEE"])
     analysis = analyse(run, model.num_layers, AnalysisOptions(n_heads=0))

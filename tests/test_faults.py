@@ -38,8 +38,8 @@ def out_of_memory_above(path, max_tokens: int, attempts: list[int]):
 
 
 @pytest.mark.parametrize("make_path", [standard_path, packed_path], ids=["v1.0", "v2.0"])
-def test_out_of_memory_splits_the_batch_and_retries(demo_fp32, make_path):
-    model, alphabet = demo_fp32
+def test_out_of_memory_splits_the_batch_and_retries(tiny_fp32, make_path):
+    model, alphabet = tiny_fp32
     path = make_path(model)
     layers = [0, model.num_layers]
     whole = embed_path(model, alphabet, SHORTEST, layers, path, max_tokens=100_000)
@@ -53,9 +53,9 @@ def test_out_of_memory_splits_the_batch_and_retries(demo_fp32, make_path):
     assert whole.oom_splits == 0
 
 
-def test_budget_stays_lowered_after_out_of_memory(demo_fp32):
+def test_budget_stays_lowered_after_out_of_memory(tiny_fp32):
     """After one split, later batches start under the budget that fitted instead of failing again."""
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     attempts: list[int] = []
     path = out_of_memory_above(packed_path(model), 600, attempts)
     run = embed_path(model, alphabet, SEQUENCES, [model.num_layers], path, max_tokens=1200)
@@ -63,8 +63,8 @@ def test_budget_stays_lowered_after_out_of_memory(demo_fp32):
     assert len(attempts) > 6 and run.oom_splits == len(failed) == 1, attempts
 
 
-def test_a_sequence_that_does_not_fit_alone_is_named(demo_fp32):
-    model, alphabet = demo_fp32
+def test_a_sequence_that_does_not_fit_alone_is_named(tiny_fp32):
+    model, alphabet = tiny_fp32
     path = out_of_memory_above(standard_path(model), 0, [])
     with pytest.raises(SequenceTooLarge, match=r"sequence #\d+ \(\d+ residues\) does not fit in GPU memory even alone"):
         embed_path(model, alphabet, SEQUENCES[:3], [1], path, stage="v1.0")

@@ -13,7 +13,7 @@ input stage: ``python -m core check`` (exit code and the problems on stderr) and
 same bytes as an upload (valid count, problems table, Run enabled). Cases marked with a ``surface``
 (at least 8) are also run end to end through a comparison in the CLI (exit code and sequences.csv)
 and in the Streamlit dashboard (problems table and per-sequence table), which must agree with the
-table; the CLI and dashboard use demo-8M on the CPU.
+table; the CLI and dashboard use demo-tiny on the CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from core.cli import main as cli_main
 from core.input.fasta import parse_sequences, read_sequences
 from core.input.records import ALLOWED_RESIDUES, MAX_INPUT_BYTES, MAX_RECORDS, MAX_RESIDUES, ParsedInput
 
-pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+pytestmark = pytest.mark.usefixtures("light_numerics", "tiny_page_model")  # what the run is used for, not the gate's power
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 TIMEOUT = 180
@@ -716,7 +716,7 @@ def test_cli_outcome(case: Case, tmp_path, capsys):
     path.write_bytes(case.bytes())
     out_dir = tmp_path / "out"
     capsys.readouterr()
-    code = cli_main(["compare", str(path), "--model", "demo-8M", "--device", "cpu", "--out", str(out_dir)])
+    code = cli_main(["compare", str(path), "--model", "demo-tiny", "--device", "cpu", "--out", str(out_dir)])
     _, err = capsys.readouterr()
     assert "Traceback" not in err
     assert code == (0 if case.processed and not case.refused else 2), err

@@ -30,7 +30,7 @@ import dashboard.server
 import dashboard.state
 from core.analysis.analyse import AnalysisOptions, analyse
 
-pytestmark = pytest.mark.usefixtures("light_numerics")  # what the run is used for, not the gate's power
+pytestmark = pytest.mark.usefixtures("light_numerics", "tiny_page_model")  # what the run is used for, not the gate's power
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 SESSIONS = 8
@@ -159,14 +159,14 @@ def run_sessions(drive) -> dict[int, object]:
     return out
 
 
-def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, gpu_monitor, demo_fp32, tmp_path):
+def test_eight_sessions_at_once_each_get_their_own_result(concurrent_apptests, gpu_monitor, tiny_fp32, tmp_path):
     out = run_sessions(drive_session)
 
     assert gpu_monitor["calls"] == SESSIONS, "one embedding pass per session"
     assert gpu_monitor["max"] == 1, "GPU work overlapped"
     assert gpu_monitor["in_queue"] >= 2, "the sessions never waited on each other: they did not run at once"
 
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     all_ids = {k: [seq_id for seq_id, _ in session_records(k)] for k in range(SESSIONS)}
     run_ids = set()
     for k, app in out.items():

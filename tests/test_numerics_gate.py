@@ -183,42 +183,42 @@ def test_the_sample_holds_every_residue_letter_of_the_set():
     assert covering_sample(sequences, None).tolist() == list(range(40))
 
 
-def test_numerics_sample_tops_up_small_sets_and_packs_v2_deep(demo_fp32):
-    model, alphabet = demo_fp32
+def test_numerics_sample_tops_up_small_sets_and_packs_v2_deep(tiny_fp32):
+    model, alphabet = tiny_fp32
     records = example_sequences("real")
     recorder = PackRecorder(model)
-    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 6],
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 3],
                          v2_path=plugin_path(recorder), yardstick=YardstickPlan("reference", "fp64", None))
     sample = run.yardstick
     assert sample.indices.tolist() == list(range(len(records)))
     assert sample.probes == tuple(probe_sequences(MIN_NUMERICS_SAMPLE - len(records))) and sample.size == MIN_NUMERICS_SAMPLE
     for embeddings in (sample.baseline, sample.candidate, sample.reference):
-        assert embeddings.layers[6].shape == (MIN_NUMERICS_SAMPLE, model.embed_dim)
-    assert sample.reference.layers[6].dtype == np.float64
-    assert list(sample.deep.layers) == [6]  # the first pooled layer after an attention, alone
+        assert embeddings.layers[3].shape == (MIN_NUMERICS_SAMPLE, model.embed_dim)
+    assert sample.reference.layers[3].dtype == np.float64
+    assert list(sample.deep.layers) == [3]  # the first pooled layer after an attention, alone
     deep = max(recorder.packs, key=len)  # the deep pack: filler first, then the sample
     starts = deep[:-1][-MIN_NUMERICS_SAMPLE:]
     assert min(starts) >= DEEP_PACK_OFFSET
     # v2.0 deep in a pack and in the run's batches agree to float32 rounding (the path is faithful).
-    np.testing.assert_allclose(sample.deep.layers[6], sample.candidate.layers[6], atol=1e-5)
+    np.testing.assert_allclose(sample.deep.layers[3], sample.candidate.layers[3], atol=1e-5)
     # The sample's rows of the set are the run's own, not embedded again: v2.0 saw each of the set's
     # sequences once (the run) and each probe once (its own batches), besides the deep pack.
-    for layer in (0, 6):
+    for layer in (0, 3):
         assert np.array_equal(sample.baseline.layers[layer][: len(records)], run.v1.layers[layer])
         assert np.array_equal(sample.candidate.layers[layer][: len(records)], run.v2.layers[layer])
     seen = sorted(b - a for pack in recorder.packs if pack is not deep for a, b in zip(pack, pack[1:]))
     assert seen == sorted(len(seq) + 2 for seq in [*(r.sequence for r in records), *sample.probes])
 
 
-def test_floor_yardstick_runs_each_sequence_alone(demo_fp32):
-    model, alphabet = demo_fp32
+def test_floor_yardstick_runs_each_sequence_alone(tiny_fp32):
+    model, alphabet = tiny_fp32
     records = example_sequences("real")
-    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[6],
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[3],
                          yardstick=YardstickPlan("floor", "fp32", 4))
     sample = run.yardstick
     assert sample.kind == "floor" and sample.indices.size == 4 and sample.size == MIN_NUMERICS_SAMPLE
-    assert sample.reference.layers[6].dtype == np.float32
-    np.testing.assert_allclose(sample.reference.layers[6], sample.baseline.layers[6], atol=1e-5)
+    assert sample.reference.layers[3].dtype == np.float32
+    np.testing.assert_allclose(sample.reference.layers[3], sample.baseline.layers[3], atol=1e-5)
     assert sample.deep is not None and sample.deep_skipped is None  # a faithful path keeps its deep pack
 
 
@@ -235,26 +235,26 @@ def test_the_floor_is_at_least_one_float32_rounding():
     assert largest_errors(v1, v2, reference, "reference") == (pytest.approx(1e-9), pytest.approx(np.abs(v2 - reference).max()))
 
 
-def test_default_path_of_the_sample_is_the_built_in_packed_path(demo_fp32):
-    model, alphabet = demo_fp32
+def test_default_path_of_the_sample_is_the_built_in_packed_path(tiny_fp32):
+    model, alphabet = tiny_fp32
     records = example_sequences("real")[:3]
-    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 1, 6],
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 1, 3],
                          yardstick=YardstickPlan("reference", "fp64", None))
     assert run.yardstick.candidate.implementation == packed_path(model).implementation
     assert list(run.yardstick.deep.layers) == [1]
 
 
-def test_padded_paths_get_no_deep_pack(demo_fp32):
+def test_padded_paths_get_no_deep_pack(tiny_fp32):
     from core.embed.paths import fallback_path
 
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     records = example_sequences("real")[:3]
-    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[6],
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[3],
                          v2_path=fallback_path(model), yardstick=YardstickPlan("reference", "fp64", None))
     assert run.yardstick.deep is None
 
 
-def test_a_path_already_far_off_in_its_own_batches_gets_no_deep_pack(demo_fp32, monkeypatch):
+def test_a_path_already_far_off_in_its_own_batches_gets_no_deep_pack(tiny_fp32, monkeypatch):
     """Attention across the whole pack would need tokens² scores per head deep in a 16,384-token pack (72 GB
     for demo-8M on a 128 GB CPU host, where the allocation does not fail): not built once v2.0 is already
     DEEP_PACK_NEEDLESS_RATIO× v1.0's error at that layer, which departs whatever the pack shows. The
@@ -264,13 +264,13 @@ def test_a_path_already_far_off_in_its_own_batches_gets_no_deep_pack(demo_fp32, 
     from core.embed.plugins import make_plugin_path
     from tests.plugins.broken_paths import CATALOGUE
 
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     records = example_sequences("real")[:4]
     built = []
     monkeypatch.setattr(yardstick, "deep_pack_embeddings", lambda *args: built.append(args) or "a deep pack")
     plan = YardstickPlan("reference", "fp64", None)
     ids, sequences = [r.id for r in records], [r.sequence for r in records]
-    broken = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 6], yardstick=plan,
+    broken = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 3], yardstick=plan,
                             v2_path=make_plugin_path(CATALOGUE["attention across sequences"], model))
     assert broken.yardstick.deep is None and built == []
     assert broken.yardstick.deep_skipped.reason == "needless"
@@ -280,21 +280,21 @@ def test_a_path_already_far_off_in_its_own_batches_gets_no_deep_pack(demo_fp32, 
     assert gate.layers[0].alpha == pytest.approx(gate.alpha / 4)  # 3 layers + the pack it did not need
     assert "no deep pack: v2.0 already" in gate.line() and gate.to_json()["deep_pack_skipped"]["ratio"] > 100
 
-    faithful = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 6], yardstick=plan)
+    faithful = run_both_paths(model, alphabet, ids, sequences, layers=[0, 1, 3], yardstick=plan)
     assert len(built) == 1 and built[0][3] == 1  # the pack is built, at the first attention layer
     assert faithful.yardstick.deep == "a deep pack" and faithful.yardstick.deep_skipped is None
     assert yardstick.error_ratio_at(faithful.yardstick, 1) < 2
 
 
-def test_a_deep_pack_that_does_not_fit_is_named_and_not_counted(demo_fp32, monkeypatch):
+def test_a_deep_pack_that_does_not_fit_is_named_and_not_counted(tiny_fp32, monkeypatch):
     """Out of memory for the deep pack: the gate says the depth went untested, and does not count it."""
     import core.embed.yardstick as yardstick
     from core.analysis.numerics_gate import numerics_gate
 
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     records = example_sequences("real")[:4]
     monkeypatch.setattr(yardstick, "deep_pack_embeddings", lambda *args: None)  # what running out of memory returns
-    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 1, 6],
+    run = run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], layers=[0, 1, 3],
                          yardstick=YardstickPlan("reference", "fp64", None))
     assert run.yardstick.deep is None and run.yardstick.deep_skipped == yardstick.DeepPackSkipped("out of memory")
     gate = numerics_gate(run)
@@ -303,7 +303,7 @@ def test_a_deep_pack_that_does_not_fit_is_named_and_not_counted(demo_fp32, monke
     assert gate.to_json()["deep_pack_skipped"] == {"reason": "out of memory", "ratio": None}
 
 
-def test_a_cpu_reference_alone_per_sequence_equals_the_batched_one(demo_fp32):
+def test_a_cpu_reference_alone_per_sequence_equals_the_batched_one(tiny_fp32):
     """On the CPU the float64 reference runs each sequence alone (cheaper than fair-esm's padded batches);
     its values are the batched ones to float64 rounding, so the choice decides no result."""
     from core.embed.passes import embed_path
@@ -311,7 +311,7 @@ def test_a_cpu_reference_alone_per_sequence_equals_the_batched_one(demo_fp32):
     from core.embed.yardstick import reference_budget
     from core.numerics.loading import layer_indices, reference_copy
 
-    model, alphabet = demo_fp32
+    model, alphabet = tiny_fp32
     wide = reference_copy(model, torch.float64)
     assert reference_budget(wide, 4096) == 1
     sequences = list(probe_sequences(6))

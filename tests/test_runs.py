@@ -31,9 +31,9 @@ def parsed():
 
 
 @pytest.fixture(scope="module")
-def embedding_run(demo_fp32, parsed):
-    """demo-8M fp32 on CPU, every layer, with an fp64 reference: (n=3, 320) float32 / float64 arrays."""
-    model, alphabet = demo_fp32
+def embedding_run(tiny_fp32, parsed):
+    """demo-tiny fp32 on CPU, every layer, with an fp64 reference: (n=3, 64) float32 / float64 arrays."""
+    model, alphabet = tiny_fp32
     records = parsed.records
     return run_both_paths(model, alphabet, [r.id for r in records], [r.sequence for r in records], yardstick=YardstickPlan("reference", "fp64", None))
 
@@ -77,16 +77,16 @@ def test_ids_are_unguessable_and_path_safe(store):
 
 def test_round_trip_rebuilds_the_embedding_run(store, embedding_run, parsed):
     run_id = store.new_id()
-    store.create(run_id, parsed, {"model": "demo-8M", "seed": 3})
+    store.create(run_id, parsed, {"model": "demo-tiny", "seed": 3})
     store.save_embeddings(run_id, embedding_run)
     back = store.load_embeddings(run_id)
 
     assert_same(back, embedding_run)
-    assert back.yardstick.reference.layers[6].dtype == np.float64 and back.v1.layers[0].dtype == np.float32
+    assert back.yardstick.reference.layers[3].dtype == np.float64 and back.v1.layers[0].dtype == np.float32
 
     # the rebuilt run analyses to the same numbers
-    before = analyse(embedding_run, 6, parsed=parsed).summary.to_json()
-    after = analyse(back, 6, parsed=store.load_input(run_id)).summary.to_json()
+    before = analyse(embedding_run, 3, parsed=parsed).summary.to_json()
+    after = analyse(back, 3, parsed=store.load_input(run_id)).summary.to_json()
     for key in ("label_agreement", "cosine", "mean_abs_diff", "reference", "refused", "warnings", "layers"):
         assert after[key] == before[key], key
 
@@ -94,7 +94,7 @@ def test_round_trip_rebuilds_the_embedding_run(store, embedding_run, parsed):
     assert [r.id for r in loaded_input.records] == ["alpha", "beta", "gamma"]
     assert [p.record_id for p in loaded_input.errors] == ["bad"]
     assert (store.run_dir(run_id) / "input.fasta").read_text().startswith(">alpha\nMKTAYIAKQRQISFVKSHFSRQ")
-    assert store.load_settings(run_id) == {"model": "demo-8M", "seed": 3}
+    assert store.load_settings(run_id) == {"model": "demo-tiny", "seed": 3}
 
 
 def test_the_embedding_cache_summary_is_saved_with_the_embeddings(store, embedding_run, parsed):
@@ -119,7 +119,7 @@ def test_the_embedding_cache_summary_is_saved_with_the_embeddings(store, embeddi
 def test_outputs_are_written_by_write_outputs(store, embedding_run, parsed):
     run_id = store.new_id()
     store.create(run_id, parsed, {})
-    analysis = analyse(embedding_run, 6, parsed=parsed)
+    analysis = analyse(embedding_run, 3, parsed=parsed)
     store.save_outputs(run_id, analysis.summary, analysis.table)
     folder = store.run_dir(run_id)
     assert store.load_summary(run_id)["n_sequences"] == 3
@@ -130,14 +130,14 @@ def test_outputs_are_written_by_write_outputs(store, embedding_run, parsed):
 
 def test_status_and_errors_are_recorded(store, parsed):
     run_id = store.new_id()
-    store.create(run_id, parsed, {"model": "demo-8M"})
+    store.create(run_id, parsed, {"model": "demo-tiny"})
     status = store.status(run_id)
     assert status["state"] == "queued" and status["n_sequences"] == 3 and status["error"] is None
     store.set_status(run_id, "running")
     store.set_status(run_id, "failed", error="Cannot run: no such backend")
     status = store.status(run_id)
     assert status["state"] == "failed" and status["error"] == "Cannot run: no such backend"
-    assert status["created_at"] and status["model"] == "demo-8M", "earlier fields are kept"
+    assert status["created_at"] and status["model"] == "demo-tiny", "earlier fields are kept"
     with pytest.raises(ValueError):
         store.set_status(run_id, "exploded")
     assert store.status(store.new_id()) is None
@@ -148,18 +148,18 @@ def test_listing_is_newest_first_and_limited_to_given_ids(store, parsed, monkeyp
     monkeypatch.setattr(dashboard.runs, "now", lambda: f"2026-01-{next(ticks):02d}T00:00:00+00:00")
     ids = [store.new_id() for _ in range(3)]
     for run_id in ids:
-        store.create(run_id, parsed, {"model": "demo-8M"})
+        store.create(run_id, parsed, {"model": "demo-tiny"})
     (store.root / "not-a-run").mkdir()
     assert [info.id for info in store.list_runs()] == ids[::-1]
     mine = store.list_runs([ids[0], ids[2], store.new_id(), "../x"])
     assert [info.id for info in mine] == [ids[2], ids[0]]
-    assert mine[0].state == "queued" and mine[0].n_sequences == 3 and mine[0].model == "demo-8M"
+    assert mine[0].state == "queued" and mine[0].n_sequences == 3 and mine[0].model == "demo-tiny"
     assert RunStore(store.root / "nothing-here").list_runs() == []
 
 
 def test_writes_are_atomic_temp_file_then_replace(store, parsed, monkeypatch):
     run_id = store.new_id()
-    store.create(run_id, parsed, {"model": "demo-8M"})
+    store.create(run_id, parsed, {"model": "demo-tiny"})
     folder = store.run_dir(run_id)
     replaced = []
     real_replace = dashboard.runs.os.replace

@@ -24,9 +24,9 @@ RECORDS = example_sequences("real")
 
 
 @pytest.fixture(scope="module")
-def summary(demo_fp32):
-    model, alphabet = demo_fp32
-    request = ComparisonRequest(model="demo-8M", dtype="fp32", device="cpu")
+def summary(tiny_fp32):
+    model, alphabet = tiny_fp32
+    request = ComparisonRequest(model="demo-tiny", dtype="fp32", device="cpu")
     result = run_comparison(request, [r.id for r in RECORDS], [r.sequence for r in RECORDS],
                             loaded=LoadedModel(model, alphabet))
     return analyse(result.run, result.layer).summary
@@ -37,7 +37,7 @@ def test_verdict_card_says_both_lines_and_escapes_user_text(summary):
     assert f">{summary.verdict}<" in card
     assert "<b>Predictions:</b> agree" in card and "<b>Numerics:</b> equivalent to rounding" in card
     assert html.escape(summary.headline.seed_rule.line()) in card
-    assert "9 sequences" in card and "demo-8M (demo weights)" in card
+    assert "9 sequences" in card and "demo-tiny (demo weights)" in card
     assert "<b>Checks:</b> not run — the Checks tab runs packing invariance and determinism" in card
 
 
@@ -60,7 +60,7 @@ def test_kpis_carry_the_chosen_heads_balance_and_the_deciding_heads(summary):
 
 def test_numerics_table_lists_every_layer_then_the_deep_pack(summary):
     table = views.numerics_table(summary.headline.numerics)
-    assert list(table["layer"]) == [*range(7), 1]
+    assert list(table["layer"]) == [*range(4), 1]
     assert list(table["v2.0 packed"])[-1] == "deep in one pack" and not table["departs"].any()
 
 
@@ -79,10 +79,10 @@ def test_captions_and_labels():
 
 
 def test_changed_since_watches_only_what_recomputes():
-    used = Settings(model="demo-8M", dtype="fp32", device="cpu")
-    assert not views.changed_since(used, Settings(model="demo-8M", dtype="fp32", device="cpu", seed=5, layer=2), "demo-8M")
-    assert views.changed_since(used, Settings(model="demo-8M", dtype="fp32", device="cpu", reference="none"), "demo-8M")
-    assert views.changed_since(used, Settings(model="demo-8M", dtype="fp32", device="cpu"), "demo-35M")
+    used = Settings(model="demo-tiny", dtype="fp32", device="cpu")
+    assert not views.changed_since(used, Settings(model="demo-tiny", dtype="fp32", device="cpu", seed=5, layer=2), "demo-tiny")
+    assert views.changed_since(used, Settings(model="demo-tiny", dtype="fp32", device="cpu", reference="none"), "demo-tiny")
+    assert views.changed_since(used, Settings(model="demo-tiny", dtype="fp32", device="cpu"), "demo-35M")
 
 
 def test_progress_text():
@@ -91,7 +91,7 @@ def test_progress_text():
     assert views.progress_text("reference", 3, 32) == "numerics sample (reference or rounding floor): 3/32 sequences"
 
 
-def test_cli_and_page_run_the_one_pipeline(monkeypatch, capsys, tmp_path):
+def test_cli_and_page_run_the_one_pipeline(monkeypatch, capsys, tmp_path, tiny_page_model):
     """Both front ends reach core.pipeline.prepare through run_comparison (torchrun ranks do too, through
     their executor: tests/test_distributed.py)."""
     from streamlit.testing.v1 import AppTest
@@ -104,9 +104,9 @@ def test_cli_and_page_run_the_one_pipeline(monkeypatch, capsys, tmp_path):
         return original(request, loaded)
 
     monkeypatch.setattr(core.pipeline, "prepare", spy)
-    assert main(["compare", "--example", "real", "--model", "demo-8M", "--device", "cpu", "--only-layer"]) == 0
+    assert main(["compare", "--example", "real", "--model", "demo-tiny", "--device", "cpu", "--only-layer"]) == 0
     capsys.readouterr()
-    assert [(r.model, r.only_layer, r.candidate) for r in requests] == [("demo-8M", True, "packed")]
+    assert [(r.model, r.only_layer, r.candidate) for r in requests] == [("demo-tiny", True, "packed")]
     monkeypatch.setenv("ESM2_RUNS_DIR", str(tmp_path / "runs"))
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=180)
     app.query_params.update({"example": "real"})
@@ -114,5 +114,5 @@ def test_cli_and_page_run_the_one_pipeline(monkeypatch, capsys, tmp_path):
     assert len(requests) == 1, "a link fills the input and waits for Run"
     app.button(key="run").click().run()
     assert not app.exception and len(requests) == 2
-    assert requests[1].model == "demo-8M" and requests[1].layer is None and not requests[1].only_layer
+    assert requests[1].model == "demo-tiny" and requests[1].layer is None and not requests[1].only_layer
     assert torch.device(requests[1].device).type == "cpu"
