@@ -130,7 +130,7 @@ def test_a_bug_past_the_longest_sequence_is_accepted_only_up_to_that_length(tmp_
     """Rotary tables for 256 positions: the patterns set (up to 400 residues) is flagged (above), while on the
     "real" set (up to 238) v2.0 *is* v1.0's arithmetic, so ACCEPT is right there, and says how far it holds."""
     bug = CATALOGUE["rotary tables for 256 positions"]
-    assert main(["compare", "--example", "real", "--v2", bug, "--out", str(tmp_path)]) == 0
+    assert main(["compare", "--example", "real", "--model", "demo-tiny", "--v2", bug, "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["verdict"] == "ACCEPT" and summary["longest_residues"] == 238
     assert summary["recommendation"].startswith("Adopt v2.0 for sequences of up to 238 residues (the longest here;")
@@ -151,7 +151,7 @@ def test_a_bug_on_a_rare_residue_is_measured_though_the_length_span_misses_it(tm
         sequences[i] = sequences[i][:10] + residue + sequences[i][11:]
     fasta = tmp_path / "rare.fasta"
     fasta.write_text("".join(f">s{i}\n{seq}\n" for i, seq in enumerate(sequences)))
-    code = main(["compare", str(fasta), "--reference-sample", "8", "--seeds", "20",
+    code = main(["compare", str(fasta), "--model", "demo-tiny", "--reference-sample", "8", "--seeds", "20",
                  "--v2", "tests.plugins.broken_paths:make_rare_residues_as_unknown", "--out", str(tmp_path / "out")])
     capsys.readouterr()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -162,8 +162,9 @@ def test_a_bug_on_a_rare_residue_is_measured_though_the_length_span_misses_it(tm
 
 
 def test_cli_flags_a_broken_path_end_to_end(tmp_path, capsys):
-    """The whole CLI with defaults: EOS in the pool exits 1 under --fail-on validate, and says why."""
-    code = main(["compare", "--example", "patterns", "--v2", CATALOGUE["EOS in the pool"], "--fail-on", "validate",
+    """The whole CLI with defaults (on demo-tiny): EOS in the pool exits 1 under --fail-on validate, and says why."""
+    code = main(["compare", "--example", "patterns", "--model", "demo-tiny", "--v2", CATALOGUE["EOS in the pool"],
+                 "--fail-on", "validate",
                  "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1
