@@ -1,6 +1,6 @@
 """The packed path in FP16 and BF16 on the CPU, so a half-precision regression shows in CI, not only on a GPU.
 
-Both paths run demo-tiny in the half dtype; a float64 copy of the same weights is the reference. At every
+Both paths run demo-8M in the half dtype; a float64 copy of the same weights is the reference. At every
 layer the packed path's max error against it must be v1.0's to within 5% (measured: equal, ratio
 1.000), and each catalogued bug that is visible at that precision must break the same check (measured
 in FP16: tanh GELU 1.27×, bf16 rotary tables 1.36×, softmax in FP16 1.51×, EOS in the pool ~400×).
@@ -36,10 +36,10 @@ SEQUENCES = random_sequences([30, 75, 120, 200, 41])
 
 
 class HalfPrecisionCase:
-    """demo-tiny in one half dtype, its float64 twin's pooled layers, and v1.0's."""
+    """demo-8M in one half dtype, its float64 twin's pooled layers, and v1.0's."""
 
     def __init__(self, dtype: str):
-        self.model, self.alphabet = load_esm2_model("demo-tiny", dtype=dtype, device="cpu")
+        self.model, self.alphabet = load_esm2_model("demo-8M", dtype=dtype, device="cpu")
         self.layers = list(range(self.model.num_layers + 1))
         twin = reference_copy(self.model, torch.float64)
         self.reference = embed_path(twin, self.alphabet, SEQUENCES, self.layers, standard_path(twin))
