@@ -42,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("short_examples", "tiny_page_model")  # the
 
 POLICY = LinkPolicy(("demo-8M", "demo-35M"), (Path("/srv/checkpoints"),), ("packed", "fallback"))
 DEFAULTS = Settings(model="demo-8M", dtype="fp32", device="cpu")
-SETTINGS = Settings(model="demo-8M", dtype="fp32", device="cpu", seeds=0)
+SETTINGS = Settings(model="demo-tiny", dtype="fp32", device="cpu", seeds=0)  # what the queue runs
 FASTA = ">alpha\nMKTAYIAKQRQISFVKSHFSRQ\n>beta\nGSGSGSLLKKLLEEPEVKVNGQ\n"
 EVIL_MODEL = "![x](http://evil/x.png)"
 EVIL_ID = "**bold** <img src=x>"
@@ -181,7 +181,7 @@ def test_allowed_models_come_from_the_config_and_unknown_entries_are_dropped(mon
 
 def test_a_reopened_runs_model_that_left_the_list_is_not_loaded(monkeypatch, tmp_path):
     """The residue and checks views load the run's model again: only while the server still offers it."""
-    server_config(monkeypatch, tmp_path, '[models]\nallowed = ["demo-8M"]\n')
+    server_config(monkeypatch, tmp_path, '[models]\nallowed = ["demo-tiny"]\n')
     loads = []
     unchanged = SimpleNamespace(changed=lambda: [])  # a loaded model nothing has changed since
     monkeypatch.setattr(dashboard.state, "get_model", lambda *args: loads.append(args) or unchanged)
@@ -434,7 +434,7 @@ def test_markdown_in_user_text_is_shown_literally(page):
     app.button(key="run").click().run()
     assert any(e.value.startswith("Cannot run") and EVIL_ID in unescaped(e.value) for e in app.error)
     assert_literal(app)
-    app.selectbox(key="model_choice").set_value("demo-8M").run()
+    app.selectbox(key="model_choice").set_value("demo-tiny").run()
     app.button(key="run").click().run()
     assert not app.exception and page == [1]
     assert_literal(app)

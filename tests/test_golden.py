@@ -3,8 +3,9 @@
 package versions aside (another torch may round otherwise, which the comparison allows).
 
 The recorded files were written by
-``OMP_NUM_THREADS=1 python3 -m core compare --example <set> --out tests/golden/<set>`` (demo-8M fp32 on
-the CPU, every default). CPU matrix products round differently from one CPU to another (MKL takes other
+``OMP_NUM_THREADS=1 python3 -m core compare --example <set> --model demo-tiny --out tests/golden/<set>``
+(demo-tiny fp32 on the CPU, every other default; demo-8M's files until 2026-11-27 held the same
+arithmetic at five times the cost). CPU matrix products round differently from one CPU to another (MKL takes other
 kernels on different CPUs, and other blockings for other batch shapes), so the files are compared
 to float32 rounding, not byte for byte: every decision, label, count of sequences and word exactly;
 every number to 1e-6 (float32's unit rounding at the embeddings' scale is 6e-8), cosines and Pearson's r
@@ -112,7 +113,7 @@ def stable(summary: dict) -> dict:
 
 @pytest.mark.parametrize("example", ["patterns", "real"])
 def test_example_set_outputs_are_unchanged(tmp_path, capsys, recorded_threads, example):
-    assert main(["compare", "--example", example, "--out", str(tmp_path)]) == 0
+    assert main(["compare", "--example", example, "--model", "demo-tiny", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     recorded = json.loads((GOLDEN / example / "summary.json").read_text())
     produced = json.loads((tmp_path / "summary.json").read_text())
