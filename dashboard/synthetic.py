@@ -1,7 +1,7 @@
 """A synthetic run of any size, shaped like a demo model's (demo-8M's 7 pooled layers × 320 by default),
-for benchmarks and tests: no model involved. Both paths are a float64 "truth" plus independent float32-sized noise (a faithful
-v2.0), a few sequences' v2.0 much further off so the views have flips and a worst list; the numerics
-sample's fp64 reference is the truth itself."""
+for benchmarks and tests: no model involved. Both paths are a float64 "truth" plus independent
+float32-sized noise (a faithful v2.0), a few sequences' v2.0 much further off so the views have flips
+and a worst list; the numerics sample's fp64 reference is the truth itself."""
 
 from __future__ import annotations
 

@@ -59,8 +59,9 @@ def pytest_collection_modifyitems(config, items):
 TEST_MODEL = "demo-tiny"
 """The suite's model wherever a test is about the tool, not about a real ESM-2 size: random weights in
 ESM-2's layout and head width (16), 3 layers of 64 instead of demo-8M's 6 of 320, so a CPU comparison
-costs a fiftieth. Every catalogued bug is caught, and every faithful path accepted, on it as on demo-8M
-(scripts/broken_paths.py runs the catalogue on demo-8M; the device runs it on demo-3B)."""
+costs a fiftieth. In float32 every catalogued bug is caught, and every faithful path accepted, on it as
+on demo-8M (scripts/broken_paths.py runs the catalogue on demo-8M; the device on demo-650M and demo-3B).
+Tests whose point is a real size, or a real size's rounding, keep demo-8M (demo_fp32, demo_fp64)."""
 
 
 @pytest.fixture(scope="session")
@@ -167,8 +168,8 @@ def streamlit_components_scanned_once():
 @pytest.fixture
 def light_numerics(monkeypatch):
     """A numerics sample of at most 4 sequences (no probe top-up beyond that) and a 256-token deep pack,
-    for tests of what the CLI and the page do with a run, not of the numerics gate's power: a demo-8M
-    run costs a third. The full sample stays under test where the gate decides: tests/test_numerics_gate.py,
+    for tests of what the CLI and the page do with a run, not of the numerics gate's power: a run costs
+    a third. The full sample stays under test where the gate decides: tests/test_numerics_gate.py,
     test_broken_paths.py, test_golden.py, test_attribution.py, and the browser and torchrun tests (their
     own processes)."""
     import core.embed.yardstick as yardstick

@@ -27,7 +27,6 @@ from core.analysis.proxies import MAX_SEED
 from core.embed.passes import embed_v1
 from core.input.fasta import parse_sequences
 from core.numerics.environment import default_device
-from core.numerics.specs import default_model_spec
 from dashboard.jobs import Cancelled, CancelOutcome, JobQueue
 from dashboard.markup import plain, unescaped
 from dashboard.query import MAX_HEADS, LinkPolicy, check_query
