@@ -61,7 +61,7 @@ batches = st.lists(st.integers(1, 80), min_size=1, max_size=6).flatmap(
 )
 
 
-@pytest.mark.parametrize("fixture", ["tiny_fp64", "tiny_fp32"])
+@pytest.mark.parametrize("fixture", ["demo_fp64", "demo_fp32"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=batches)
 def test_packed_reference_equals_standard_forward(request, fixture, batch):
@@ -77,8 +77,8 @@ def test_packed_reference_equals_standard_forward(request, fixture, batch):
         assert error < TOLERANCE[model.dtype], f"layer {layer}: relative error {error:.3e}"
 
 
-def test_every_layer_matches_and_only_requested_layers_returned(tiny_fp64):
-    model, alphabet = tiny_fp64
+def test_every_layer_matches_and_only_requested_layers_returned(demo_fp64):
+    model, alphabet = demo_fp64
     lengths = [5, 31, 17]
     tokens = batch_tokens(alphabet, lengths, [[], [3], []])
     layers = list(range(model.num_layers + 1))
@@ -89,8 +89,8 @@ def test_every_layer_matches_and_only_requested_layers_returned(tiny_fp64):
     assert sorted(only_two["representations"]) == [1, 3]
 
 
-def test_sequence_packed_alone_equals_packed_among_others(tiny_fp64):
-    model, alphabet = tiny_fp64
+def test_sequence_packed_alone_equals_packed_among_others(demo_fp64):
+    model, alphabet = demo_fp64
     sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "GSGSGSGS", "LLKKLLEELLKKLLEEWYFHC" * 4, "PEVKVNGQ"]
     target = 2
     alone = embed_v2(model, alphabet, [sequences[target]], [model.num_layers]).layers[model.num_layers][0]
@@ -98,8 +98,8 @@ def test_sequence_packed_alone_equals_packed_among_others(tiny_fp64):
     np.testing.assert_allclose(among, alone, rtol=1e-12, atol=1e-12)
 
 
-def test_pooled_embeddings_of_both_paths_agree(tiny_fp32):
-    model, alphabet = tiny_fp32
+def test_pooled_embeddings_of_both_paths_agree(demo_fp32):
+    model, alphabet = demo_fp32
     sequences = ["MKTAYIAKQR" * k for k in (1, 3, 7, 12)] + ["WYFHC" * 9]
     layers = [0, model.num_layers]
     v1 = embed_v1(model, alphabet, sequences, layers, max_tokens=256)
@@ -175,16 +175,16 @@ def test_a_non_finite_value_stays_in_its_own_sequence(bad):
         assert torch.equal(pooled[[0, 2]], clean[[0, 2]])
 
 
-def test_token_dropout_scaling_is_applied(tiny_fp64):
-    model, alphabet = tiny_fp64
+def test_token_dropout_scaling_is_applied(demo_fp64):
+    model, alphabet = demo_fp64
     pack = pack_sequences(alphabet, ["MKTAYIAKQR", "GSW"])
     layer0 = model.forward_packed(pack.input_ids, pack.cu_seqlens, pack.max_seqlen, [0])["representations"][0]
     raw = model.esm2.embed_tokens(pack.input_ids)
     torch.testing.assert_close(layer0, raw * (1 - 0.15 * 0.8), rtol=0, atol=1e-15)
 
 
-def test_swapping_gelu_for_tanh_approximation_is_detected(tiny_fp64):
-    model, alphabet = tiny_fp64
+def test_swapping_gelu_for_tanh_approximation_is_detected(demo_fp64):
+    model, alphabet = demo_fp64
     lengths = [12, 40]
     tokens = batch_tokens(alphabet, lengths, [[], []])
     exact_gelu = model.activation
@@ -197,8 +197,8 @@ def test_swapping_gelu_for_tanh_approximation_is_detected(tiny_fp64):
     assert error > 1e3 * TOLERANCE[torch.float64]
 
 
-def test_rotary_tables_match_fair_esm_in_fp16_and_fp32_tables_do_not(tiny_fp64):
-    model, _ = tiny_fp64
+def test_rotary_tables_match_fair_esm_in_fp16_and_fp32_tables_do_not(demo_fp64):
+    model, _ = demo_fp64
     rot_emb = model.esm2.layers[0].self_attn.rot_emb
     half_inv_freq = rot_emb.inv_freq.half()
     fair_esm = type(rot_emb)(dim=2 * half_inv_freq.numel())
@@ -216,20 +216,20 @@ def test_rotary_tables_match_fair_esm_in_fp16_and_fp32_tables_do_not(tiny_fp64):
 def test_dtype_change_resets_fair_esm_rotary_cache():
     from core.numerics.loading import load_esm2_model
 
-    model, alphabet = load_esm2_model("demo-tiny", dtype="fp32", device="cpu")
+    model, alphabet = load_esm2_model("demo-8M", dtype="fp32", device="cpu")
     tokens = padded_tokens(alphabet, ["MKTAYIAKQR", "GSW"])
     model(tokens, repr_layers=[1])  # fills fair-esm's cache with float32 tables
     model = model.to(torch.float64)
     assert all(layer.self_attn.rot_emb._seq_len_cached is None for layer in model.esm2.layers)
     out = model(tokens, repr_layers=[model.num_layers])["representations"][model.num_layers]
     assert out.dtype == torch.float64
-    fresh, _ = load_esm2_model("demo-tiny", dtype="fp64", device="cpu")
+    fresh, _ = load_esm2_model("demo-8M", dtype="fp64", device="cpu")
     expected = fresh(tokens, repr_layers=[model.num_layers])["representations"][model.num_layers]
     assert relative_error(out, expected) < 1e-12
 
 
-def test_packing_helper_layout(tiny_fp64):
-    _, alphabet = tiny_fp64
+def test_packing_helper_layout(demo_fp64):
+    _, alphabet = demo_fp64
     pack = pack_sequences(alphabet, ["MKT", "GSWYF", "A"])
     assert pack.cu_seqlens.dtype == torch.int32
     assert pack.cu_seqlens.tolist() == [0, 5, 12, 15]
