@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from core.input.examples import example_sequences
 from core.input.fasta import parse_sequences, read_sequences
-from core.input.records import ALLOWED_RESIDUES, InputProblem, MAX_RESIDUES, ParsedInput, ProteinRecord
+from core.input.records import ALLOWED_RESIDUES, InputProblem, MAX_RESIDUES, ParsedInput, ProteinRecord, printable_id
 from core.input.validation import STANDARD_RESIDUES
 
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -52,6 +52,21 @@ def test_parsed_input_properties_split_errors_and_warnings() -> None:
 # --------------------------------------------------------------------------- #
 # Formats and normalisation
 # --------------------------------------------------------------------------- #
+
+
+@given(st.text(max_size=12))
+def test_an_id_is_escaped_exactly_where_it_holds_an_other_character(raw_id: str) -> None:
+    """Control, format, private-use, surrogate and unassigned characters (Unicode's "Other") are escaped,
+    and only those: separators (a no-break space, a line separator) stay as typed."""
+    import unicodedata
+
+    others = [char for char in raw_id if unicodedata.category(char)[0] == "C"]
+    shown, escaped = printable_id(raw_id)
+    assert escaped == bool(others)
+    assert shown == "".join(char.encode("unicode_escape").decode("ascii") if char in others else char
+                            for char in raw_id)
+    assert printable_id("a\u00a0b\u2028c") == ("a\u00a0b\u2028c", False)
+    assert printable_id("a\x1b[31m\u200b\ue000") == ("a\\x1b[31m\\u200b\\ue000", True)
 
 
 def test_fasta_records_use_first_word_of_header_as_id() -> None:
