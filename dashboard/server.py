@@ -1,7 +1,7 @@
-"""What the server decides, from dashboard/config.toml (and two environment variables): the models and
-v2.0 plug-ins a browser may pick, the directories a typed checkpoint path may point into, whether a
-link may start a run, the page's per-run sequence limit, the runs directory and history sharing, and
-the embedding cache. Nothing here is typed into a browser."""
+"""What the server decides, from dashboard/config.toml (or the file $ESM2_DASHBOARD_CONFIG names) and two
+environment variables: the models and v2.0 plug-ins a browser may pick, the directories a typed
+checkpoint path may point into, whether a link may start a run, the page's per-run sequence limit, the
+runs directory and history sharing, and the embedding cache. Nothing here is typed into a browser."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from dashboard.paths import PathNotAllowed, allowed_path, default_checkpoint_dir
 BUILTIN_V2 = {"packed": "This project's packed path (v2.0)", "fallback": "v1-compatible fallback"}
 
 CONFIG_FILE = Path(__file__).with_name("config.toml")
+
+CONFIG_ENV = "ESM2_DASHBOARD_CONFIG"  # another config file: a deployment's settings outside the checkout
 
 RUNS_DIR_ENV = "ESM2_RUNS_DIR"  # overrides [runs] dir (tests point it at a temporary directory)
 
@@ -45,9 +47,15 @@ NOT_ALLOWED = (PathNotAllowed, ModelNotAllowed)
 """What checked_model_spec raises for a model or checkpoint path a browser may not use."""
 
 
+def config_file() -> Path:
+    """The server's config file: $ESM2_DASHBOARD_CONFIG when set, else dashboard/config.toml."""
+    return Path(os.environ[CONFIG_ENV]).expanduser() if os.environ.get(CONFIG_ENV) else CONFIG_FILE
+
+
 def server_config() -> dict[str, Any]:
-    """dashboard/config.toml as a dict (empty when the file is absent)."""
-    return tomllib.loads(CONFIG_FILE.read_text()) if CONFIG_FILE.is_file() else {}
+    """The server's config file as a dict (empty when the file is absent)."""
+    path = config_file()
+    return tomllib.loads(path.read_text()) if path.is_file() else {}
 
 
 def v2_plugins() -> dict[str, str]:
@@ -160,5 +168,5 @@ def candidate_for(choice: str) -> str:
         return choice
     plugins = v2_plugins()
     if choice not in plugins:
-        raise PluginError(f"no v2.0 plug-in called {choice!r} in {CONFIG_FILE.name}")
+        raise PluginError(f"no v2.0 plug-in called {choice!r} in {config_file().name}")
     return plugins[choice]

@@ -50,12 +50,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
+    """``streamlit run dashboard/app.py`` on a free port. It offers demo-tiny alone (the shipped config plus
+    ``[models] allowed``, through $ESM2_DASHBOARD_CONFIG), so a run costs a second; with SCREENSHOT_TO set
+    it runs on the shipped config, whose CPU default is demo-8M, for the README's screenshot."""
+    environment = dict(os.environ)
+    if not os.environ.get("SCREENSHOT_TO"):
+        config = tmp_path_factory.mktemp("server") / "config.toml"
+        config.write_text((ROOT / "dashboard" / "config.toml").read_text() + '\n[models]\nallowed = ["demo-tiny"]\n')
+        environment["ESM2_DASHBOARD_CONFIG"] = str(config)
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -90,6 +98,8 @@ def test_paste_run_verdict_and_csv_download(server, tmp_path):
 
         assert page.get_by_text("ACCEPT", exact=True).count() >= 1
         assert page.get_by_text("DEMO WEIGHTS").count() >= 1
+        model = "demo-8M" if os.environ.get("SCREENSHOT_TO") else "demo-tiny"
+        assert page.get_by_text(f"{model} (demo weights)").count() >= 1, "the model the server offers ran"
         assert "bad_record" in page.content()
 
         screenshot = tmp_path / "dashboard.png"

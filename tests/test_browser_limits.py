@@ -166,6 +166,17 @@ def test_the_shipped_config_keeps_the_safe_defaults():
     assert "demo-15B" not in dashboard.server.allowed_models()
 
 
+def test_a_config_file_named_in_the_environment_replaces_the_shipped_one(monkeypatch, tmp_path):
+    elsewhere = tmp_path / "deployment.toml"
+    elsewhere.write_text('[models]\nallowed = ["demo-tiny"]\n[limits]\nmax_sequences = 5\n')
+    monkeypatch.setenv(dashboard.server.CONFIG_ENV, str(elsewhere))
+    assert dashboard.server.config_file() == elsewhere
+    assert dashboard.server.allowed_models() == ["demo-tiny"] and dashboard.server.max_sequences() == 5
+    assert dashboard.server.v2_plugins() == {}, "nothing of dashboard/config.toml is mixed in"
+    monkeypatch.setenv(dashboard.server.CONFIG_ENV, "")
+    assert dashboard.server.config_file() == dashboard.server.CONFIG_FILE and dashboard.server.v2_plugins()
+
+
 def test_allowed_models_come_from_the_config_and_unknown_entries_are_dropped(monkeypatch, tmp_path):
     server_config(monkeypatch, tmp_path,
                   '[models]\nallowed = ["DEMO-150m", "esm2_t6_8M_UR50D", "gpt-4", "/etc/passwd", 3]\n'
