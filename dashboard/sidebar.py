@@ -27,8 +27,9 @@ def model_controls() -> tuple[str, str]:
     if st.session_state.get("model_choice") not in choices:
         st.session_state.model_choice = choices[0]
     choice = st.sidebar.selectbox("Model", choices, key="model_choice", format_func=views.model_label,
-                                  help="The models this server offers (set in dashboard/config.toml), or a checkpoint "
-                                       "file in a directory it allows.")
+                                  help="The models this server offers (set in its config file: dashboard/config.toml, "
+                                       "or the one ESM2_DASHBOARD_CONFIG names), or a checkpoint file in a directory "
+                                       "it allows.")
     spec = st.sidebar.text_input("Checkpoint file (fair-esm format)", key="checkpoint_path") if choice == CHECKPOINT else choice
     if choice == CHECKPOINT and spec:
         try:
