@@ -40,11 +40,13 @@ class SheetTooLarge(Exception):
 
 @dataclass(frozen=True)
 class Spreadsheet:
-    """A kind of spreadsheet file: what it is called, and its reader: bytes -> (the sheets' names, the first
-    sheet as CSV text, each cell as text, every row as wide as the widest), raising SheetTooLarge."""
+    """A kind of spreadsheet file: what it is called; its reader: bytes -> (the sheets' names, the first
+    sheet as CSV text, each cell as text, every row as wide as the widest), raising SheetTooLarge; and what
+    to say when the reader fails, ``{reason}`` its error."""
 
     name: str
     read: Callable[[bytes], tuple[list[str], str]]
+    unreadable: str
 
 
 # Other office documents, also ZIP archives, named in their refusal: (a part only they hold, what it is,
@@ -96,12 +98,7 @@ def _first_sheet(data: bytes, kind: Spreadsheet) -> tuple[str, InputProblem] | I
     except SheetTooLarge as large:
         return input_problem(f"a sheet of the {kind.name} {large}; nothing was read: save the columns you need as CSV")
     except Exception as error:  # noqa: BLE001 - each reader raises many kinds for a damaged file; never a traceback
-        reason = str(error).rstrip(". ") or type(error).__name__
-        if kind is OLD_EXCEL:
-            return input_problem(f"the input is an old Office document (.xls, .doc, .ppt) that could not be read as "
-                                 f"an Excel workbook ({reason}); nothing was read: save the sheet as .xlsx or CSV, "
-                                 "or give the sequences as FASTA text")
-        return input_problem(f"the {kind.name} could not be read ({reason}); save the sheet as CSV")
+        return input_problem(kind.unreadable.format(reason=str(error).rstrip(". ") or type(error).__name__))
     others = f"; {len(sheets) - 1} other sheet(s) not read" if len(sheets) > 1 else ""
     note = input_problem(f"read the {kind.name}'s first sheet ({sheets[0]!r}){others}: its line numbers below "
                          "are the sheet's rows", "warning")
@@ -195,5 +192,9 @@ def _column_number(letters: str) -> int:
     return number
 
 
-EXCEL = Spreadsheet("Excel workbook", _read_xlsx)
-OLD_EXCEL = Spreadsheet("Excel 97–2003 workbook", _read_xls)
+EXCEL = Spreadsheet("Excel workbook", _read_xlsx, "the Excel workbook could not be read ({reason}); save the sheet as CSV")
+# The magic bytes say only "OLE2 compound file": a Word or PowerPoint file fails here too, so its message says so.
+OLD_EXCEL = Spreadsheet("Excel 97–2003 workbook", _read_xls,
+                        "the input is an old Office document (.xls, .doc, .ppt) that could not be read as an Excel "
+                        "workbook ({reason}); nothing was read: save the sheet as .xlsx or CSV, or give the sequences "
+                        "as FASTA text")
