@@ -42,6 +42,12 @@ DEMO_SIZES: dict[str, str] = {
 TINY_DEMO = "demo-tiny"
 TINY_ARCHITECTURE = Architecture(3, 64, 4)
 
+# Every demo spec and its shape, smallest first: demo-tiny, then one per ESM-2 size.
+DEMO_ARCHITECTURES: dict[str, Architecture] = {
+    TINY_DEMO: TINY_ARCHITECTURE, **{f"demo-{size}": PRETRAINED[name] for size, name in DEMO_SIZES.items()},
+}
+_DEMO_SPELLINGS = {spec.lower(): spec for spec in DEMO_ARCHITECTURES}  # a spec in any case -> as written here
+
 DEFAULT_MODEL = "esm2_t36_3B_UR50D"
 
 DEMO_SEED = 20240229
@@ -77,7 +83,7 @@ def default_dtype(device: torch.device) -> str:
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed model spec: ``kind`` 'pretrained', 'demo' or 'checkpoint', and ``name`` — the pretrained
-    name, ``demo-<size>`` (size as in DEMO_SIZES) or the checkpoint file's path."""
+    name, a demo spec (as in DEMO_ARCHITECTURES) or the checkpoint file's path."""
 
     kind: WeightsKind
     name: str
@@ -87,13 +93,10 @@ class ModelSpec:
         """ValueError, naming the choices, for a spec that is none of the three."""
         if text in PRETRAINED:
             return cls("pretrained", text)
-        if text.lower() == TINY_DEMO:
-            return cls("demo", TINY_DEMO)
         if text.lower().startswith("demo-"):
-            size = text[5:].upper()
-            if size not in DEMO_SIZES:
+            if text.lower() not in _DEMO_SPELLINGS:
                 raise ValueError(f"unknown demo size {text!r}; choose one of " + ", ".join(demo_specs()))
-            return cls("demo", f"demo-{size}")
+            return cls("demo", _DEMO_SPELLINGS[text.lower()])
         if Path(text).expanduser().is_file():
             return cls("checkpoint", str(Path(text).expanduser()))
         raise ValueError(
@@ -111,11 +114,9 @@ class ModelSpec:
         """The shape a pretrained or demo model has; None for a checkpoint (known once it is read)."""
         if self.kind == "checkpoint":
             return None
-        if self.name == TINY_DEMO:
-            return TINY_ARCHITECTURE
-        return PRETRAINED[self.name if self.kind == "pretrained" else DEMO_SIZES[self.name[5:]]]
+        return PRETRAINED[self.name] if self.kind == "pretrained" else DEMO_ARCHITECTURES[self.name]
 
 
 def demo_specs() -> list[str]:
     """Every demo spec, smallest first: demo-tiny (not an ESM-2 size), then one per ESM-2 size."""
-    return [TINY_DEMO, *(f"demo-{size}" for size in DEMO_SIZES)]
+    return list(DEMO_ARCHITECTURES)
