@@ -20,7 +20,7 @@ from dashboard.compact import compact_run
 from dashboard.runs import RunStore
 from dashboard.settings import Settings, options_for
 
-DEFAULT_MODEL = "demo-8M"
+SHAPED_LIKE = "demo-8M"  # the model whose runs a synthetic run is shaped like, by default
 NOISE = 1e-6  # relative error of each path, about float32 rounding through a few layers
 OUTLIERS = 20  # sequences (at most 1 in 50 outside the numerics sample) whose v2.0 is NOISE × 1e4 off
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
@@ -32,7 +32,7 @@ def pooled_shape(model: str) -> tuple[int, int]:
     return architecture.num_layers + 1, architecture.embed_dim
 
 
-def synthetic_run(n: int, seed: int = 0, model: str = DEFAULT_MODEL) -> EmbeddingRun:
+def synthetic_run(n: int, seed: int = 0, model: str = SHAPED_LIKE) -> EmbeddingRun:
     """An EmbeddingRun of ``n`` sequences shaped like ``model``'s: per layer (n, width) float32 v1.0 and
     v2.0, lengths 30…800."""
     layers, width = pooled_shape(model)
@@ -75,7 +75,7 @@ def synthetic_input(run: EmbeddingRun) -> ParsedInput:
 
 
 def store_synthetic_run(store: RunStore, n: int, seed: int = 0, layer: int | None = None,
-                        model: str = DEFAULT_MODEL) -> str:
+                        model: str = SHAPED_LIKE) -> str:
     """Save a synthetic run of ``n`` sequences shaped like ``model``'s in ``store`` as the page saves a
     finished run (compact but for ``layer``, by default the last; summary.json and sequences.csv, state
     done); returns its id."""
