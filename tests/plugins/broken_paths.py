@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import esm
 import torch
 
 from esm.modules import gelu
@@ -334,7 +333,7 @@ class RareResiduesAsUnknown(Mutant):
 
     def __init__(self, model):
         super().__init__(model)
-        alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+        alphabet = model.esm2.alphabet
         self.rare_ids, self.unknown_id = [alphabet.get_idx(residue) for residue in "XBUZO"], alphabet.unk_idx
 
 
